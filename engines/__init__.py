@@ -1,0 +1,38 @@
+"""Engines: the same model computed many ways, all behind one small contract.
+
+An engine is constructed from ``(ModelConfig, TrainConfig, FlatParams)`` and owns its copy of the
+weights and Adam moments in whatever form it computes fastest with. It must provide::
+
+    name: str                                       # "python", "scalar", "c", ...
+    loss_and_grad(docs) -> (float, array('d'))      # no update; gradient in the flat layout
+    train_step(docs, lr) -> float                   # forward, backward, clip, one Adam update; the loss
+    eval_loss(docs) -> float                        # no graph, no update
+    logits(tokens) -> list[float]                   # next-token logits after ``tokens``
+    export_params() -> FlatParams
+    export_adam() -> AdamState                      # moments in the flat layout + update count
+    import_adam(state: AdamState)
+
+``docs`` is a list of token-id lists, each already wrapped as ``[BOS] + tokens + [BOS]`` and cut to
+``block_size + 1``. A document's loss is the mean cross-entropy of predicting ``doc[1:]`` from
+``doc[:-1]``; a batch's loss is the mean of its documents' losses (each document weighs the same).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from microgpt import UserError
+
+#: engine name -> "module:Class", imported on demand so optional frameworks stay optional.
+ENGINES = {
+    "python": "train:PythonEngine",
+    "scalar": "engines.scalar:ScalarEngine",
+}
+
+
+def load_engine(name: str):
+    """The engine class registered under ``name``; a one-line error for unknown names."""
+    if name not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)} (got {name!r})")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,26 @@
+"""Builds the C extensions; all metadata lives in pyproject.toml.
+
+``MICROGPT_SANITIZE=1 pip install -e .`` builds them with AddressSanitizer and UBSan (run Python
+with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load them).
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+if sys.platform == "win32":
+    compile_args, link_args = ["/O2"], []
+else:
+    # gnu11 (not c11) keeps -ffp-contract=fast so the compiler may fuse multiply-adds.
+    compile_args, link_args = ["-O3", "-std=gnu11", "-Wall", "-Wextra"], []
+    if os.environ.get("MICROGPT_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+        compile_args += sanitize
+        link_args += sanitize
+
+setup(ext_modules=[
+    Extension("fastops", ["fastops.c"], extra_compile_args=compile_args, extra_link_args=link_args),
+    Extension("microgpt._ceilings", ["microgpt/ceilings.c"], extra_compile_args=compile_args,
+              extra_link_args=link_args),
+])
