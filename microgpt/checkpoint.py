@@ -1,0 +1,154 @@
+"""Versioned, self-describing checkpoints that any engine can write and any engine can resume.
+
+File format (all little-endian)::
+
+    b"MGPTCKPT"                 8-byte magic
+    uint32 format version
+    uint64 header length H
+    H bytes of UTF-8 JSON       configs, tokenizer, layout, step, RNG state, data identity, sections
+    payload                     float64 sections back to back: params, adam_m, adam_v
+
+The header records each section's offset and length and the payload's SHA-256, so a truncated,
+garbled or foreign file is rejected with one line instead of loading garbage. Writes are atomic
+(temporary file in the same directory, fsync, rename), so an interrupted save never clobbers the last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from microgpt import UserError
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, FlatParams, layout, num_params
+
+MAGIC = b"MGPTCKPT"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIQ")
+SECTIONS = ("params", "adam_m", "adam_v")
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume a run exactly, or to sample from it."""
+
+    model: ModelConfig
+    train: TrainConfig
+    tokenizer: dict                 # tokenizers.Tokenizer.to_dict()
+    params: FlatParams
+    adam: AdamState
+    step: int                       # optimizer steps completed; the next step to run
+    rng_state: list | None = None   # random.Random.getstate() of the training RNG, as JSON lists
+    data: dict = field(default_factory=dict)   # which documents, so resume can check it sees the same data
+    meta: dict = field(default_factory=dict)   # engine, dtype, best validation loss, ...
+
+
+def _to_le_bytes(values: array) -> bytes:
+    if sys.byteorder == "big":
+        values = array("d", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_le_bytes(raw: bytes) -> array:
+    values = array("d")
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def save(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` to ``path`` atomically."""
+    payload_parts = [_to_le_bytes(ckpt.params.data), _to_le_bytes(ckpt.adam.m), _to_le_bytes(ckpt.adam.v)]
+    sections, offset = {}, 0
+    for name, part in zip(SECTIONS, payload_parts):
+        sections[name] = {"offset": offset, "bytes": len(part)}
+        offset += len(part)
+    payload = b"".join(payload_parts)
+    header = {
+        "model": ckpt.model.to_dict(),
+        "train": ckpt.train.to_dict(),
+        "tokenizer": ckpt.tokenizer,
+        "layout": [[t.name, t.offset, t.rows, t.cols] for t in layout(ckpt.model)],
+        "step": ckpt.step,
+        "adam_t": ckpt.adam.t,
+        "rng_state": ckpt.rng_state,
+        "data": ckpt.data,
+        "meta": ckpt.meta,
+        "dtype": "float64",
+        "sections": sections,
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    header_bytes = json.dumps(header).encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)))
+            f.write(header_bytes)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint; any defect raises UserError with one line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if len(raw) < _PREFIX.size or not raw.startswith(MAGIC):
+        raise UserError(f"{path} is not a microgpt-lab checkpoint (bad magic bytes)")
+    _, version, header_len = _PREFIX.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}; this build reads version {FORMAT_VERSION}")
+    body_start = _PREFIX.size + header_len
+    if body_start > len(raw):
+        raise UserError(f"checkpoint {path} is truncated (header cut short)")
+    try:
+        header = json.loads(raw[_PREFIX.size:body_start].decode("utf-8"))
+        model = ModelConfig.from_dict(header["model"])
+        train = TrainConfig.from_dict(header["train"])
+        sections = {name: (int(header["sections"][name]["offset"]), int(header["sections"][name]["bytes"]))
+                    for name in SECTIONS}
+        expected = sum(size for _, size in sections.values())
+        step, adam_t = int(header["step"]), int(header["adam_t"])
+        tokenizer = header["tokenizer"]
+    except UserError as e:
+        raise UserError(f"checkpoint {path} has an invalid config: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {path} has a garbled header ({type(e).__name__}: {e})") from None
+    payload = raw[body_start:]
+    if len(payload) != expected:
+        raise UserError(f"checkpoint {path} is truncated or padded (payload {len(payload)} bytes, expected {expected})")
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise UserError(f"checkpoint {path} is corrupted (payload checksum mismatch)")
+    expected_layout = [[t.name, t.offset, t.rows, t.cols] for t in layout(model)]
+    if header.get("layout") != expected_layout:
+        raise UserError(f"checkpoint {path} has a parameter layout that does not match its model config")
+    arrays, n = {}, num_params(model)
+    for name in SECTIONS:
+        start, size = sections[name]
+        if size != 8 * n or not 0 <= start <= len(payload) - size:
+            raise UserError(f"checkpoint {path}: section {name} is {size} bytes at {start}, the model needs {8 * n}")
+        arrays[name] = _from_le_bytes(payload[start:start + size])
+    return Checkpoint(model=model, train=train, tokenizer=tokenizer, params=FlatParams(model, arrays["params"]),
+                      adam=AdamState(arrays["adam_m"], arrays["adam_v"], adam_t), step=step,
+                      rng_state=header.get("rng_state"), data=header.get("data", {}), meta=header.get("meta", {}))

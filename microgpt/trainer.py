@@ -1,0 +1,356 @@
+"""The command line and training loop every trainer shares (train.py, train_fast.py, engines).
+
+An engine computes; this module decides what it computes on: which documents in which order, the
+learning rate of each step, when to validate and stop early, what to print, what to save, and how to
+sample at the end. Keeping it in one place is what makes "same data order, same schedule, same
+checkpoints" true across engines, and a resumed run exact: the data order and the learning rate are
+pure functions of (seed, step), so a checkpoint only needs the step to continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from microgpt import UserError, checkpoint
+from microgpt.config import ModelConfig, SampleConfig, TrainConfig, lr_at
+from microgpt.data import default_dataset, load_documents, split_documents
+from microgpt.params import init_params
+from microgpt.sampling import sample
+from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _add_config_flags(group, cls, skip=()) -> None:
+    """One flag per dataclass field, in the hyphen style (--n-embd), with the field's default."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            continue  # booleans get explicit --no-... flags below
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        group.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {f.default})")
+
+
+HELP = {
+    "vocab_size": "vocabulary size (set by the tokenizer)",
+    "n_embd": "embedding width", "n_layer": "number of transformer blocks",
+    "n_head": "attention heads; must divide --n-embd", "block_size": "maximum context length in tokens",
+    "mlp_act": "MLP activation: relu2 (squared ReLU) or relu", "init_std": "std of the Gaussian initial weights",
+    "num_steps": "optimizer steps", "batch_size": "documents per step (their losses are averaged)",
+    "learning_rate": "peak learning rate", "lr_schedule": "linear, cosine (both decay to 0) or constant",
+    "warmup_steps": "linear warmup steps before the schedule", "beta1": "Adam beta1", "beta2": "Adam beta2",
+    "eps": "Adam epsilon", "grad_clip": "clip gradients to this global L2 norm; 0 disables",
+    "seed": "seed of the initial weights, the data split and the data order",
+    "val_fraction": "fraction of documents held out for validation",
+    "eval_every": "validate every N steps; 0 only at the end",
+    "eval_docs": "validation documents per evaluation; 0 means all",
+    "patience": "stop after N evaluations without improvement; 0 never stops early",
+    "num_samples": "names to sample at the end", "temperature": "sampling temperature (> 0)",
+    "top_k": "sample among the k most likely tokens; 0 disables", "top_p": "nucleus sampling mass; 1 disables",
+    "max_len": "longest sample in tokens; 0 means the block size", "prompt": "every sample starts with this text",
+}
+
+
+def build_parser(description: str, default_engine: str) -> argparse.ArgumentParser:
+    from engines import ENGINES
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    _add_config_flags(g, ModelConfig, skip=("vocab_size",))
+    g.add_argument("--no-zero-init-proj", action="store_true",
+                   help="initialise attn_wo and mlp_fc2 like the other weights instead of at zero")
+    g = p.add_argument_group("training")
+    _add_config_flags(g, TrainConfig)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", action="append", metavar="PATH",
+                   help="UTF-8 text file, one document per line, or a directory of *.txt; repeatable "
+                        "(default: makemore's names.txt from $MICROGPT_DATA, the cache, or a download)")
+    g.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None, help="tokenizer (default: char)")
+    g.add_argument("--bpe-merges", type=int, default=64, help="BPE merges learned from the training split")
+    g = p.add_argument_group("sampling")
+    _add_config_flags(g, SampleConfig, skip=("seed",))
+    g.add_argument("--sample-seed", type=int, default=None, help="seed of the sampler (default: 42)")
+    g = p.add_argument_group("engine, checkpoints and output")
+    g.add_argument("--engine", choices=list(ENGINES), default=default_engine, help=f"engine (default: {default_engine})")
+    g.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
+    g.add_argument("--threads", type=int, default=1, help="threads the engine may use (recorded in results)")
+    g.add_argument("--save", metavar="CKPT", help="write a checkpoint here at the end (and every --save-every steps)")
+    g.add_argument("--save-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
+    g.add_argument("--resume", metavar="CKPT", help="continue a saved run exactly where it stopped")
+    g.add_argument("--stop-at", type=int, default=0, metavar="STEP",
+                   help="pause after this step (saving to --save); --resume continues the same schedule")
+    g.add_argument("--sample-from", metavar="CKPT", help="only sample from a saved checkpoint; no training")
+    g.add_argument("--log-every", type=int, default=0, metavar="N",
+                   help="progress line every N steps (default: about once a second)")
+    g.add_argument("--loss-log", metavar="JSON", help="write per-step training and validation losses here")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _overrides(args, cls, rename=None) -> dict:
+    rename = rename or {}
+    out = {}
+    for f in fields(cls):
+        value = getattr(args, rename.get(f.name, f.name), None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Dataset:
+    tokenizer: object
+    train: list[list[int]]          # wrapped token ids, in the seed's shuffled order
+    val: list[list[int]]
+    info: dict = field(default_factory=dict)   # sources and a digest of the documents, kept in checkpoints
+
+
+def load_dataset(paths: list[str] | None, tcfg: TrainConfig, block_size: int, tokenizer_kind: str,
+                 bpe_merges: int, tokenizer_dict: dict | None = None) -> Dataset:
+    """Read, split and encode the documents; reuse ``tokenizer_dict`` (from a checkpoint) when given."""
+    sources = [str(Path(p).resolve()) for p in paths] if paths else [str(default_dataset())]
+    docs = load_documents(sources)
+    train_docs, val_docs = split_documents(docs, tcfg.val_fraction, tcfg.seed)
+    if tokenizer_dict is None:
+        tokenizer = build_tokenizer(tokenizer_kind, train_docs, docs, bpe_merges=bpe_merges)
+    else:
+        tokenizer = tokenizer_from_dict(tokenizer_dict)
+    digest = hashlib.sha256("\n".join(docs).encode("utf-8")).hexdigest()
+    return Dataset(tokenizer, [wrap(tokenizer, d, block_size) for d in train_docs],
+                   [wrap(tokenizer, d, block_size) for d in val_docs],
+                   {"sources": sources, "sha256": digest, "num_docs": len(docs)})
+
+
+class DataOrder:
+    """Which training documents step ``s`` sees: a pure function of (seed, step).
+
+    Documents are consumed in order of the seed's shuffle, ``batch_size`` per step; each later epoch
+    reshuffles with a seed derived from (seed, epoch), so any step's batch can be recomputed on resume.
+    """
+
+    def __init__(self, docs: list[list[int]], batch_size: int, seed: int):
+        self.docs, self.batch_size, self.seed = docs, batch_size, seed
+        self._epoch, self._perm = 0, list(range(len(docs)))
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            perm = list(range(len(self.docs)))
+            if epoch > 0:
+                random.Random(f"microgpt-epoch-{self.seed}-{epoch}").shuffle(perm)
+            self._epoch, self._perm = epoch, perm
+        return self._perm
+
+    def batch(self, step: int) -> list[list[int]]:
+        n, out = len(self.docs), []
+        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
+            out.append(self.docs[self._permutation(i // n)[i % n]])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def evaluate(engine, docs: list[list[int]], max_docs: int, chunk: int = 64) -> float:
+    """Mean validation loss over the first ``max_docs`` documents (all when 0), without a graph."""
+    docs = docs[:max_docs] if max_docs else docs
+    total = 0.0
+    for i in range(0, len(docs), chunk):
+        part = docs[i:i + chunk]
+        total += engine.eval_loss(part) * len(part)
+    return total / len(docs)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@dataclass
+class History:
+    losses: list[float] = field(default_factory=list)     # training loss of each step run
+    val: list[tuple[int, float]] = field(default_factory=list)   # (step, validation loss)
+    stopped_early: bool = False
+
+
+def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_step: int = 0,
+          stop_step: int = 0, save_path: str | None = None, save_every: int = 0, log_every: int = 0, quiet: bool = False,
+          meta: dict | None = None, out=sys.stdout) -> History:
+    """Run steps ``start_step .. (stop_step or num_steps) - 1``; validate, stop early, checkpoint, report."""
+    order = DataOrder(data.train, tcfg.batch_size, tcfg.seed)
+    hist, best, bad_evals = History(), math.inf, 0
+    meta = dict(meta or {})
+
+    def save(step: int) -> None:
+        if save_path:
+            checkpoint.save(save_path, checkpoint.Checkpoint(
+                model=mcfg, train=tcfg, tokenizer=data.tokenizer.to_dict(), params=engine.export_params(),
+                adam=engine.export_adam(), step=step, data=data.info,
+                meta={**meta, "engine": engine.name, "best_val_loss": best if best < math.inf else None}))
+
+    t0 = last_print = time.perf_counter()
+    tokens = 0
+    step = start_step
+    try:
+        end = stop_step or tcfg.num_steps
+        for step in range(start_step, end):
+            docs = order.batch(step)
+            lr = lr_at(step, tcfg)
+            loss = engine.train_step(docs, lr)
+            if not math.isfinite(loss):
+                raise UserError(f"training diverged at step {step + 1}: loss is {loss}; lower --learning-rate "
+                                f"or set --grad-clip")
+            hist.losses.append(loss)
+            tokens += sum(len(d) - 1 for d in docs)
+            done = step + 1
+            now = time.perf_counter()
+            evaluate_now = data.val and (done == tcfg.num_steps or (tcfg.eval_every and done % tcfg.eval_every == 0))
+            should_print = (log_every and done % log_every == 0) or (not log_every and now - last_print >= 1.0)
+            if not quiet and (should_print or evaluate_now or done == start_step + 1):
+                elapsed = now - t0
+                per_step = elapsed / (done - start_step)
+                print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                      f"{tokens / elapsed:,.0f} tok/s | {per_step * 1e3:.2f} ms/step | "
+                      f"ETA {_fmt_duration(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
+                last_print = now
+            if evaluate_now:
+                val = evaluate(engine, data.val, tcfg.eval_docs)
+                hist.val.append((done, val))
+                if not quiet:
+                    print(f"step {done}: validation loss {val:.4f}", file=out, flush=True)
+                if val < best - 1e-12:
+                    best, bad_evals = val, 0
+                else:
+                    bad_evals += 1
+                    if tcfg.patience and bad_evals >= tcfg.patience:
+                        hist.stopped_early = True
+                        if not quiet:
+                            print(f"early stop: no improvement in {bad_evals} evaluations (best {best:.4f})",
+                                  file=out, flush=True)
+                        save(done)
+                        return hist
+            if save_every and done % save_every == 0:
+                save(done)
+    except KeyboardInterrupt:
+        done = start_step + len(hist.losses)
+        save(done)
+        print(f"\ninterrupted after step {done}" + (f"; checkpoint saved to {save_path}" if save_path else ""),
+              file=out, flush=True)
+        raise SystemExit(130)
+    save(end)
+    return hist
+
+
+# ----------------------------------------------------------------------------------------------------
+# main
+
+
+def make_engine(engine_cls, mcfg, tcfg, params, args):
+    try:
+        return engine_cls(mcfg, tcfg, params, dtype=args.dtype, threads=args.threads)
+    except ValueError as e:
+        raise UserError(f"--engine {args.engine}: {e}") from None
+
+
+def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) -> History | None:
+    """Parse ``argv`` and train (or only sample); raises UserError on bad input."""
+    from engines import load_engine
+
+    args = build_parser(description, default_engine).parse_args(argv)
+    engine_cls = load_engine(args.engine)
+    scfg = SampleConfig(**_overrides(args, SampleConfig, rename={"seed": "sample_seed"})).validate()
+    if args.threads < 1:
+        raise UserError(f"--threads must be an integer >= 1 (got {args.threads})")
+    for flag in ("save_every", "log_every", "bpe_merges"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be an integer >= 0 (got {getattr(args, flag)})")
+
+    if args.sample_from:
+        ckpt = checkpoint.load(args.sample_from)
+        engine = make_engine(engine_cls, ckpt.model, ckpt.train, ckpt.params, args)
+        tokenizer = tokenizer_from_dict(ckpt.tokenizer)
+        for name in sample(engine.logits, tokenizer, ckpt.model.block_size, scfg):
+            print(name, file=out)
+        return None
+
+    if args.resume:
+        ckpt = checkpoint.load(args.resume)
+        mcfg, tcfg, start = ckpt.model, ckpt.train, ckpt.step
+        data = load_dataset(args.data or ckpt.data.get("sources"), tcfg, mcfg.block_size, "char", 0, ckpt.tokenizer)
+        if data.info["sha256"] != ckpt.data.get("sha256"):
+            raise UserError(f"--resume: the documents differ from the ones {args.resume} was trained on; "
+                            f"pass the same --data")
+        params = ckpt.params
+    else:
+        tcfg = TrainConfig(**_overrides(args, TrainConfig)).validate()
+        model_flags = _overrides(args, ModelConfig)
+        model_flags["zero_init_proj"] = not args.no_zero_init_proj
+        ModelConfig(**model_flags).validate()  # reject bad shapes before reading any data
+        data = load_dataset(args.data, tcfg, model_flags.get("block_size", ModelConfig.block_size),
+                            args.tokenizer or "char", args.bpe_merges)
+        mcfg = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_flags).validate()
+        start, params = 0, init_params(mcfg, tcfg.seed)
+    if not data.train:
+        raise UserError("the training split is empty: provide more documents or lower --val-fraction")
+
+    engine = make_engine(engine_cls, mcfg, tcfg, params, args)
+    if args.resume:
+        engine.import_adam(ckpt.adam)
+    if not args.quiet:
+        print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}) | "
+              f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
+              f"vocab {mcfg.vocab_size} | steps {start}..{tcfg.num_steps}", file=out, flush=True)
+    if args.stop_at and not start < args.stop_at <= tcfg.num_steps:
+        raise UserError(f"--stop-at must be in ({start}, {tcfg.num_steps}] (got {args.stop_at})")
+    hist = train(engine, data, mcfg, tcfg, start, args.stop_at, args.save, args.save_every, args.log_every, args.quiet,
+                 meta={"dtype": args.dtype, "threads": args.threads}, out=out)
+    if hist.losses and not args.quiet:
+        tail = hist.losses[-100:]
+        print(f"mean training loss over the last {len(tail)} steps: {sum(tail) / len(tail):.4f}", file=out)
+    if args.loss_log:
+        write_json_atomic(args.loss_log, {"engine": engine.name, "start_step": start, "train": hist.losses,
+                                          "val": hist.val, "config": mcfg.to_dict(), "train_config": tcfg.to_dict()})
+    if scfg.num_samples:
+        print("samples:", file=out)
+        for name in sample(engine.logits, data.tokenizer, mcfg.block_size, scfg):
+            print(f"  {name}", file=out)
+    return hist
+
+
+def main(argv: list[str], default_engine: str, description: str) -> None:
+    """CLI entry: one-line errors and exit status 2 instead of tracebacks for bad input."""
+    try:
+        run(argv, default_engine, description)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,387 @@
+"""The reference trainer: a character-level GPT in pure Python with a vector-level autograd.
+
+Every other engine in the lab must reproduce the losses this file computes. It uses only the standard
+library and reads top to bottom:
+
+  1. vector helpers    a few list operations that run at C speed inside CPython's builtins
+  2. autograd          ``Vec``: a node holding a 1-D vector, and fused vector ops with their own backward
+  3. the model         embedding, RMSNorm, causal multi-head attention, squared-ReLU MLP, cross-entropy
+  4. the engine        loss and gradients for a batch of documents, global-norm clipping, Adam
+  5. main              the shared command line (microgpt.trainer): data, progress, checkpoints, sampling
+
+Why vectors and not scalars? A micrograd-style scalar graph (engines/scalar.py) allocates one Python
+object per multiply-add. Here a node holds a whole activation vector and each op runs its inner loops in
+``sum(map(...))``, so the interpreter pays per vector, not per number: the same maths, tens of times faster.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from operator import add, mul
+
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, FlatParams
+
+RMS_EPS = 1e-5
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Vector helpers. map() over builtins keeps the per-element loop in C; a list comprehension would
+#    run one bytecode loop per element and be several times slower.
+
+
+def dot(a: list[float], b: list[float]) -> float:
+    return sum(map(mul, a, b))
+
+
+def vadd(a: list[float], b: list[float]) -> list[float]:
+    return list(map(add, a, b))
+
+
+def scale(s: float, a: list[float]) -> list[float]:
+    return list(map(s.__mul__, a))
+
+
+def axpy(s: float, x: list[float], y: list[float]) -> list[float]:
+    """s * x + y, the workhorse of every backward pass."""
+    return list(map(add, y, map(s.__mul__, x)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Autograd. A Vec is a node of the computation graph; each op creates one and attaches a closure
+#    that, given the node's gradient, adds the contributions into its parents' gradients. Parameters are
+#    not nodes: ops that read weights add their weight gradients straight into the engine's gradient rows.
+
+GRAD_ENABLED = True  # evaluation switches this off so no graph is kept
+
+
+class Vec:
+    __slots__ = ("data", "grad", "parents", "backward_fn")
+
+    def __init__(self, data: list[float], parents: tuple = (), backward_fn=None):
+        self.data = data
+        self.grad = None
+        self.parents = parents if GRAD_ENABLED else ()
+        self.backward_fn = backward_fn if GRAD_ENABLED else None
+
+    def backward(self) -> None:
+        """Reverse-mode sweep from this (scalar) node: topological order, then each node's closure."""
+        order, seen, stack = [], set(), [(self, False)]
+        while stack:  # iterative depth-first search: deep graphs would overflow Python's recursion limit
+            node, parents_done = stack.pop()
+            if parents_done:
+                order.append(node)
+            elif id(node) not in seen:
+                seen.add(id(node))
+                stack.append((node, True))
+                stack.extend((p, False) for p in node.parents)
+        for node in order:
+            node.grad = [0.0] * len(node.data)
+        self.grad = [1.0]
+        for node in reversed(order):
+            if node.backward_fn is not None:
+                node.backward_fn(node.grad)
+
+
+def vec_add(a: Vec, b: Vec) -> Vec:
+    def backward(g):
+        a.grad = vadd(a.grad, g)
+        b.grad = vadd(b.grad, g)
+    return Vec(vadd(a.data, b.data), (a, b), backward)
+
+
+def embed(tok: int, pos: int, wte, wpe, dwte, dwpe) -> Vec:
+    """Token embedding row plus position embedding row."""
+    def backward(g):
+        dwte[tok] = vadd(dwte[tok], g)
+        dwpe[pos] = vadd(dwpe[pos], g)
+    return Vec(vadd(wte[tok], wpe[pos]), (), backward)
+
+
+def rmsnorm(x: Vec) -> Vec:
+    """y = x / rms(x), rms = sqrt(mean(x^2) + eps); no learned gain."""
+    n = len(x.data)
+    inv = (dot(x.data, x.data) / n + RMS_EPS) ** -0.5
+
+    def backward(g):
+        # dy/dx = inv * (I - x x^T inv^2 / n), applied to g
+        x.grad = axpy(-inv ** 3 * dot(x.data, g) / n, x.data, axpy(inv, g, x.grad))
+    return Vec(scale(inv, x.data), (x,), backward)
+
+
+def linear(x: Vec, w: list[list[float]], dw: list[list[float]]) -> Vec:
+    """y = W x for W given as rows (out, in); backward adds W^T g into x and g x^T into dW."""
+    def backward(g):
+        xd, dx = x.data, x.grad
+        for i, gi in enumerate(g):
+            if gi:  # zero rows of g (e.g. ReLU-killed units) contribute nothing
+                dw[i] = axpy(gi, xd, dw[i])
+                dx = axpy(gi, w[i], dx)
+        x.grad = dx
+    return Vec([dot(row, x.data) for row in w], (x,), backward)
+
+
+def relu_act(x: Vec, squared: bool) -> Vec:
+    """relu(x)^2 (default) or relu(x)."""
+    if squared:
+        out = [v * v if v > 0 else 0.0 for v in x.data]
+
+        def backward(g):
+            x.grad = [gx + 2.0 * v * gi if v > 0 else gx for gx, v, gi in zip(x.grad, x.data, g)]
+    else:
+        out = [v if v > 0 else 0.0 for v in x.data]
+
+        def backward(g):
+            x.grad = [gx + gi if v > 0 else gx for gx, v, gi in zip(x.grad, x.data, g)]
+    return Vec(out, (x,), backward)
+
+
+def attention(q: Vec, keys: list[Vec], values: list[Vec], n_head: int) -> Vec:
+    """Causal multi-head attention of one query over the cached keys/values of positions 0..t.
+
+    Fused into one node: per head, scores s_j = q.k_j / sqrt(D), weights a = softmax(s), output
+    o = sum_j a_j v_j. The backward pass reaches the query and every cached key and value.
+    """
+    d = len(q.data) // n_head
+    inv_sqrt_d = 1.0 / math.sqrt(d)
+    out = [0.0] * len(q.data)
+    weights = []  # per head, the softmax weights over positions, kept for backward
+    for h in range(0, len(q.data), d):
+        qh = q.data[h:h + d]
+        scores = [dot(qh, k.data[h:h + d]) * inv_sqrt_d for k in keys]
+        top = max(scores)
+        exps = [math.exp(s - top) for s in scores]
+        total = sum(exps)
+        a = [e / total for e in exps]
+        oh = [0.0] * d
+        for aj, v in zip(a, values):
+            oh = axpy(aj, v.data[h:h + d], oh)
+        out[h:h + d] = oh
+        weights.append(a)
+
+    def backward(g):
+        dq = []
+        for a, h in zip(weights, range(0, len(q.data), d)):
+            gh = g[h:h + d]
+            # through the weighted sum: dv_j += a_j g,  da_j = g . v_j
+            da = []
+            for aj, v in zip(a, values):
+                v.grad[h:h + d] = axpy(aj, gh, v.grad[h:h + d])
+                da.append(dot(gh, v.data[h:h + d]))
+            # through the softmax: ds_j = a_j (da_j - sum_k a_k da_k)
+            mean_da = dot(a, da)
+            qh = q.data[h:h + d]
+            dqh = [0.0] * d
+            for aj, daj, k in zip(a, da, keys):
+                ds = aj * (daj - mean_da) * inv_sqrt_d
+                dqh = axpy(ds, k.data[h:h + d], dqh)
+                k.grad[h:h + d] = axpy(ds, qh, k.grad[h:h + d])
+            dq += dqh
+        q.grad = vadd(q.grad, dq)
+    return Vec(out, (q, *keys, *values), backward)
+
+
+def cross_entropy(logits: Vec, target: int) -> Vec:
+    """-log softmax(logits)[target], as a 1-element node."""
+    top = max(logits.data)
+    exps = [math.exp(v - top) for v in logits.data]
+    total = sum(exps)
+
+    def backward(g):
+        # d/dlogits = softmax - onehot(target)
+        probs = scale(g[0] / total, exps)
+        probs[target] -= g[0]
+        logits.grad = vadd(logits.grad, probs)
+    return Vec([top + math.log(total) - logits.data[target]], (logits,), backward)
+
+
+def mean(nodes: list[Vec]) -> Vec:
+    """Mean of 1-element nodes."""
+    n = len(nodes)
+
+    def backward(g):
+        for node in nodes:
+            node.grad[0] += g[0] / n
+    return Vec([sum(node.data[0] for node in nodes) / n], tuple(nodes), backward)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The model. Weights are kept as lists of rows (the fastest shape for dot products in CPython); the
+#    flat layout of microgpt.params is only for import and export.
+
+
+def zeros_like(tensors: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
+    return {name: [[0.0] * len(row) for row in rows] for name, rows in tensors.items()}
+
+
+class GPT:
+    def __init__(self, cfg: ModelConfig, params: FlatParams):
+        self.cfg = cfg
+        self.names = list(params.tensors)
+        self.w = {name: params.rows(name) for name in self.names}
+        self.zero_grad()
+
+    def zero_grad(self) -> None:
+        self.dw = zeros_like(self.w)
+
+    def forward(self, tokens: list[int], targets: list[int] | None = None):
+        """Run the tokens one position at a time with a KV cache.
+
+        Returns the mean cross-entropy node when ``targets`` are given, else the last position's logits.
+        """
+        cfg, w, dw = self.cfg, self.w, self.dw
+        keys = [[] for _ in range(cfg.n_layer)]
+        values = [[] for _ in range(cfg.n_layer)]
+        losses = []
+        for pos, tok in enumerate(tokens):
+            x = rmsnorm(embed(tok, pos, w["wte"], w["wpe"], dw["wte"], dw["wpe"]))
+            for layer in range(cfg.n_layer):
+                p = f"layer{layer}."
+                h = rmsnorm(x)
+                keys[layer].append(linear(h, w[p + "attn_wk"], dw[p + "attn_wk"]))
+                values[layer].append(linear(h, w[p + "attn_wv"], dw[p + "attn_wv"]))
+                q = linear(h, w[p + "attn_wq"], dw[p + "attn_wq"])
+                o = attention(q, keys[layer], values[layer], cfg.n_head)
+                x = vec_add(x, linear(o, w[p + "attn_wo"], dw[p + "attn_wo"]))
+                h = relu_act(linear(rmsnorm(x), w[p + "mlp_fc1"], dw[p + "mlp_fc1"]), cfg.mlp_act == "relu2")
+                x = vec_add(x, linear(h, w[p + "mlp_fc2"], dw[p + "mlp_fc2"]))
+            logits = linear(x, w["lm_head"], dw["lm_head"])
+            if targets is not None:
+                losses.append(cross_entropy(logits, targets[pos]))
+        return mean(losses) if targets is not None else logits
+
+    def batch_loss(self, docs: list[list[int]]) -> Vec:
+        """Mean over documents of each document's mean next-token loss."""
+        return mean([self.forward(doc[:-1], doc[1:]) for doc in docs])
+
+    def flat(self, tensors: dict[str, list[list[float]]]) -> array:
+        """Concatenate row lists in the flat layout's order."""
+        out = array("d")
+        for name in self.names:
+            for row in tensors[name]:
+                out.extend(row)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. The engine: the contract every engine implements (see engines/__init__.py).
+
+
+class PythonEngine:
+    name = "python"
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
+                 threads: int = 1):
+        if dtype != "float64" or threads != 1:
+            raise ValueError("the pure-Python engine computes in float64 on one thread only")
+        self.cfg, self.tcfg = model_cfg, train_cfg
+        self.model = GPT(model_cfg, params)
+        self.m, self.v = zeros_like(self.model.w), zeros_like(self.model.w)
+        self.t = 0
+
+    def _backward(self, docs: list[list[int]]) -> float:
+        global GRAD_ENABLED
+        GRAD_ENABLED = True
+        self.model.zero_grad()
+        loss = self.model.batch_loss(docs)
+        loss.backward()
+        return loss.data[0]
+
+    def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        loss = self._backward(docs)
+        return loss, self.model.flat(self.model.dw)
+
+    def train_step(self, docs: list[list[int]], lr: float) -> float:
+        loss = self._backward(docs)
+        self._clip_grad()
+        self._adam(lr)
+        return loss
+
+    def _clip_grad(self) -> None:
+        """Scale all gradients so their global L2 norm is at most grad_clip (if enabled)."""
+        if self.tcfg.grad_clip <= 0:
+            return
+        dw = self.model.dw
+        norm = math.sqrt(sum(dot(row, row) for rows in dw.values() for row in rows))
+        if norm > self.tcfg.grad_clip:
+            s = self.tcfg.grad_clip / norm
+            for rows in dw.values():
+                rows[:] = [scale(s, row) for row in rows]
+
+    def _adam(self, lr: float) -> None:
+        """One Adam update with bias correction, row by row."""
+        c = self.tcfg
+        self.t += 1
+        b1, b2, eps = c.beta1, c.beta2, c.eps
+        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        for name, rows in self.model.w.items():
+            grads, ms, vs = self.model.dw[name], self.m[name], self.v[name]
+            for r, (g, m, v) in enumerate(zip(grads, ms, vs)):
+                m = ms[r] = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+                v = vs[r] = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+                rows[r] = [p - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps) for p, mi, vi in zip(rows[r], m, v)]
+
+    def eval_loss(self, docs: list[list[int]]) -> float:
+        global GRAD_ENABLED
+        GRAD_ENABLED = False
+        try:
+            return self.model.batch_loss(docs).data[0]
+        finally:
+            GRAD_ENABLED = True
+
+    def logits(self, tokens: list[int]) -> list[float]:
+        global GRAD_ENABLED
+        GRAD_ENABLED = False
+        try:
+            return self.model.forward(tokens).data
+        finally:
+            GRAD_ENABLED = True
+
+    def export_params(self) -> FlatParams:
+        return FlatParams(self.cfg, self.model.flat(self.model.w))
+
+    def export_adam(self) -> AdamState:
+        return AdamState(self.model.flat(self.m), self.model.flat(self.v), self.t)
+
+    def import_adam(self, state: AdamState) -> None:
+        for target, flat in ((self.m, state.m), (self.v, state.v)):
+            restored = FlatParams(self.cfg, flat)
+            for name in target:
+                target[name] = restored.rows(name)
+        self.t = state.t
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. main
+
+
+def autograd_demo() -> None:
+    """f(a, b) = a.b + sum(a): two hand-written ops, one backward sweep, gradients checked by hand."""
+    def vec_dot(a: Vec, b: Vec) -> Vec:
+        def backward(g):
+            a.grad = axpy(g[0], b.data, a.grad)
+            b.grad = axpy(g[0], a.data, b.grad)
+        return Vec([dot(a.data, b.data)], (a, b), backward)
+
+    def vec_sum(a: Vec) -> Vec:
+        def backward(g):
+            a.grad = [ga + g[0] for ga in a.grad]
+        return Vec([sum(a.data)], (a,), backward)
+
+    a, b = Vec([2.0, -3.0]), Vec([0.5, 4.0])
+    f = mean([vec_add(vec_dot(a, b), vec_sum(a))])
+    f.backward()
+    print("f(a, b) = a.b + sum(a)   with a = [2, -3], b = [0.5, 4]")
+    print(f"f     = {f.data[0]}   (2*0.5 - 3*4 + 2 - 3 = -12)")
+    print(f"df/da = {a.grad}   (b + 1)")
+    print(f"df/db = {b.grad}   (a)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--autograd-demo" in sys.argv[1:]:
+        autograd_demo()
+    else:
+        from microgpt.trainer import main
+        main(sys.argv[1:], default_engine="python", description=__doc__)
