@@ -1,7 +1,500 @@
-/* _ceilings: micro-kernels that measure this machine's peak FLOP/s and memory bandwidth. */
+/* _ceilings: micro-kernels that measure this machine's peak FLOP/s and memory bandwidth.
+ *
+ * Every probe runs on `threads` pthreads pinned one per allowed CPU, does one untimed warm-up
+ * repetition (page faults, cache fill, clock ramp-up), then `repeats` timed repetitions separated by
+ * a barrier, and reports the best one (as STREAM and the Empirical Roofline Toolkit do): noise from
+ * other processes only ever makes a run slower, so the fastest run is the closest to the ceiling.
+ * A repetition's time is from the first thread's start to the last thread's finish.
+ *
+ * ISA variants are compiled with per-function target attributes and chosen at run time with
+ * __builtin_cpu_supports, so the module builds with the project's plain -O3 flags and still runs on
+ * a CPU without AVX-512 (asking for a missing ISA is a ValueError, not a SIGILL).
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static struct PyModuleDef ceilings_module = {PyModuleDef_HEAD_INIT, "_ceilings", "Roofline ceiling probes.", -1, NULL};
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_THREADS 256
+#define MAX_REPEATS 1000
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Peak FLOP/s: NACC independent FMA chains per thread. One FMA has a latency of ~4 cycles and a
+ * core issues up to 2 per cycle, so at least 8 chains must be in flight; 12 (16 registers: AVX2,
+ * scalar) and 24 (32 registers: AVX-512) leave margin without spilling. acc = acc * mul + add with
+ * mul just below 1 converges to add / (1 - mul), so values stay normal (no denormal slow path).
+ * ------------------------------------------------------------------------------------------- */
+
+#define FMA_KERNEL(fname, tgt, vtype, set1, fmadd, addv, nacc)                             \
+    __attribute__((target(tgt))) static double fname(long iters, double mul, double add) {  \
+        vtype m = set1(mul), a = set1(add), acc[nacc];                                         \
+        for (int k = 0; k < nacc; k++) acc[k] = set1(1.0 + 0.01 * k);                          \
+        for (long i = 0; i < iters; i++)                                                       \
+            for (int k = 0; k < nacc; k++) acc[k] = fmadd(acc[k], m, a);                       \
+        for (int k = 1; k < nacc; k++) acc[0] = addv(acc[0], acc[k]);                          \
+        double out[16] __attribute__((aligned(64)));                                           \
+        memcpy(out, &acc[0], sizeof(vtype));                                                   \
+        return out[0];                                                                         \
+    }
+
+/* Scalar = one lane per FMA (_mm_fmadd_sd/_ss touch only the low lane), the ceiling for code the
+ * compiler did not vectorise. set1 fills every lane, harmless: only lane 0 is computed. */
+FMA_KERNEL(fma_f64_scalar, "fma", __m128d, _mm_set1_pd, _mm_fmadd_sd, _mm_add_sd, 12)
+FMA_KERNEL(fma_f64_avx2, "avx2,fma", __m256d, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd, 12)
+FMA_KERNEL(fma_f64_avx512, "avx512f", __m512d, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd, 24)
+#define SET1_PS(x) _mm_set1_ps((float)(x))
+#define SET1_PS256(x) _mm256_set1_ps((float)(x))
+#define SET1_PS512(x) _mm512_set1_ps((float)(x))
+FMA_KERNEL(fma_f32_scalar, "fma", __m128, SET1_PS, _mm_fmadd_ss, _mm_add_ss, 12)
+FMA_KERNEL(fma_f32_avx2, "avx2,fma", __m256, SET1_PS256, _mm256_fmadd_ps, _mm256_add_ps, 12)
+FMA_KERNEL(fma_f32_avx512, "avx512f", __m512, SET1_PS512, _mm512_fmadd_ps, _mm512_add_ps, 24)
+
+typedef double (*fma_fn)(long, double, double);
+
+typedef struct {
+    const char *isa;
+    int (*supported)(void);
+    fma_fn f64, f32;
+    int f64_lanes, f32_lanes, nacc;
+} isa_entry;
+
+/* __builtin_cpu_supports needs a string literal, hence one tiny function per ISA. */
+static int has_scalar_fma(void) { return __builtin_cpu_supports("fma"); }
+static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int has_avx512(void) { return __builtin_cpu_supports("avx512f"); }
+
+static const isa_entry ISAS[] = {
+    {"scalar", has_scalar_fma, fma_f64_scalar, fma_f32_scalar, 1, 1, 12},
+    {"avx2", has_avx2, fma_f64_avx2, fma_f32_avx2, 4, 8, 12},
+    {"avx512", has_avx512, fma_f64_avx512, fma_f32_avx512, 8, 16, 24},
+};
+#define NUM_ISAS (sizeof(ISAS) / sizeof(ISAS[0]))
+
+static const isa_entry *find_isa(const char *name) {
+    for (size_t i = 0; i < NUM_ISAS; i++)
+        if (strcmp(ISAS[i].isa, name) == 0) return &ISAS[i];
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Memory kernels, fp64. Triad a[i] = b[i] + s * c[i] (STREAM) counts 24 bytes per element: the
+ * program's two reads and one write. A write-allocate cache also reads a's line before writing it,
+ * so the hardware moves 32 bytes per element; like STREAM we report program bytes, the same
+ * convention as the FLOP/byte model (microgpt/flops.py), so the two are comparable.
+ * Read: s += a[i] with independent accumulators, 8 bytes per element, no writes.
+ * ------------------------------------------------------------------------------------------- */
+
+__attribute__((target("avx512f"))) static double triad_avx512(double *restrict a, const double *restrict b,
+                                                               const double *restrict c, size_t n, double s) {
+    __m512d vs = _mm512_set1_pd(s);
+    for (size_t i = 0; i < n; i += 16) {  /* n is a multiple of 16: two vectors per step */
+        _mm512_storeu_pd(a + i, _mm512_fmadd_pd(vs, _mm512_loadu_pd(c + i), _mm512_loadu_pd(b + i)));
+        _mm512_storeu_pd(a + i + 8, _mm512_fmadd_pd(vs, _mm512_loadu_pd(c + i + 8), _mm512_loadu_pd(b + i + 8)));
+    }
+    return a[n / 2];
+}
+
+__attribute__((target("avx512f"))) static double read_avx512(const double *restrict a, size_t n) {
+    __m512d acc[8];  /* 2 loads/cycle x ~3-cycle add latency: 8 chains keep the loads flowing */
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_pd();
+    for (size_t i = 0; i < n; i += 64)
+        for (int k = 0; k < 8; k++) acc[k] = _mm512_add_pd(acc[k], _mm512_loadu_pd(a + i + 8 * k));
+    for (int k = 1; k < 8; k++) acc[0] = _mm512_add_pd(acc[0], acc[k]);
+    return _mm512_reduce_add_pd(acc[0]);
+}
+
+__attribute__((target("avx2,fma"))) static double triad_avx2(double *restrict a, const double *restrict b,
+                                                              const double *restrict c, size_t n, double s) {
+    __m256d vs = _mm256_set1_pd(s);
+    for (size_t i = 0; i < n; i += 4)
+        _mm256_storeu_pd(a + i, _mm256_fmadd_pd(vs, _mm256_loadu_pd(c + i), _mm256_loadu_pd(b + i)));
+    return a[n / 2];
+}
+
+__attribute__((target("avx2"))) static double read_avx2(const double *restrict a, size_t n) {
+    __m256d acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_pd();
+    for (size_t i = 0; i < n; i += 32)
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_add_pd(acc[k], _mm256_loadu_pd(a + i + 4 * k));
+    for (int k = 1; k < 8; k++) acc[0] = _mm256_add_pd(acc[0], acc[k]);
+    double out[4];
+    _mm256_storeu_pd(out, acc[0]);
+    return out[0] + out[1] + out[2] + out[3];
+}
+
+static double triad_plain(double *restrict a, const double *restrict b, const double *restrict c, size_t n,
+                          double s) {
+    for (size_t i = 0; i < n; i++) a[i] = b[i] + s * c[i];
+    return a[n / 2];
+}
+
+static double read_plain(const double *restrict a, size_t n) {
+    double acc[8] = {0};
+    for (size_t i = 0; i < n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k];
+    return acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+}
+
+/* Known-intensity kernel for checking the roofline itself: reads a[i] and applies `fmas` dependent
+ * FMAs to it (8 vectors in flight), so it does 2 * fmas FLOPs per 8 bytes read. */
+__attribute__((target("avx512f"))) static double intensity_avx512(const double *restrict a, size_t n, long fmas) {
+    __m512d m = _mm512_set1_pd(0.999999), add = _mm512_set1_pd(1e-6), acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_pd();
+    for (size_t i = 0; i < n; i += 64) {
+        __m512d y[8];
+        for (int k = 0; k < 8; k++) y[k] = _mm512_loadu_pd(a + i + 8 * k);
+        for (long j = 0; j < fmas; j++)
+            for (int k = 0; k < 8; k++) y[k] = _mm512_fmadd_pd(y[k], m, add);
+        for (int k = 0; k < 8; k++) acc[k] = _mm512_add_pd(acc[k], y[k]);
+    }
+    for (int k = 1; k < 8; k++) acc[0] = _mm512_add_pd(acc[0], acc[k]);
+    return _mm512_reduce_add_pd(acc[0]);
+}
+
+__attribute__((target("avx2,fma"))) static double intensity_avx2(const double *restrict a, size_t n, long fmas) {
+    __m256d m = _mm256_set1_pd(0.999999), add = _mm256_set1_pd(1e-6), acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_pd();
+    for (size_t i = 0; i < n; i += 32) {
+        __m256d y[8];
+        for (int k = 0; k < 8; k++) y[k] = _mm256_loadu_pd(a + i + 4 * k);
+        for (long j = 0; j < fmas; j++)
+            for (int k = 0; k < 8; k++) y[k] = _mm256_fmadd_pd(y[k], m, add);
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_add_pd(acc[k], y[k]);
+    }
+    for (int k = 1; k < 8; k++) acc[0] = _mm256_add_pd(acc[0], acc[k]);
+    double out[4];
+    _mm256_storeu_pd(out, acc[0]);
+    return out[0] + out[1] + out[2] + out[3];
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Thread harness: one job description shared by all threads; each thread works on its own slice.
+ * ------------------------------------------------------------------------------------------- */
+
+enum job_kind { JOB_FMA, JOB_TRIAD, JOB_READ, JOB_INTENSITY };
+
+typedef struct {
+    enum job_kind kind;
+    int threads, repeats;
+    /* Threads wait at the gate until all were created (gate 1) or creation failed (gate -1). */
+    pthread_mutex_t lock;
+    pthread_cond_t opened;
+    int gate;
+    pthread_barrier_t barrier;
+    int cpus[MAX_THREADS];  /* CPU each thread is pinned to, -1 = not pinned */
+    /* FMA */
+    fma_fn fma;
+    long iters;
+    /* memory: per-thread slices of n_per_thread elements each (a multiple of 64) */
+    double *a, *b, *c;
+    size_t n_per_thread;
+    long passes, fmas;
+    /* results: start/end of every repetition (index 0 = warm-up) for every thread */
+    double *t_start, *t_end;
+    double sink[MAX_THREADS];
+} job;
+
+typedef struct {
+    job *j;
+    int id;
+} worker_arg;
+
+static double run_once(job *j, int id, long rep) {
+    size_t n = j->n_per_thread, off = (size_t)id * n;
+    double s = 0.0;
+    switch (j->kind) {
+    case JOB_FMA:
+        return j->fma(j->iters, 0.999999, 1e-6);
+    case JOB_TRIAD:
+        for (long p = 0; p < j->passes; p++) {
+            /* a different scalar every pass, so no pass can be proven redundant */
+            double scale = 1.0 + 1e-9 * (double)(rep * j->passes + p);
+            if (has_avx512()) s += triad_avx512(j->a + off, j->b + off, j->c + off, n, scale);
+            else if (has_avx2()) s += triad_avx2(j->a + off, j->b + off, j->c + off, n, scale);
+            else s += triad_plain(j->a + off, j->b + off, j->c + off, n, scale);
+        }
+        return s;
+    case JOB_READ:
+        for (long p = 0; p < j->passes; p++)
+            s += has_avx512() ? read_avx512(j->a + off, n) : has_avx2() ? read_avx2(j->a + off, n) : read_plain(j->a + off, n);
+        return s;
+    case JOB_INTENSITY:
+        for (long p = 0; p < j->passes; p++)
+            s += has_avx512() ? intensity_avx512(j->a + off, n, j->fmas) : intensity_avx2(j->a + off, n, j->fmas);
+        return s;
+    }
+    return s;
+}
+
+static void *worker(void *p) {
+    worker_arg *w = (worker_arg *)p;
+    job *j = w->j;
+    int id = w->id;
+    pthread_mutex_lock(&j->lock);
+    while (j->gate == 0) pthread_cond_wait(&j->opened, &j->lock);
+    int go = j->gate > 0;
+    pthread_mutex_unlock(&j->lock);
+    if (!go) return NULL;
+    if (j->cpus[id] >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(j->cpus[id], &set);
+        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
+    if (j->kind != JOB_FMA) {  /* first touch by the thread that will use the slice */
+        size_t n = j->n_per_thread, off = (size_t)id * n;
+        for (size_t i = 0; i < n; i++) {
+            j->a[off + i] = 1.0;
+            if (j->b) j->b[off + i] = 2.0;
+            if (j->c) j->c[off + i] = 0.5;
+        }
+    }
+    for (int r = 0; r <= j->repeats; r++) {  /* r = 0 is the untimed warm-up */
+        pthread_barrier_wait(&j->barrier);
+        double t0 = now_seconds();
+        j->sink[id] += run_once(j, id, r);
+        double t1 = now_seconds();
+        j->t_start[r * j->threads + id] = t0;
+        j->t_end[r * j->threads + id] = t1;
+    }
+    return NULL;
+}
+
+/* Runs the job; returns the best repetition's wall time in seconds, or -1 with a Python error set. */
+static double run_job(job *j) {
+    cpu_set_t allowed;
+    int ncpus = 0, cpu_ids[MAX_THREADS];
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
+        for (int c = 0; c < CPU_SETSIZE && ncpus < MAX_THREADS; c++)
+            if (CPU_ISSET(c, &allowed)) cpu_ids[ncpus++] = c;
+    /* Pin only when every thread gets its own CPU; oversubscribed runs are left to the scheduler. */
+    for (int t = 0; t < j->threads; t++) j->cpus[t] = j->threads <= ncpus ? cpu_ids[t] : -1;
+
+    size_t slots = (size_t)(j->repeats + 1) * (size_t)j->threads;
+    j->t_start = calloc(slots, sizeof(double));
+    j->t_end = calloc(slots, sizeof(double));
+    if (!j->t_start || !j->t_end || pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads) != 0) {
+        free(j->t_start);
+        free(j->t_end);
+        PyErr_NoMemory();
+        return -1.0;
+    }
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->opened, NULL);
+    j->gate = 0;
+    pthread_t tids[MAX_THREADS];
+    worker_arg args[MAX_THREADS];
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 0; t < j->threads; t++) {
+        args[t] = (worker_arg){j, t};
+        if (pthread_create(&tids[t], NULL, worker, &args[t]) != 0) break;
+        started++;
+    }
+    pthread_mutex_lock(&j->lock);
+    j->gate = started == j->threads ? 1 : -1;
+    pthread_cond_broadcast(&j->opened);
+    pthread_mutex_unlock(&j->lock);
+    for (int t = 0; t < started; t++) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+    pthread_barrier_destroy(&j->barrier);
+    pthread_cond_destroy(&j->opened);
+    pthread_mutex_destroy(&j->lock);
+    if (started < j->threads) {
+        free(j->t_start);
+        free(j->t_end);
+        PyErr_Format(PyExc_OSError, "could only start %d of %d threads", started, j->threads);
+        return -1.0;
+    }
+
+    double best = -1.0;
+    for (int r = 1; r <= j->repeats; r++) {
+        double t0 = j->t_start[r * j->threads], t1 = j->t_end[r * j->threads];
+        for (int t = 1; t < j->threads; t++) {
+            if (j->t_start[r * j->threads + t] < t0) t0 = j->t_start[r * j->threads + t];
+            if (j->t_end[r * j->threads + t] > t1) t1 = j->t_end[r * j->threads + t];
+        }
+        if (best < 0 || t1 - t0 < best) best = t1 - t0;
+    }
+    free(j->t_start);
+    free(j->t_end);
+    return best > 0 ? best : 1e-9;
+}
+
+static int check_threads_repeats(int threads, int repeats) {
+    if (threads < 1 || threads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [1, %d] (got %d)", MAX_THREADS, threads);
+        return -1;
+    }
+    if (repeats < 1 || repeats > MAX_REPEATS) {
+        PyErr_Format(PyExc_ValueError, "repeats must be in [1, %d] (got %d)", MAX_REPEATS, repeats);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Python API
+ * ------------------------------------------------------------------------------------------- */
+
+static PyObject *py_isa_supported(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *isa;
+    if (!PyArg_ParseTuple(args, "s", &isa)) return NULL;
+    const isa_entry *e = find_isa(isa);
+    if (!e) return PyErr_Format(PyExc_ValueError, "isa must be one of scalar, avx2, avx512 (got '%s')", isa);
+    return PyBool_FromLong(e->supported());
+}
+
+static PyObject *py_peak_flops(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *names[] = {"isa", "dtype", "threads", "iters", "repeats", NULL};
+    const char *isa, *dtype;
+    int threads = 1, repeats = 5;
+    long iters = 2000000;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ss|ili", names, &isa, &dtype, &threads, &iters, &repeats))
+        return NULL;
+    const isa_entry *e = find_isa(isa);
+    if (!e) return PyErr_Format(PyExc_ValueError, "isa must be one of scalar, avx2, avx512 (got '%s')", isa);
+    if (!e->supported()) return PyErr_Format(PyExc_ValueError, "this CPU does not support %s", isa);
+    int f32 = strcmp(dtype, "f32") == 0;
+    if (!f32 && strcmp(dtype, "f64") != 0)
+        return PyErr_Format(PyExc_ValueError, "dtype must be f64 or f32 (got '%s')", dtype);
+    if (iters < 1) return PyErr_Format(PyExc_ValueError, "iters must be >= 1 (got %ld)", iters);
+    if (check_threads_repeats(threads, repeats) < 0) return NULL;
+
+    job j = {.kind = JOB_FMA, .threads = threads, .repeats = repeats, .fma = f32 ? e->f32 : e->f64, .iters = iters};
+    double seconds = run_job(&j);
+    if (seconds < 0) return NULL;
+    int lanes = f32 ? e->f32_lanes : e->f64_lanes;
+    double flops = 2.0 * (double)lanes * e->nacc * (double)iters * threads;  /* an FMA is 2 FLOPs */
+    return PyFloat_FromDouble(flops / seconds);
+}
+
+/* Shared by the memory probes: allocates `arrays` arrays of n_per_thread * threads doubles. */
+static double run_memory_job(job *j, int arrays, Py_ssize_t nbytes, long min_bytes, double bytes_per_element) {
+    /* Per-thread slices, a multiple of 64 elements (one unrolled step of every kernel). */
+    size_t elems = (size_t)nbytes / (8 * (size_t)arrays);
+    size_t n = elems / (size_t)j->threads / 64 * 64;
+    if (n == 0) n = 64;
+    size_t total = n * (size_t)j->threads;
+    double *buf[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < arrays; k++) {
+        buf[k] = aligned_alloc(64, total * sizeof(double));
+        if (!buf[k]) {
+            for (int q = 0; q < k; q++) free(buf[q]);
+            PyErr_NoMemory();
+            return -1.0;
+        }
+    }
+    j->a = buf[0];
+    j->b = buf[1];
+    j->c = buf[2];
+    j->n_per_thread = n;
+    /* Enough passes that one repetition moves >= min_bytes: tiny arrays need many passes to be timed. */
+    double pass_bytes = bytes_per_element * (double)total;
+    j->passes = (long)((double)min_bytes / pass_bytes) + 1;
+    double seconds = run_job(j);
+    for (int k = 0; k < arrays; k++) free(buf[k]);
+    if (seconds < 0) return -1.0;
+    return (double)j->passes * pass_bytes / seconds;
+}
+
+static PyObject *py_bandwidth(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *names[] = {"kind", "nbytes", "threads", "repeats", "min_bytes", NULL};
+    const char *kind;
+    Py_ssize_t nbytes;
+    int threads = 1, repeats = 5;
+    long min_bytes = 64L << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sn|iil", names, &kind, &nbytes, &threads, &repeats, &min_bytes))
+        return NULL;
+    int triad = strcmp(kind, "triad") == 0;
+    if (!triad && strcmp(kind, "read") != 0)
+        return PyErr_Format(PyExc_ValueError, "kind must be triad or read (got '%s')", kind);
+    if (nbytes < 1024 || nbytes > ((Py_ssize_t)1 << 40))
+        return PyErr_Format(PyExc_ValueError, "nbytes must be in [1 KiB, 1 TiB] (got %zd)", nbytes);
+    if (min_bytes < 1) return PyErr_Format(PyExc_ValueError, "min_bytes must be >= 1 (got %ld)", min_bytes);
+    if (check_threads_repeats(threads, repeats) < 0) return NULL;
+
+    job j = {.kind = triad ? JOB_TRIAD : JOB_READ, .threads = threads, .repeats = repeats};
+    double bw = run_memory_job(&j, triad ? 3 : 1, nbytes, min_bytes, triad ? 24.0 : 8.0);
+    if (bw < 0) return NULL;
+    return PyFloat_FromDouble(bw);
+}
+
+static PyObject *py_intensity_probe(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *names[] = {"nbytes", "fmas", "threads", "repeats", "min_bytes", NULL};
+    Py_ssize_t nbytes;
+    long fmas, min_bytes = 64L << 20;
+    int threads = 1, repeats = 5;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nl|iil", names, &nbytes, &fmas, &threads, &repeats, &min_bytes))
+        return NULL;
+    if (!has_avx2()) return PyErr_Format(PyExc_ValueError, "the intensity probe needs AVX2 and FMA");
+    if (nbytes < 1024 || nbytes > ((Py_ssize_t)1 << 40))
+        return PyErr_Format(PyExc_ValueError, "nbytes must be in [1 KiB, 1 TiB] (got %zd)", nbytes);
+    if (fmas < 0 || fmas > 100000) return PyErr_Format(PyExc_ValueError, "fmas must be in [0, 100000] (got %ld)", fmas);
+    if (min_bytes < 1) return PyErr_Format(PyExc_ValueError, "min_bytes must be >= 1 (got %ld)", min_bytes);
+    if (check_threads_repeats(threads, repeats) < 0) return NULL;
+
+    job j = {.kind = JOB_INTENSITY, .threads = threads, .repeats = repeats, .fmas = fmas};
+    double bw = run_memory_job(&j, 1, nbytes, min_bytes, 8.0);
+    if (bw < 0) return NULL;
+    /* 2 FLOPs per FMA per element (8 bytes), plus the add into the accumulator. */
+    double flop_per_byte = (2.0 * (double)fmas + 1.0) / 8.0;
+    return Py_BuildValue("(dd)", bw * flop_per_byte, flop_per_byte);
+}
+
+/* Cycles per second from a chain of dependent integer adds: each add waits for the previous one, so
+ * the chain runs at one add per core clock on every x86 core since the Pentium Pro. */
+static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
+    (void)self;
+    long iters = 100000000;
+    if (!PyArg_ParseTuple(args, "|l", &iters)) return NULL;
+    if (iters < 1000) return PyErr_Format(PyExc_ValueError, "iters must be >= 1000 (got %ld)", iters);
+    double best = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int r = 0; r < 4; r++) {  /* r = 0 ramps the clock up; keep the fastest of the rest */
+        uint64_t x = 0;
+        double t0 = now_seconds();
+        for (long i = 0; i < iters; i += 8)
+            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                             "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        double hz = (double)x / (now_seconds() - t0);
+        if (r > 0 && hz > best) best = hz;
+    }
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(best);
+}
+
+static PyMethodDef ceilings_methods[] = {
+    {"isa_supported", py_isa_supported, METH_VARARGS, "isa_supported(isa) -> bool: can this CPU run the variant?"},
+    {"peak_flops", (PyCFunction)(void (*)(void))py_peak_flops, METH_VARARGS | METH_KEYWORDS,
+     "peak_flops(isa, dtype, threads=1, iters=2000000, repeats=5) -> FLOP/s of the best repetition."},
+    {"bandwidth", (PyCFunction)(void (*)(void))py_bandwidth, METH_VARARGS | METH_KEYWORDS,
+     "bandwidth(kind, nbytes, threads=1, repeats=5, min_bytes=64MiB) -> bytes/s (program bytes) of the best "
+     "repetition of 'triad' or 'read' over a working set of nbytes."},
+    {"intensity_probe", (PyCFunction)(void (*)(void))py_intensity_probe, METH_VARARGS | METH_KEYWORDS,
+     "intensity_probe(nbytes, fmas, threads=1, repeats=5, min_bytes=64MiB) -> (FLOP/s, FLOP/byte) of a read "
+     "kernel doing `fmas` FMAs per element."},
+    {"clock_hz", py_clock_hz, METH_VARARGS, "clock_hz(iters=1e8) -> core cycles per second, measured."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ceilings_module = {PyModuleDef_HEAD_INIT, "_ceilings", "Roofline ceiling probes.", -1,
+                                             ceilings_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__ceilings(void) { return PyModule_Create(&ceilings_module); }

@@ -1,0 +1,168 @@
+"""The analytic FLOP/byte model (microgpt/flops.py) against torch's FlopCounterMode and against itself."""
+
+import math
+import random
+
+import pytest
+
+from microgpt import UserError
+from microgpt.config import ModelConfig
+from microgpt.flops import doc_lengths, step_cost, step_ops, working_set_bytes
+from microgpt.params import num_params
+
+CONFIGS = [
+    ModelConfig(),                                                        # the default: 16 wide, 1 layer, 4 heads
+    ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=8, mlp_act="relu"),
+    ModelConfig(vocab_size=50, n_embd=24, n_layer=3, n_head=6, block_size=12),
+]
+LENGTHS = [[1], [5], [16, 3, 7], [8, 8, 1, 2]]
+
+
+def _lengths_for(cfg, lengths):
+    return [min(n, cfg.block_size) for n in lengths]
+
+
+# --- the PyTorch reference forward, written from the model spec -------------------------------------
+
+def _torch_weights(torch, cfg):
+    g = torch.Generator().manual_seed(0)
+    shapes = {"wte": (cfg.vocab_size, cfg.n_embd), "wpe": (cfg.block_size, cfg.n_embd),
+              "lm_head": (cfg.vocab_size, cfg.n_embd)}
+    for l in range(cfg.n_layer):
+        for name in ("attn_wq", "attn_wk", "attn_wv", "attn_wo"):
+            shapes[f"layer{l}.{name}"] = (cfg.n_embd, cfg.n_embd)
+        shapes[f"layer{l}.mlp_fc1"] = (4 * cfg.n_embd, cfg.n_embd)
+        shapes[f"layer{l}.mlp_fc2"] = (cfg.n_embd, 4 * cfg.n_embd)
+    return {k: (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_() for k, shape in shapes.items()}
+
+
+def _rmsnorm(x):
+    return x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
+
+def _mlp(torch, W, l, cfg, x):
+    h = _rmsnorm(x)
+    u = torch.relu(torch.nn.functional.linear(h, W[f"layer{l}.mlp_fc1"]))
+    u = u * u if cfg.mlp_act == "relu2" else u
+    return torch.nn.functional.linear(u, W[f"layer{l}.mlp_fc2"]) + x
+
+
+def _doc_loss_dense(torch, W, cfg, doc):
+    """One document as matrices: all n x n scores, the future masked out."""
+    F = torch.nn.functional
+    n, H, D = len(doc) - 1, cfg.n_head, cfg.head_dim
+    tokens, targets = torch.tensor(doc[:-1]), torch.tensor(doc[1:])
+    x = _rmsnorm(W["wte"][tokens] + W["wpe"][:n])
+    future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    for l in range(cfg.n_layer):
+        h = _rmsnorm(x)
+        q, k, v = (F.linear(h, W[f"layer{l}.attn_w{c}"]).view(n, H, D).transpose(0, 1) for c in "qkv")
+        scores = (q @ k.transpose(1, 2) / math.sqrt(D)).masked_fill(future, float("-inf"))
+        o = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(n, cfg.n_embd)
+        x = _mlp(torch, W, l, cfg, F.linear(o, W[f"layer{l}.attn_wo"]) + x)
+    return F.cross_entropy(F.linear(x, W["lm_head"]), targets)
+
+
+def _doc_loss_causal(torch, W, cfg, doc):
+    """One document token by token with a KV cache: position p scores exactly p + 1 keys."""
+    F = torch.nn.functional
+    H, D = cfg.n_head, cfg.head_dim
+    keys, values = [[] for _ in range(cfg.n_layer)], [[] for _ in range(cfg.n_layer)]
+    losses = []
+    for p in range(len(doc) - 1):
+        x = _rmsnorm(W["wte"][doc[p]:doc[p] + 1] + W["wpe"][p:p + 1])           # (1, C)
+        for l in range(cfg.n_layer):
+            h = _rmsnorm(x)
+            q, k, v = (F.linear(h, W[f"layer{l}.attn_w{c}"]) for c in "qkv")
+            keys[l].append(k)
+            values[l].append(v)
+            K = torch.cat(keys[l]).view(p + 1, H, D).transpose(0, 1)             # (H, p+1, D)
+            Vs = torch.cat(values[l]).view(p + 1, H, D).transpose(0, 1)
+            a = torch.softmax(q.view(H, 1, D) @ K.transpose(1, 2) / math.sqrt(D), dim=-1)
+            o = (a @ Vs).reshape(1, cfg.n_embd)
+            x = _mlp(torch, W, l, cfg, F.linear(o, W[f"layer{l}.attn_wo"]) + x)
+        losses.append(F.cross_entropy(F.linear(x, W["lm_head"]), torch.tensor([doc[p + 1]])))
+    return torch.stack(losses).mean()
+
+
+def _counted_matmul_flops(torch, cfg, docs, doc_loss):
+    """(forward, backward) FLOPs that FlopCounterMode sees for one batch's loss and gradient."""
+    from torch.utils.flop_counter import FlopCounterMode
+    W = _torch_weights(torch, cfg)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = torch.stack([doc_loss(torch, W, cfg, doc) for doc in docs]).mean()
+    forward = counter.get_total_flops()
+    with counter:
+        loss.backward()
+    return forward, counter.get_total_flops()
+
+
+def _random_docs(cfg, lengths, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(cfg.vocab_size) for _ in range(n + 1)] for n in lengths]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "wide-relu", "deep"])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=str)
+@pytest.mark.parametrize("attention", ["dense", "causal"])
+def test_matmul_flops_equal_torch_flop_counter(cfg, lengths, attention):
+    torch = pytest.importorskip("torch")
+    lengths = _lengths_for(cfg, lengths)
+    docs = _random_docs(cfg, lengths)
+    forward, backward = _counted_matmul_flops(torch, cfg, docs,
+                                              _doc_loss_dense if attention == "dense" else _doc_loss_causal)
+    cost = step_cost(cfg, doc_lengths(docs), attention=attention)
+    assert (cost.matmul_fwd_flops, cost.matmul_bwd_flops) == (forward, backward)
+
+
+# --- internal consistency ----------------------------------------------------------------------------
+
+def test_totals_are_the_sum_of_the_ops():
+    cfg, lengths = ModelConfig(n_layer=2), [3, 9, 16]
+    ops, cost = step_ops(cfg, lengths), step_cost(cfg, lengths)
+    assert cost.flops == sum(op.fwd_flops + op.bwd_flops + op.upd_flops for op in ops)
+    assert cost.bytes == sum(op.fwd_bytes + op.bwd_bytes + op.upd_bytes for op in ops)
+    assert cost.intensity == pytest.approx(cost.flops / cost.bytes)
+
+
+def test_weight_matmuls_hand_count_for_one_position():
+    # one position, default config: q, k, v, o (16x16), fc1/fc2 (64x16), lm_head (27x16), each 2 FLOPs per weight
+    cfg = ModelConfig()
+    ops = {op.name: op for op in step_ops(cfg, [1])}
+    assert ops["attn q/k/v"].fwd_flops == 3 * 2 * 16 * 16
+    assert ops["mlp fc1"].fwd_flops == ops["mlp fc2"].fwd_flops == 2 * 64 * 16
+    assert ops["lm_head"].fwd_flops == 2 * 27 * 16
+    assert ops["attn scores"].fwd_flops == 2 * 16          # one query . one key, all heads together
+    assert ops["adam"].upd_flops == 14 * num_params(cfg)
+
+
+def test_attention_counts_real_lengths_not_full_blocks():
+    cfg = ModelConfig()
+    short, full = step_cost(cfg, [7]), step_cost(cfg, [16])
+    ops = {op.name: op for op in step_ops(cfg, [7])}
+    assert ops["attn scores"].fwd_flops == 2 * cfg.n_embd * (7 * 8 // 2)
+    assert short.flops < full.flops
+    # dense masked attention does n^2 pairs instead of n(n+1)/2
+    dense = {op.name: op for op in step_ops(cfg, [7], attention="dense")}
+    assert dense["attn scores"].fwd_flops == 2 * cfg.n_embd * 49
+
+
+def test_bytes_scale_with_dtype_and_clip_adds_work():
+    cfg, lengths = ModelConfig(), [5, 6]
+    assert step_cost(cfg, lengths, dtype_bytes=4).bytes * 2 == step_cost(cfg, lengths, dtype_bytes=8).bytes
+    assert step_cost(cfg, lengths).flops == step_cost(cfg, lengths, dtype_bytes=4).flops
+    assert step_cost(cfg, lengths, grad_clip=True).flops == step_cost(cfg, lengths).flops + 3 * num_params(cfg)
+    assert working_set_bytes(cfg, lengths) > 4 * 8 * num_params(cfg)
+
+
+@pytest.mark.parametrize("lengths, dtype_bytes, attention, message", [
+    ([], 8, "causal", "at least one document"),
+    ([0], 8, "causal", "document lengths"),
+    ([17], 8, "causal", "document lengths"),
+    ([3], 3, "causal", "dtype size"),
+    ([3], 8, "sparse", "attention must be"),
+])
+def test_bad_input_is_a_user_error(lengths, dtype_bytes, attention, message):
+    with pytest.raises(UserError, match=message):
+        step_ops(ModelConfig(), lengths, dtype_bytes, attention)
