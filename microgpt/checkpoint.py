@@ -114,8 +114,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"checkpoint {path} does not exist") from None
     except OSError as e:
         raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
-    if len(raw) < _PREFIX.size or not raw.startswith(MAGIC):
+    if not raw.startswith(MAGIC):
         raise UserError(f"{path} is not a microgpt-lab checkpoint (bad magic bytes)")
+    if len(raw) < _PREFIX.size:
+        raise UserError(f"checkpoint {path} is truncated ({len(raw)} bytes)")
     _, version, header_len = _PREFIX.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format version {version}; this build reads version {FORMAT_VERSION}")

@@ -49,8 +49,10 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def default_dataset(url: str = NAMES_URL, sha256: str = NAMES_SHA256, timeout: float = 30) -> Path:
-    """Path of the default dataset: ``$MICROGPT_DATA``, else the verified cached copy, else a download."""
+def default_dataset(url: str | None = None, sha256: str = NAMES_SHA256, timeout: float = 30) -> Path:
+    """Path of the default dataset: ``$MICROGPT_DATA``, else the verified cached copy, else a download
+    from ``url`` (default: ``$MICROGPT_DATA_URL``, a mirror, or else the canonical NAMES_URL)."""
+    url = url or os.environ.get("MICROGPT_DATA_URL") or NAMES_URL
     override = os.environ.get("MICROGPT_DATA")
     if override:
         path = Path(override)

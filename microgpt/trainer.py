@@ -218,15 +218,17 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
                 adam=engine.export_adam(), step=step, data=data.info,
                 meta={**meta, "engine": engine.name, "best_val_loss": best if best < math.inf else None}))
 
-    t0 = last_print = time.perf_counter()
-    tokens = 0
+    last_print = time.perf_counter()
+    tokens, train_seconds = 0, 0.0  # throughput counts training steps only, not validation
     step = start_step
     try:
         end = stop_step or tcfg.num_steps
         for step in range(start_step, end):
             docs = order.batch(step)
             lr = lr_at(step, tcfg)
+            t = time.perf_counter()
             loss = engine.train_step(docs, lr)
+            train_seconds += time.perf_counter() - t
             if not math.isfinite(loss):
                 raise UserError(f"training diverged at step {step + 1}: loss is {loss}; lower --learning-rate "
                                 f"or set --grad-clip")
@@ -237,10 +239,9 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             evaluate_now = data.val and (done == tcfg.num_steps or (tcfg.eval_every and done % tcfg.eval_every == 0))
             should_print = (log_every and done % log_every == 0) or (not log_every and now - last_print >= 1.0)
             if not quiet and (should_print or evaluate_now or done == start_step + 1):
-                elapsed = now - t0
-                per_step = elapsed / (done - start_step)
+                per_step = train_seconds / (done - start_step)
                 print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                      f"{tokens / elapsed:,.0f} tok/s | {per_step * 1e3:.2f} ms/step | "
+                      f"{tokens / train_seconds:,.0f} tok/s | {per_step * 1e3:.2f} ms/step | "
                       f"ETA {_fmt_duration(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
                 last_print = now
             if evaluate_now:
