@@ -94,12 +94,14 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30
         if digest != sha256:
             raise UserError(f"download of {url} has SHA-256 {digest}, expected {sha256}; {hint}")
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         # Also on Ctrl-C: never leave a half-written file behind.
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # writing the file failed: disk full, or dest is a directory
+            raise UserError(f"cannot save the download as {dest}: {e.strerror or e}; {hint}") from None
         raise
 
 

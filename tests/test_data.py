@@ -124,6 +124,14 @@ def test_download_offline_says_where_to_put_the_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_download_onto_a_directory_is_a_user_error(server, tmp_path):
+    dest = tmp_path / "names.txt"
+    dest.mkdir()
+    with pytest.raises(UserError, match="cannot save the download"):
+        download(f"{server}/good", dest, BODY_SHA, timeout=5)
+    assert os.listdir(tmp_path) == ["names.txt"] and os.listdir(dest) == []
+
+
 # ----------------------------------------------------------------------------- default_dataset
 
 def test_default_dataset_prefers_microgpt_data(cache, tmp_path, monkeypatch):
