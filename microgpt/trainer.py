@@ -238,7 +238,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             now = time.perf_counter()
             evaluate_now = data.val and (done == tcfg.num_steps or (tcfg.eval_every and done % tcfg.eval_every == 0))
             should_print = (log_every and done % log_every == 0) or (not log_every and now - last_print >= 1.0)
-            if not quiet and (should_print or evaluate_now or done == start_step + 1):
+            if not quiet and (should_print or evaluate_now or done in (start_step + 1, end)):
                 per_step = train_seconds / (done - start_step)
                 print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                       f"{tokens / train_seconds:,.0f} tok/s | {per_step * 1e3:.2f} ms/step | "
