@@ -1,7 +1,1465 @@
-/* fastops: C kernels for microgpt-lab (filled in by the C-trainer work). */
+/*
+ * fastops: the C engine of microgpt-lab. One call trains one or many optimizer steps of the GPT of
+ * train.py (forward, backward, gradient clipping, Adam) on four flat buffers that Python owns:
+ * params, grads, and Adam's m and v, each in the flat layout of microgpt/params.py and shared through
+ * the buffer protocol, so nothing is copied between Python and C.
+ *
+ * How the work is laid out
+ *   - A batch is flattened to M tokens (documents back to back). Activations are stored feature-major,
+ *     X[f][t] with row stride MP = M rounded up to 8, so every per-token operation (RMSNorm, softmax,
+ *     attention, cross-entropy) is a loop over contiguous tokens that vectorises with no horizontal sums.
+ *     Lanes M..MP-1 are padding: they hold finite junk and never reach a loss or a gradient.
+ *   - Every matrix product is one routine, gemm: C = A B with A read through two strides (so W, W^T and
+ *     dY^T are all just views) and B, C row-major. The forward pass is Y^T = W X^T, the input gradient
+ *     dX^T = W^T dY^T, the weight gradient dW = dY^T X (X token-major, from a transpose).
+ *   - Each output element of gemm is one chain of multiply-adds in k order, whatever the tiling and the
+ *     thread that computes it, so results do not depend on the number of threads.
+ *
+ * This file is compiled in three parts:
+ *   1. shared definitions (shapes, batches, the thread pool, the engine object),
+ *   2. the kernels, written once for a scalar type `real` and included six times:
+ *      {float64, float32} x {AVX-512, AVX2+FMA, portable C}; the best one the CPU supports is picked
+ *      at run time (x86 only; other platforms build the portable version),
+ *   3. the Python bindings: argument validation, the `GPT` type, the module.
+ */
+
+#ifndef FASTOPS_INSTANCE
+/* ================================================================================================ */
+/* 1. Shared definitions                                                                            */
+/* ================================================================================================ */
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static struct PyModuleDef fastops_module = {PyModuleDef_HEAD_INIT, "fastops", "microgpt-lab C kernels.", -1, NULL};
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
-PyMODINIT_FUNC PyInit_fastops(void) { return PyModule_Create(&fastops_module); }
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define HAVE_X86_DISPATCH 1
+#include <immintrin.h>
+#endif
+
+#ifndef _WIN32
+#define HAVE_PTHREADS 1
+#include <pthread.h>
+#endif
+
+#define RMS_EPS 1e-5
+#define LANE_PAD 8          /* token rows of feature-major buffers are padded to a multiple of this */
+#define MAX_DIM 65536       /* bound on every model dimension, so index arithmetic never overflows */
+#define MAX_THREADS 256
+
+static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
+
+/* The model's shape and where each matrix starts in the flat buffer (see microgpt/params.py). */
+typedef struct {
+    int vocab, C, n_layer, n_head, block, relu2;
+    ptrdiff_t n_params, wte, wpe, layers, lm_head;
+} Shape;
+
+/* Within a layer (12 C^2 floats): wq, wk, wv (one 3C x C block), wo, fc1 (4C x C), fc2 (C x 4C). */
+static ptrdiff_t layer_offset(const Shape *s, int l) { return s->layers + (ptrdiff_t)l * 12 * s->C * s->C; }
+#define OFF_WQKV(s) 0
+#define OFF_WO(s) (3 * (ptrdiff_t)(s)->C * (s)->C)
+#define OFF_FC1(s) (4 * (ptrdiff_t)(s)->C * (s)->C)
+#define OFF_FC2(s) (8 * (ptrdiff_t)(s)->C * (s)->C)
+
+static void shape_init(Shape *s, int vocab, int C, int n_layer, int n_head, int block, int relu2)
+{
+    s->vocab = vocab; s->C = C; s->n_layer = n_layer; s->n_head = n_head; s->block = block; s->relu2 = relu2;
+    s->wte = 0;
+    s->wpe = (ptrdiff_t)vocab * C;
+    s->layers = s->wpe + (ptrdiff_t)block * C;
+    s->lm_head = layer_offset(s, n_layer);
+    s->n_params = s->lm_head + (ptrdiff_t)vocab * C;
+}
+
+/* A batch of documents flattened to M tokens: token t of the batch is input[t] at position pos[t],
+   predicting target[t]; document d owns tokens doc_start[d] .. doc_start[d+1]-1. */
+typedef struct {
+    int n_docs, M;
+    const int *doc_start, *input, *target, *pos;
+} Batch;
+
+enum { MODE_LOSS, MODE_GRAD, MODE_LOGITS };
+
+/* ---- a minimal thread pool: parallel_for splits [0, n) into one contiguous chunk per thread ---- */
+
+typedef void (*TaskFn)(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread);
+
+typedef struct {
+    int n_threads;
+#ifdef HAVE_PTHREADS
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    unsigned long generation;
+    int pending, shutdown, started;
+    TaskFn fn;
+    void *arg;
+    ptrdiff_t n, grain;
+#endif
+} Pool;
+
+/* Thread i's share of [0, n): whole multiples of `grain`, so vector-aligned work stays aligned. */
+static void chunk_of(ptrdiff_t n, ptrdiff_t grain, int i, int n_threads, ptrdiff_t *begin, ptrdiff_t *end)
+{
+    ptrdiff_t units = (n + grain - 1) / grain;
+    *begin = units * i / n_threads * grain;
+    *end = units * (i + 1) / n_threads * grain;
+    if (*begin > n) *begin = n;
+    if (*end > n) *end = n;
+}
+
+#ifdef HAVE_PTHREADS
+typedef struct { Pool *pool; int index; } WorkerArg;
+
+static void *pool_worker(void *p)
+{
+    Pool *pool = ((WorkerArg *)p)->pool;
+    int index = ((WorkerArg *)p)->index;
+    free(p);
+    unsigned long seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool->mu);
+        while (pool->generation == seen && !pool->shutdown)
+            pthread_cond_wait(&pool->wake, &pool->mu);
+        if (pool->shutdown) {
+            pthread_mutex_unlock(&pool->mu);
+            return NULL;
+        }
+        seen = pool->generation;
+        pthread_mutex_unlock(&pool->mu);
+        ptrdiff_t begin, end;
+        chunk_of(pool->n, pool->grain, index, pool->n_threads, &begin, &end);
+        if (begin < end) pool->fn(pool->arg, begin, end, index);
+        pthread_mutex_lock(&pool->mu);
+        if (--pool->pending == 0) pthread_cond_signal(&pool->done);
+        pthread_mutex_unlock(&pool->mu);
+    }
+}
+#endif
+
+/* Starts n_threads - 1 workers (the caller is thread 0). Returns 0, or -1 with a Python exception. */
+static int pool_start(Pool *pool, int n_threads)
+{
+    memset(pool, 0, sizeof *pool);
+    pool->n_threads = 1;
+    if (n_threads == 1) return 0;
+#ifdef HAVE_PTHREADS
+    pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
+    if (!pool->threads) { PyErr_NoMemory(); return -1; }
+    pthread_mutex_init(&pool->mu, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pthread_cond_init(&pool->done, NULL);
+    pool->started = 1;
+    for (int i = 1; i < n_threads; i++) {
+        WorkerArg *arg = malloc(sizeof *arg);
+        if (!arg || (arg->pool = pool, arg->index = i, pthread_create(&pool->threads[i], NULL, pool_worker, arg))) {
+            free(arg);
+            PyErr_Format(PyExc_OSError, "cannot start thread %d of %d", i + 1, n_threads);
+            return -1;
+        }
+        pool->n_threads = i + 1;
+    }
+    return 0;
+#else
+    PyErr_SetString(PyExc_ValueError, "threads > 1 needs pthreads, which this platform's build lacks");
+    return -1;
+#endif
+}
+
+static void pool_stop(Pool *pool)
+{
+#ifdef HAVE_PTHREADS
+    if (!pool->started) return;
+    pthread_mutex_lock(&pool->mu);
+    pool->shutdown = 1;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->mu);
+    for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->threads[i], NULL);
+    pthread_mutex_destroy(&pool->mu);
+    pthread_cond_destroy(&pool->wake);
+    pthread_cond_destroy(&pool->done);
+    free(pool->threads);
+    pool->started = 0;
+#endif
+    pool->n_threads = 1;
+}
+
+/* Runs fn over [0, n) on every thread and returns when all chunks are done. */
+static void parallel_for(Pool *pool, TaskFn fn, void *arg, ptrdiff_t n, ptrdiff_t grain)
+{
+    if (n <= 0) return;
+#ifdef HAVE_PTHREADS
+    if (pool->n_threads > 1 && n > grain) {
+        pthread_mutex_lock(&pool->mu);
+        pool->fn = fn; pool->arg = arg; pool->n = n; pool->grain = grain;
+        pool->pending = pool->n_threads - 1;
+        pool->generation++;
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->mu);
+        ptrdiff_t begin, end;
+        chunk_of(n, grain, 0, pool->n_threads, &begin, &end);
+        if (begin < end) fn(arg, begin, end, 0);
+        pthread_mutex_lock(&pool->mu);
+        while (pool->pending > 0) pthread_cond_wait(&pool->done, &pool->mu);
+        pthread_mutex_unlock(&pool->mu);
+        return;
+    }
+#endif
+    fn(arg, 0, n, 0);
+}
+
+/* ---- the engine object ---- */
+
+typedef struct GPTObject GPTObject;
+
+/* One instantiation of the kernels (a dtype on an instruction set). */
+typedef struct {
+    const char *isa;
+    size_t (*workspace_bytes)(const Shape *s, ptrdiff_t MP, int saved_layers, int n_threads);
+    double (*run_batch)(GPTObject *g, const Batch *b, int mode, double *logits_out);
+    double (*grad_sq_norm)(GPTObject *g);
+    void (*adam)(GPTObject *g, double lr, double grad_scale);
+} Kernels;
+
+enum { BUF_PARAMS, BUF_GRADS, BUF_M, BUF_V, N_BUFS };
+static const char *const BUF_NAMES[N_BUFS] = {"params", "grads", "m", "v"};
+
+struct GPTObject {
+    PyObject_HEAD
+    Shape s;
+    int is_f32;
+    Py_buffer views[N_BUFS];
+    int n_views;
+    void *buf[N_BUFS];              /* params, grads, m, v */
+    double beta1, beta2, eps, grad_clip;
+    long long step;                 /* Adam's update count t */
+    const Kernels *k;
+    Pool pool;
+    void *work;                     /* scratch memory: activations of one batch, grown on demand */
+    size_t work_bytes;
+    int *ids;                       /* parsed documents: input, target, pos per token, doc starts */
+    size_t ids_cap;
+    int busy;                       /* set while a call runs without the GIL */
+};
+
+#endif /* part 1 */
+
+#ifdef FASTOPS_INSTANCE
+/* ================================================================================================ */
+/* 2. Kernels for one scalar type `real` on one instruction set. FN(x) names x for this instance.   */
+/* ================================================================================================ */
+
+/* Scratch of one batch. Feature-major arrays have rows of MP token lanes; per-layer arrays hold
+   n_saved layers back to back (all layers when training, one reused layer when only evaluating). */
+typedef struct {
+    ptrdiff_t MP;
+    real *x, *y0, *inv0;                                        /* residual stream; first RMSNorm */
+    real *h1, *inv1, *qkv, *att, *o, *h2, *inv2, *u, *act;      /* per layer */
+    real *logits, *lane_w, *lane_loss, *lane_a, *lane_b, *lane_c;
+    real *dx, *dbig, *dsmall, *tok_major;                       /* backward temporaries */
+    real *att_scratch;                                          /* per thread */
+} FN(Work);
+
+static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, int n_threads, char *base)
+{
+    const ptrdiff_t C = s->C, F = 4 * C, L = n_saved, TPb = round_up(s->block, LANE_PAD);
+    const ptrdiff_t big = (3 * C > F ? 3 * C : F) > s->vocab ? (3 * C > F ? 3 * C : F) : s->vocab;
+    size_t used = 0;
+#define TAKE(field, count) do { w->field = (real *)(base ? base + used : NULL); \
+                                used += (size_t)round_up((count), 16) * sizeof(real); } while (0)
+    w->MP = MP;
+    TAKE(x, C * MP); TAKE(y0, C * MP); TAKE(inv0, MP);
+    TAKE(h1, L * C * MP); TAKE(inv1, L * MP); TAKE(qkv, L * 3 * C * MP); TAKE(att, L * s->n_head * TPb * MP);
+    TAKE(o, L * C * MP); TAKE(h2, L * C * MP); TAKE(inv2, L * MP); TAKE(u, L * F * MP); TAKE(act, L * F * MP);
+    TAKE(logits, s->vocab * MP); TAKE(lane_w, MP); TAKE(lane_loss, MP);
+    TAKE(lane_a, MP); TAKE(lane_b, MP); TAKE(lane_c, MP);
+    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP); TAKE(tok_major, F * MP);
+    TAKE(att_scratch, n_threads * (2 * s->block * TPb + 4 * TPb));
+#undef TAKE
+    return used;
+}
+
+static size_t FN(workspace_bytes)(const Shape *s, ptrdiff_t MP, int saved_layers, int n_threads)
+{
+    FN(Work) w;
+    return FN(carve)(&w, s, MP, saved_layers, n_threads, NULL);
+}
+
+/* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ---- */
+
+#ifdef FASTOPS_AVX512
+/* A register tile of MR rows x NR vectors of C; the last vector is masked to the columns that exist.
+   Inlined with constant MR, NR so that the accumulators live in registers. */
+static inline __attribute__((always_inline)) TARGET void
+FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+              const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate, VMASK last)
+{
+    VREAL acc[8][2];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NR; v++) {
+            VMASK mask = v == NR - 1 ? last : VMASK_ALL;
+            acc[r][v] = accumulate ? VLOAD_MASKED(mask, Cm + r * ldc + v * VW) : VZERO();
+        }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const real *b = B + k * ldb, *a = A + k * a_cs;
+        VREAL b0 = NR == 1 ? VLOAD_MASKED(last, b) : VLOAD(b);
+        VREAL b1 = NR == 2 ? VLOAD_MASKED(last, b + VW) : b0;
+        for (int r = 0; r < MR; r++) {
+            VREAL ar = VSET1(a[r * a_rs]);
+            acc[r][0] = VFMA(ar, b0, acc[r][0]);
+            if (NR == 2) acc[r][1] = VFMA(ar, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NR; v++)
+            VSTORE_MASKED(Cm + r * ldc + v * VW, v == NR - 1 ? last : VMASK_ALL, acc[r][v]);
+}
+
+static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+{
+    for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
+        const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
+        const int NR = cols > VW ? 2 : 1;
+        const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += 8) {
+            const int rows = M - m0 < 8 ? (int)(M - m0) : 8;
+            const real *a = A + m0 * a_rs;
+            const real *b = B + n0;
+            real *c = Cm + m0 * ldc + n0;
+#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last)
+            switch (rows * 2 + NR - 1) {
+            case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
+            case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
+            case 6: TILE(3, 1); break;  case 7: TILE(3, 2); break;
+            case 8: TILE(4, 1); break;  case 9: TILE(4, 2); break;
+            case 10: TILE(5, 1); break; case 11: TILE(5, 2); break;
+            case 12: TILE(6, 1); break; case 13: TILE(6, 2); break;
+            case 14: TILE(7, 1); break; case 15: TILE(7, 2); break;
+            case 16: TILE(8, 1); break; default: TILE(8, 2); break;
+            }
+#undef TILE
+        }
+    }
+}
+#else
+/* Portable version: row by row, the inner loop over contiguous columns for the compiler to vectorise. */
+static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+{
+    for (ptrdiff_t m = 0; m < M; m++) {
+        real *restrict c = Cm + m * ldc;
+        if (!accumulate)
+            for (ptrdiff_t n = 0; n < N; n++) c[n] = 0;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const real a = A[m * a_rs + k * a_cs];
+            const real *restrict b = B + k * ldb;
+            for (ptrdiff_t n = 0; n < N; n++) c[n] += a * b[n];
+        }
+    }
+}
+#endif
+
+/* gemm spread over the pool's threads by blocks of rows of C. */
+typedef struct {
+    ptrdiff_t N, K, a_rs, a_cs, ldb, ldc;
+    const real *A, *B;
+    real *C;
+    int accumulate;
+} FN(GemmArgs);
+
+static TARGET void FN(gemm_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    const FN(GemmArgs) *g = p;
+    (void)thread;
+    FN(gemm)(end - begin, g->N, g->K, g->A + begin * g->a_rs, g->a_rs, g->a_cs, g->B, g->ldb,
+             g->C + begin * g->ldc, g->ldc, g->accumulate);
+}
+
+static TARGET void FN(pgemm)(Pool *pool, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
+                             ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+{
+    FN(GemmArgs) g = {N, K, a_rs, a_cs, ldb, ldc, A, B, Cm, accumulate};
+    parallel_for(pool, FN(gemm_task), &g, M, 8);
+}
+
+/* The linear layer y = W x for all tokens at once, and its two gradients. W is (N x K) row-major. */
+
+/* Y^T (N x MP) = W X^T, X^T (K x MP) feature-major. */
+static TARGET void FN(linear_forward)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *xT, real *yT,
+                                      ptrdiff_t MP, int accumulate)
+{
+    FN(pgemm)(pool, N, MP, K, W, K, 1, xT, MP, yT, MP, accumulate);
+}
+
+/* dX^T (K x MP) = W^T dY^T: row i of W^T is column i of W, hence the strides (1, K). */
+static TARGET void FN(linear_backward_input)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *dyT,
+                                             real *dxT, ptrdiff_t MP)
+{
+    FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, dxT, MP, 0);
+}
+
+/* dW (N x K) = dY^T X over the M real tokens; X token-major (M x K). Overwrites dW: each weight
+   matrix gets its whole gradient from this one product. */
+static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
+                                              const real *x_tok, ptrdiff_t M, ptrdiff_t MP)
+{
+    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_tok, K, dW, K, 0);
+}
+
+/* Token-major copy (M x K) of a feature-major array (K x MP). */
+static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
+{
+    for (ptrdiff_t t0 = 0; t0 < M; t0 += 8)
+        for (ptrdiff_t k = 0; k < K; k++)
+            for (ptrdiff_t t = t0; t < t0 + 8 && t < M; t++) x[t * K + k] = xT[k * MP + t];
+}
+
+/* ---- per-token operations on feature-major arrays: loops over MP contiguous lanes ---- */
+
+/* y = x / sqrt(mean(x^2) + eps) for every token; inv keeps 1 / sqrt(...) for the backward pass. */
+static TARGET void FN(rmsnorm_forward)(const real *x, real *y, real *inv, ptrdiff_t C, ptrdiff_t MP)
+{
+    for (ptrdiff_t t = 0; t < MP; t++) inv[t] = 0;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) inv[t] += x[j * MP + t] * x[j * MP + t];
+    for (ptrdiff_t t = 0; t < MP; t++) inv[t] = (real)1 / R_SQRT(inv[t] / (real)C + (real)RMS_EPS);
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) y[j * MP + t] = x[j * MP + t] * inv[t];
+}
+
+/* dx (+)= inv * (dy - y * mean(y * dy)), the RMSNorm gradient written with its output y = x * inv. */
+static TARGET void FN(rmsnorm_backward)(const real *y, const real *inv, const real *dy, real *dx, real *tmp,
+                                        ptrdiff_t C, ptrdiff_t MP, int accumulate)
+{
+    for (ptrdiff_t t = 0; t < MP; t++) tmp[t] = 0;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) tmp[t] += y[j * MP + t] * dy[j * MP + t];
+    for (ptrdiff_t t = 0; t < MP; t++) tmp[t] /= (real)C;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) {
+            real g = inv[t] * (dy[j * MP + t] - y[j * MP + t] * tmp[t]);
+            dx[j * MP + t] = accumulate ? dx[j * MP + t] + g : g;
+        }
+}
+
+/* act = relu(u)^2 or relu(u), elementwise. */
+static TARGET void FN(mlp_act_forward)(const real *u, real *act, ptrdiff_t n, int relu2)
+{
+    if (relu2)
+        for (ptrdiff_t i = 0; i < n; i++) act[i] = u[i] > 0 ? u[i] * u[i] : 0;
+    else
+        for (ptrdiff_t i = 0; i < n; i++) act[i] = u[i] > 0 ? u[i] : 0;
+}
+
+/* d = d * act'(u), in place: 2u for relu^2, 1 for relu, 0 where u <= 0. */
+static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int relu2)
+{
+    if (relu2)
+        for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? (real)2 * u[i] * d[i] : 0;
+    else
+        for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? d[i] : 0;
+}
+
+/* ---- causal self-attention of one document, all heads ----
+   Queries are vector lanes: for document tokens s0 .. s0+T-1, lane t is query t and the loops run over
+   keys j. Lanes T .. TP-1 round T up to the vector width; they read the next document's values and
+   are never written out. P[j][t] (the softmax weights) is kept for the backward pass. */
+
+typedef struct {
+    const Shape *s;
+    const Batch *b;
+    ptrdiff_t MP;
+    const real *qkv, *dO, *att_saved;
+    real *att, *o, *dqkv, *scratch;
+} FN(AttnArgs);
+
+static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
+{
+    const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0;
+    const ptrdiff_t TP = round_up(T, LANE_PAD) < MP - s0 ? round_up(T, LANE_PAD) : MP - s0;
+    const real scale = (real)1 / R_SQRT((real)D);
+    real *top = scratch, *total = top + TPb, *acc = total + TPb;
+    for (ptrdiff_t h = 0; h < H; h++) {
+        const real *q = a->qkv + h * D * MP + s0, *k = a->qkv + (C + h * D) * MP + s0;
+        const real *v = a->qkv + (2 * C + h * D) * MP + s0;
+        real *P = a->att + (s0 * H + h * T) * TPb;
+        for (ptrdiff_t j = 0; j < T; j++) {
+            real *Pj = P + j * TPb;
+            for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = 0;
+            for (ptrdiff_t d = 0; d < D; d++) {
+                const real kj = k[d * MP + j];
+                for (ptrdiff_t t = 0; t < TP; t++) Pj[t] += q[d * MP + t] * kj;
+            }
+            for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
+        }
+        for (ptrdiff_t t = 0; t < TP; t++) { top[t] = P[t]; total[t] = 0; }
+        for (ptrdiff_t j = 1; j < T; j++)
+            for (ptrdiff_t t = 0; t < TP; t++) top[t] = P[j * TPb + t] > top[t] ? P[j * TPb + t] : top[t];
+        for (ptrdiff_t j = 0; j < T; j++)
+            for (ptrdiff_t t = 0; t < TP; t++) {
+                const real e = R_EXP(P[j * TPb + t] - top[t]);   /* 0 for the masked j > t */
+                P[j * TPb + t] = e;
+                total[t] += e;
+            }
+        for (ptrdiff_t j = 0; j < T; j++)
+            for (ptrdiff_t t = 0; t < TP; t++) P[j * TPb + t] /= total[t];
+        for (ptrdiff_t d = 0; d < D; d++) {
+            for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
+            for (ptrdiff_t j = 0; j < T; j++) {
+                const real vj = v[d * MP + j];
+                for (ptrdiff_t t = 0; t < TP; t++) acc[t] += P[j * TPb + t] * vj;
+            }
+            real *out = a->o + (h * D + d) * MP + s0;
+            for (ptrdiff_t t = 0; t < T; t++) out[t] = acc[t];
+        }
+    }
+}
+
+/* Gradients of one document's attention: dQ, dK, dV into dqkv from dO and the saved weights P. */
+static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
+{
+    const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0;
+    const ptrdiff_t TP = round_up(T, LANE_PAD) < MP - s0 ? round_up(T, LANE_PAD) : MP - s0;
+    const real scale = (real)1 / R_SQRT((real)D);
+    real *mean = scratch, *acc = mean + TPb, *dS = acc + 2 * TPb;
+    for (ptrdiff_t h = 0; h < H; h++) {
+        const real *q = a->qkv + h * D * MP + s0, *k = a->qkv + (C + h * D) * MP + s0;
+        const real *v = a->qkv + (2 * C + h * D) * MP + s0, *dO = a->dO + h * D * MP + s0;
+        const real *P = a->att_saved + (s0 * H + h * T) * TPb;
+        real *dq = a->dqkv + h * D * MP + s0, *dk = a->dqkv + (C + h * D) * MP + s0;
+        real *dv = a->dqkv + (2 * C + h * D) * MP + s0;
+        /* through o = sum_j P_j v_j:  dP_j = dO . v_j;  dv_j = sum_t P_j[t] dO[t] */
+        for (ptrdiff_t j = 0; j < T; j++) {
+            real *dSj = dS + j * TPb;
+            for (ptrdiff_t t = 0; t < TP; t++) dSj[t] = 0;
+            for (ptrdiff_t d = 0; d < D; d++) {
+                const real vj = v[d * MP + j];
+                for (ptrdiff_t t = 0; t < TP; t++) dSj[t] += dO[d * MP + t] * vj;
+            }
+        }
+        for (ptrdiff_t d = 0; d < D; d++)
+            for (ptrdiff_t j = 0; j < T; j++) {
+                real sum = 0;
+                for (ptrdiff_t t = j; t < T; t++) sum += P[j * TPb + t] * dO[d * MP + t];
+                dv[d * MP + j] = sum;
+            }
+        /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); lanes t >= T are zeroed */
+        for (ptrdiff_t t = 0; t < TP; t++) mean[t] = 0;
+        for (ptrdiff_t j = 0; j < T; j++)
+            for (ptrdiff_t t = 0; t < TP; t++) mean[t] += P[j * TPb + t] * dS[j * TPb + t];
+        for (ptrdiff_t j = 0; j < T; j++)
+            for (ptrdiff_t t = 0; t < TP; t++)
+                dS[j * TPb + t] = t < T ? P[j * TPb + t] * (dS[j * TPb + t] - mean[t]) * scale : 0;
+        /* through s_j = q . k_j:  dq = sum_j dS_j k_j;  dk_j = sum_t dS_j[t] q[t] */
+        for (ptrdiff_t d = 0; d < D; d++) {
+            for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
+            for (ptrdiff_t j = 0; j < T; j++) {
+                const real kj = k[d * MP + j];
+                for (ptrdiff_t t = 0; t < TP; t++) acc[t] += dS[j * TPb + t] * kj;
+            }
+            for (ptrdiff_t t = 0; t < T; t++) dq[d * MP + t] = acc[t];
+            for (ptrdiff_t j = 0; j < T; j++) {
+                real sum = 0;
+                for (ptrdiff_t t = j; t < T; t++) sum += dS[j * TPb + t] * q[d * MP + t];
+                dk[d * MP + j] = sum;
+            }
+        }
+    }
+}
+
+static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    const FN(AttnArgs) *a = p;
+    real *scratch = a->scratch + (ptrdiff_t)thread * (2 * a->s->block * round_up(a->s->block, LANE_PAD) + 4 * round_up(a->s->block, LANE_PAD));
+    for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_forward_doc)(a, (int)doc, scratch);
+}
+
+static TARGET void FN(attention_backward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    const FN(AttnArgs) *a = p;
+    real *scratch = a->scratch + (ptrdiff_t)thread * (2 * a->s->block * round_up(a->s->block, LANE_PAD) + 4 * round_up(a->s->block, LANE_PAD));
+    for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_backward_doc)(a, (int)doc, scratch);
+}
+
+/* ---- the whole model on one batch ---- */
+
+/* Loss of every token lane and, with want_grad, dloss/dlogits in place of the logits: each token is
+   weighted by lane_w = 1 / (n_docs * its document's length), padding lanes by 0. */
+static TARGET void FN(cross_entropy)(const Shape *s, const Batch *b, FN(Work) *w, int want_grad)
+{
+    const ptrdiff_t V = s->vocab, MP = w->MP, M = b->M;
+    real *L = w->logits, *top = w->lane_a, *total = w->lane_b, *picked = w->lane_c;
+    for (ptrdiff_t t = 0; t < MP; t++) { top[t] = L[t]; total[t] = 0; picked[t] = 0; }
+    for (ptrdiff_t v = 1; v < V; v++)
+        for (ptrdiff_t t = 0; t < MP; t++) top[t] = L[v * MP + t] > top[t] ? L[v * MP + t] : top[t];
+    for (ptrdiff_t t = 0; t < M; t++) picked[t] = L[b->target[t] * MP + t];
+    for (ptrdiff_t v = 0; v < V; v++)
+        for (ptrdiff_t t = 0; t < MP; t++) {
+            const real e = R_EXP(L[v * MP + t] - top[t]);
+            L[v * MP + t] = e;
+            total[t] += e;
+        }
+    for (ptrdiff_t t = 0; t < MP; t++) w->lane_loss[t] = top[t] + R_LOG(total[t]) - picked[t];
+    if (!want_grad) return;
+    /* softmax - onehot(target), times the token's weight */
+    for (ptrdiff_t t = 0; t < MP; t++) picked[t] = w->lane_w[t] / total[t];
+    for (ptrdiff_t v = 0; v < V; v++)
+        for (ptrdiff_t t = 0; t < MP; t++) L[v * MP + t] *= picked[t];
+    for (ptrdiff_t t = 0; t < M; t++) L[b->target[t] * MP + t] -= w->lane_w[t];
+}
+
+/* Forward pass over a batch; with MODE_GRAD also the backward pass into the grads buffer. Returns the
+   sum over documents of each document's mean token loss (the caller divides by n_docs); with
+   MODE_LOGITS writes the last token's logits to logits_out instead. */
+static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, double *logits_out)
+{
+    const Shape *s = &g->s;
+    const ptrdiff_t C = s->C, F = 4 * C, V = s->vocab, H = s->n_head, M = b->M, MP = round_up(M, LANE_PAD);
+    const ptrdiff_t TPb = round_up(s->block, LANE_PAD);
+    const int train = mode == MODE_GRAD;
+    Pool *pool = &g->pool;
+    const real *P = g->buf[BUF_PARAMS];
+    FN(Work) w;
+    FN(carve)(&w, s, MP, train ? s->n_layer : 1, pool->n_threads, g->work);
+    FN(AttnArgs) attn = {s, b, MP, NULL, NULL, NULL, NULL, NULL, NULL, w.att_scratch};
+
+    /* x = rmsnorm(wte[token] + wpe[position]); padding lanes start (and stay) finite */
+    real *x0 = w.dsmall;
+    for (ptrdiff_t t = 0; t < MP; t++)
+        for (ptrdiff_t j = 0; j < C; j++)
+            x0[j * MP + t] = t < M ? P[s->wte + b->input[t] * C + j] + P[s->wpe + b->pos[t] * C + j] : 0;
+    FN(rmsnorm_forward)(x0, w.y0, w.inv0, C, MP);
+    memcpy(w.x, w.y0, (size_t)(C * MP) * sizeof(real));
+
+    for (int l = 0; l < s->n_layer; l++) {
+        const real *W = P + layer_offset(s, l);
+        const ptrdiff_t sl = train ? l : 0;
+        real *h1 = w.h1 + sl * C * MP, *inv1 = w.inv1 + sl * MP, *qkv = w.qkv + sl * 3 * C * MP;
+        real *att = w.att + sl * H * TPb * MP, *o = w.o + sl * C * MP, *h2 = w.h2 + sl * C * MP;
+        real *inv2 = w.inv2 + sl * MP, *u = w.u + sl * F * MP, *act = w.act + sl * F * MP;
+        /* x = x + Wo attention(rmsnorm(x)) */
+        FN(rmsnorm_forward)(w.x, h1, inv1, C, MP);
+        FN(linear_forward)(pool, W + OFF_WQKV(s), 3 * C, C, h1, qkv, MP, 0);
+        attn.qkv = qkv; attn.att = att; attn.o = o;
+        parallel_for(pool, FN(attention_forward_task), &attn, b->n_docs, 1);
+        for (ptrdiff_t f = 0; f < C; f++)
+            for (ptrdiff_t t = M; t < MP; t++) o[f * MP + t] = 0;
+        FN(linear_forward)(pool, W + OFF_WO(s), C, C, o, w.x, MP, 1);
+        /* x = x + W2 act(W1 rmsnorm(x)) */
+        FN(rmsnorm_forward)(w.x, h2, inv2, C, MP);
+        FN(linear_forward)(pool, W + OFF_FC1(s), F, C, h2, u, MP, 0);
+        FN(mlp_act_forward)(u, act, F * MP, s->relu2);
+        FN(linear_forward)(pool, W + OFF_FC2(s), C, F, act, w.x, MP, 1);
+    }
+    FN(linear_forward)(pool, P + s->lm_head, V, C, w.x, w.logits, MP, 0);
+
+    if (mode == MODE_LOGITS) {
+        for (ptrdiff_t v = 0; v < V; v++) logits_out[v] = (double)w.logits[v * MP + M - 1];
+        return 0.0;
+    }
+    for (ptrdiff_t t = 0; t < MP; t++) w.lane_w[t] = 0;
+    for (int d = 0; d < b->n_docs; d++) {
+        const int T = b->doc_start[d + 1] - b->doc_start[d];
+        for (int t = b->doc_start[d]; t < b->doc_start[d + 1]; t++) w.lane_w[t] = (real)(1.0 / b->n_docs / T);
+    }
+    FN(cross_entropy)(s, b, &w, train);
+    double loss = 0.0;
+    for (int d = 0; d < b->n_docs; d++) {
+        double doc_loss = 0.0;
+        for (int t = b->doc_start[d]; t < b->doc_start[d + 1]; t++) doc_loss += (double)w.lane_loss[t];
+        loss += doc_loss / (b->doc_start[d + 1] - b->doc_start[d]);
+    }
+    if (!train) return loss;
+
+    /* Backward. dx is the gradient of the residual stream, feature-major like x. */
+    real *G = g->buf[BUF_GRADS], *xt = w.tok_major, *dlogits = w.logits;
+    FN(to_token_major)(w.x, xt, C, M, MP);
+    FN(linear_backward_weight)(pool, G + s->lm_head, V, C, dlogits, xt, M, MP);
+    FN(linear_backward_input)(pool, P + s->lm_head, V, C, dlogits, w.dx, MP);
+    for (int l = s->n_layer - 1; l >= 0; l--) {
+        const real *W = P + layer_offset(s, l);
+        real *dW = G + layer_offset(s, l);
+        const real *h1 = w.h1 + l * C * MP, *inv1 = w.inv1 + l * MP, *qkv = w.qkv + l * 3 * C * MP;
+        const real *att = w.att + l * H * TPb * MP, *o = w.o + l * C * MP, *h2 = w.h2 + l * C * MP;
+        const real *inv2 = w.inv2 + l * MP, *u = w.u + l * F * MP, *act = w.act + l * F * MP;
+        real *dact = w.dbig, *dqkv = w.dbig, *dh = w.dsmall, *dO = w.dsmall;
+        /* MLP */
+        FN(to_token_major)(act, xt, F, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_FC2(s), C, F, w.dx, xt, M, MP);
+        FN(linear_backward_input)(pool, W + OFF_FC2(s), C, F, w.dx, dact, MP);
+        FN(mlp_act_backward)(u, dact, F * MP, s->relu2);
+        FN(to_token_major)(h2, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_FC1(s), F, C, dact, xt, M, MP);
+        FN(linear_backward_input)(pool, W + OFF_FC1(s), F, C, dact, dh, MP);
+        FN(rmsnorm_backward)(h2, inv2, dh, w.dx, w.lane_a, C, MP, 1);
+        /* attention */
+        FN(to_token_major)(o, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_WO(s), C, C, w.dx, xt, M, MP);
+        FN(linear_backward_input)(pool, W + OFF_WO(s), C, C, w.dx, dO, MP);
+        attn.qkv = qkv; attn.att_saved = att; attn.dO = dO; attn.dqkv = dqkv;
+        parallel_for(pool, FN(attention_backward_task), &attn, b->n_docs, 1);
+        FN(to_token_major)(h1, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_WQKV(s), 3 * C, C, dqkv, xt, M, MP);
+        FN(linear_backward_input)(pool, W + OFF_WQKV(s), 3 * C, C, dqkv, dh, MP);
+        FN(rmsnorm_backward)(h1, inv1, dh, w.dx, w.lane_a, C, MP, 1);
+    }
+    /* the first RMSNorm, then scatter into the embedding rows the batch used */
+    real *dx0 = w.dsmall;
+    FN(rmsnorm_backward)(w.y0, w.inv0, w.dx, dx0, w.lane_a, C, MP, 0);
+    memset(G + s->wte, 0, (size_t)(s->layers - s->wte) * sizeof(real));
+    for (ptrdiff_t t = 0; t < M; t++)
+        for (ptrdiff_t j = 0; j < C; j++) {
+            G[s->wte + b->input[t] * C + j] += dx0[j * MP + t];
+            G[s->wpe + b->pos[t] * C + j] += dx0[j * MP + t];
+        }
+    return loss;
+}
+
+/* Sum of squared gradients, in double and in buffer order. */
+static TARGET double FN(grad_sq_norm)(GPTObject *g)
+{
+    const real *G = g->buf[BUF_GRADS];
+    double sum = 0.0;
+    for (ptrdiff_t i = 0; i < g->s.n_params; i++) sum += (double)G[i] * (double)G[i];
+    return sum;
+}
+
+/* Adam with bias correction, as train.py writes it: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+   p -= lr (m / bc1) / (sqrt(v / bc2) + eps). The gradient is first scaled by grad_scale (clipping). */
+typedef struct {
+    real *p, *g, *m, *v;
+    real b1, b2, c1, c2, bc1, bc2, eps, lr, scale;
+} FN(AdamArgs);
+
+static TARGET void FN(adam_task)(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    const FN(AdamArgs) *a = arg;
+    real *restrict p = a->p, *restrict g = a->g, *restrict m = a->m, *restrict v = a->v;
+    (void)thread;
+    for (ptrdiff_t i = begin; i < end; i++) {
+        const real gi = g[i] * a->scale;
+        g[i] = gi;
+        m[i] = a->b1 * m[i] + a->c1 * gi;
+        v[i] = a->b2 * v[i] + a->c2 * gi * gi;
+        p[i] -= a->lr * (m[i] / a->bc1) / (R_SQRT(v[i] / a->bc2) + a->eps);
+    }
+}
+
+static TARGET void FN(adam)(GPTObject *g, double lr, double grad_scale)
+{
+    FN(AdamArgs) a = {g->buf[BUF_PARAMS], g->buf[BUF_GRADS], g->buf[BUF_M], g->buf[BUF_V],
+                      (real)g->beta1, (real)g->beta2, (real)(1.0 - g->beta1), (real)(1.0 - g->beta2),
+                      (real)(1.0 - pow(g->beta1, (double)g->step)), (real)(1.0 - pow(g->beta2, (double)g->step)),
+                      (real)g->eps, (real)lr, (real)grad_scale};
+    parallel_for(&g->pool, FN(adam_task), &a, g->s.n_params, 4096);
+}
+
+static const Kernels FN(kernels) = {ISA_NAME, FN(workspace_bytes), FN(run_batch), FN(grad_sq_norm), FN(adam)};
+
+#endif /* part 2 */
+
+#ifndef FASTOPS_INSTANCE
+/* ================================================================================================ */
+/* 3. Instantiation and Python bindings                                                             */
+/* ================================================================================================ */
+
+#define FASTOPS_INSTANCE
+#define FN_JOIN(name, suffix) name##_##suffix
+#define FN_EXPAND(name, suffix) FN_JOIN(name, suffix)
+#define FN(name) FN_EXPAND(name, SUFFIX)
+
+/* portable C, float64 and float32 */
+#define TARGET
+#define ISA_NAME "generic"
+#define real double
+#define R_SQRT sqrt
+#define R_EXP exp
+#define R_LOG log
+#define SUFFIX f64_generic
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#define real float
+#define R_SQRT sqrtf
+#define R_EXP expf
+#define R_LOG logf
+#define SUFFIX f32_generic
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#undef TARGET
+#undef ISA_NAME
+
+#ifdef HAVE_X86_DISPATCH
+/* AVX2 + FMA: the portable code, auto-vectorised for 256-bit registers */
+#define TARGET __attribute__((target("avx2,fma")))
+#define ISA_NAME "avx2"
+#define real double
+#define R_SQRT sqrt
+#define R_EXP exp
+#define R_LOG log
+#define SUFFIX f64_avx2
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#define real float
+#define R_SQRT sqrtf
+#define R_EXP expf
+#define R_LOG logf
+#define SUFFIX f32_avx2
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#undef TARGET
+#undef ISA_NAME
+
+/* AVX-512: register-tiled gemm with intrinsics, the rest auto-vectorised for 512-bit registers */
+#define TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define ISA_NAME "avx512"
+#define FASTOPS_AVX512
+#define real double
+#define R_SQRT sqrt
+#define R_EXP exp
+#define R_LOG log
+#define VREAL __m512d
+#define VMASK __mmask8
+#define VW 8
+#define VMASK_ALL ((__mmask8)0xFF)
+#define VMASK_FIRST(n) ((__mmask8)((1u << (n)) - 1u))
+#define VZERO() _mm512_setzero_pd()
+#define VLOAD(p) _mm512_loadu_pd(p)
+#define VLOAD_MASKED(mask, p) _mm512_maskz_loadu_pd(mask, p)
+#define VSTORE_MASKED(p, mask, x) _mm512_mask_storeu_pd(p, mask, x)
+#define VSET1(x) _mm512_set1_pd(x)
+#define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define SUFFIX f64_avx512
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#undef VREAL
+#undef VMASK
+#undef VW
+#undef VMASK_ALL
+#undef VMASK_FIRST
+#undef VZERO
+#undef VLOAD
+#undef VLOAD_MASKED
+#undef VSTORE_MASKED
+#undef VSET1
+#undef VFMA
+#define real float
+#define R_SQRT sqrtf
+#define R_EXP expf
+#define R_LOG logf
+#define VREAL __m512
+#define VMASK __mmask16
+#define VW 16
+#define VMASK_ALL ((__mmask16)0xFFFF)
+#define VMASK_FIRST(n) ((__mmask16)((1u << (n)) - 1u))
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VLOAD_MASKED(mask, p) _mm512_maskz_loadu_ps(mask, p)
+#define VSTORE_MASKED(p, mask, x) _mm512_mask_storeu_ps(p, mask, x)
+#define VSET1(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define SUFFIX f32_avx512
+#include __FILE__
+#undef SUFFIX
+#undef real
+#undef R_SQRT
+#undef R_EXP
+#undef R_LOG
+#undef TARGET
+#undef ISA_NAME
+#undef FASTOPS_AVX512
+#endif /* HAVE_X86_DISPATCH */
+#undef FASTOPS_INSTANCE
+
+/* Instruction sets, best first, and each one's kernels for float64 and float32. */
+typedef struct { const char *name; const Kernels *f64, *f32; } Isa;
+static const Isa ISAS[] = {
+#ifdef HAVE_X86_DISPATCH
+    {"avx512", &kernels_f64_avx512, &kernels_f32_avx512},
+    {"avx2", &kernels_f64_avx2, &kernels_f32_avx2},
+#endif
+    {"generic", &kernels_f64_generic, &kernels_f32_generic},
+};
+#define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
+
+static int cpu_supports(const char *isa)
+{
+#ifdef HAVE_X86_DISPATCH
+    __builtin_cpu_init();
+    if (!strcmp(isa, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!strcmp(isa, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return !strcmp(isa, "generic");
+}
+
+/* ---- argument parsing ---- */
+
+/* Acquires a writable C-contiguous float64/float32 buffer of exactly n values. */
+static int get_flat_buffer(PyObject *obj, Py_buffer *view, const char *name, ptrdiff_t n, int *is_f32)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a writable contiguous buffer of float64 or float32 "
+                     "(array('d'), array('f') or a numpy array), not %.100s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *f = view->format ? view->format : "B";
+    if (*f == '@' || *f == '=' || (PY_LITTLE_ENDIAN && *f == '<')) f++;
+    if (!strcmp(f, "d") && view->itemsize == 8) *is_f32 = 0;
+    else if (!strcmp(f, "f") && view->itemsize == 4) *is_f32 = 1;
+    else {
+        PyErr_Format(PyExc_TypeError, "%s must hold float64 ('d') or float32 ('f') values, not format '%s'",
+                     name, view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (view->len / view->itemsize != n) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd values; this model's flat layout needs %zd",
+                     name, view->len / view->itemsize, (Py_ssize_t)n);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Grows the int buffer of parsed documents to hold `extra` more ints past `used`. */
+static int reserve_ids(GPTObject *g, size_t used, size_t extra)
+{
+    if (used + extra <= g->ids_cap) return 0;
+    size_t cap = (used + extra) * 2;
+    int *ids = realloc(g->ids, cap * sizeof(int));
+    if (!ids) { PyErr_NoMemory(); return -1; }
+    g->ids = ids;
+    g->ids_cap = cap;
+    return 0;
+}
+
+/* Where a parsed batch lives in g->ids: [input M][target M][pos M][doc_start n_docs + 1]. */
+typedef struct { size_t offset; int n_docs, M; } BatchRef;
+
+static Batch resolve(const GPTObject *g, BatchRef r)
+{
+    const int *base = g->ids + r.offset;
+    Batch b = {r.n_docs, r.M, base + 3 * (size_t)r.M, base, base + r.M, base + 2 * (size_t)r.M};
+    return b;
+}
+
+/* Reads one token id, checking its type and range. */
+static int token_id(GPTObject *g, PyObject *item, int *out, const char *where, Py_ssize_t doc, Py_ssize_t i)
+{
+    if (!PyLong_Check(item)) {
+        PyErr_Format(PyExc_TypeError, "%sdocument %zd, token %zd: token ids must be integers, not %.100s",
+                     where, doc, i, Py_TYPE(item)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long id = PyLong_AsLongAndOverflow(item, &overflow);
+    if (id == -1 && PyErr_Occurred()) return -1;
+    if (overflow || id < 0 || id >= g->s.vocab) {
+        PyErr_Format(PyExc_ValueError, "%sdocument %zd, token %zd: id %S is out of range for vocab_size %d",
+                     where, doc, i, item, g->s.vocab);
+        return -1;
+    }
+    *out = (int)id;
+    return 0;
+}
+
+/* Parses a list of documents (each [BOS] + tokens + [BOS], 2 .. block_size + 1 ids) into g->ids at
+   *used. `where` prefixes error messages (e.g. "batch 3: "). */
+static int parse_docs(GPTObject *g, PyObject *docs, size_t *used, BatchRef *ref, const char *where)
+{
+    PyObject *seq = PySequence_Fast(docs, "");
+    if (!seq) {
+        PyErr_Format(PyExc_TypeError, "%sdocs must be a list of documents (lists of token ids), not %.100s",
+                     where, Py_TYPE(docs)->tp_name);
+        return -1;
+    }
+    const Py_ssize_t n_docs = PySequence_Fast_GET_SIZE(seq);
+    int rc = -1;
+    if (n_docs == 0 || n_docs > INT_MAX / (g->s.block + 1)) {
+        PyErr_Format(PyExc_ValueError, "%sa batch needs 1 to %d documents, got %zd", where,
+                     INT_MAX / (g->s.block + 1), n_docs);
+        goto done;
+    }
+    Py_ssize_t M = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        PyObject *doc = PySequence_Fast_GET_ITEM(seq, d);
+        Py_ssize_t len = PySequence_Check(doc) && !PyUnicode_Check(doc) ? PySequence_Size(doc) : -1;
+        if (len < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%sdocument %zd must be a list of token ids, not %.100s",
+                         where, d, Py_TYPE(doc)->tp_name);
+            goto done;
+        }
+        if (len < 2 || len > g->s.block + 1) {
+            PyErr_Format(PyExc_ValueError, "%sdocument %zd has %zd token ids; each needs 2 to block_size + 1 = %d "
+                         "([BOS] + tokens + [BOS], cut to block_size + 1)", where, d, len, g->s.block + 1);
+            goto done;
+        }
+        M += len - 1;
+    }
+    if (reserve_ids(g, *used, 3 * (size_t)M + (size_t)n_docs + 1) < 0) goto done;
+    int *input = g->ids + *used, *target = input + M, *pos = target + M, *doc_start = pos + M;
+    int t = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        PyObject *doc = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, d), "");
+        if (!doc) goto done;
+        const Py_ssize_t len = PySequence_Fast_GET_SIZE(doc);
+        if (len < 2 || len > g->s.block + 1) {   /* a sequence may change length between the passes */
+            PyErr_Format(PyExc_ValueError, "%sdocument %zd changed length while being read", where, d);
+            Py_DECREF(doc);
+            goto done;
+        }
+        doc_start[d] = t;
+        for (Py_ssize_t i = 0; i < len; i++) {
+            int id;
+            if (token_id(g, PySequence_Fast_GET_ITEM(doc, i), &id, where, d, i) < 0) { Py_DECREF(doc); goto done; }
+            if (i < len - 1) { input[t + i] = id; pos[t + i] = (int)i; }
+            if (i > 0) target[t + i - 1] = id;
+        }
+        t += (int)(len - 1);
+        Py_DECREF(doc);
+    }
+    if (t != M) {
+        PyErr_Format(PyExc_ValueError, "%sa document changed length while being read", where);
+        goto done;
+    }
+    doc_start[n_docs] = t;
+    ref->offset = *used;
+    ref->n_docs = (int)n_docs;
+    ref->M = (int)M;
+    *used += 3 * (size_t)M + (size_t)n_docs + 1;
+    rc = 0;
+done:
+    Py_DECREF(seq);
+    return rc;
+}
+
+/* Makes the scratch memory hold a batch of M tokens (zeroed when it grows). */
+static int ensure_workspace(GPTObject *g, ptrdiff_t M, int mode)
+{
+    const ptrdiff_t MP = round_up(M, LANE_PAD);
+    const int saved = mode == MODE_GRAD ? g->s.n_layer : 1;
+    const double estimate = (double)MP * (saved * (14.0 * g->s.C + (double)g->s.n_head * (g->s.block + LANE_PAD)) +
+                                          16.0 * g->s.C + g->s.vocab);
+    if (estimate * 8.0 > 1e13) {
+        PyErr_Format(PyExc_MemoryError, "a batch of %zd tokens needs too much scratch memory", (Py_ssize_t)M);
+        return -1;
+    }
+    size_t bytes = g->k->workspace_bytes(&g->s, MP, saved, g->pool.n_threads);
+    if (bytes <= g->work_bytes) return 0;
+    free(g->work);
+    g->work = NULL;
+    g->work_bytes = 0;
+    void *p = NULL;
+#ifdef _WIN32
+    p = _aligned_malloc(bytes, 64);
+#else
+    if (posix_memalign(&p, 64, bytes)) p = NULL;
+#endif
+    if (!p) { PyErr_NoMemory(); return -1; }
+    memset(p, 0, bytes);
+    g->work = p;
+    g->work_bytes = bytes;
+    return 0;
+}
+
+static void free_workspace(GPTObject *g)
+{
+#ifdef _WIN32
+    _aligned_free(g->work);
+#else
+    free(g->work);
+#endif
+    g->work = NULL;
+    g->work_bytes = 0;
+}
+
+/* Guards against two Python threads using one engine at once (calls release the GIL). */
+static int enter(GPTObject *g)
+{
+    if (g->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this fastops.GPT is already running a call in another thread");
+        return -1;
+    }
+    g->busy = 1;
+    return 0;
+}
+
+/* ---- the GPT type ---- */
+
+static PyTypeObject GPTType;
+
+static void GPT_dealloc(GPTObject *g)
+{
+    pool_stop(&g->pool);
+    for (int i = 0; i < g->n_views; i++) PyBuffer_Release(&g->views[i]);
+    free_workspace(g);
+    free(g->ids);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static PyObject *GPT_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"params", "grads", "m", "v", "vocab_size", "n_embd", "n_layer", "n_head", "block_size",
+                             "mlp_act", "beta1", "beta2", "eps", "grad_clip", "threads", "isa", NULL};
+    PyObject *objs[N_BUFS];
+    int vocab, C, n_layer, n_head, block, threads = 1;
+    const char *mlp_act = "relu2", *isa = NULL;
+    double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOiiiii|sddddiz:GPT", kwlist, &objs[0], &objs[1], &objs[2],
+                                     &objs[3], &vocab, &C, &n_layer, &n_head, &block, &mlp_act, &beta1, &beta2,
+                                     &eps, &grad_clip, &threads, &isa))
+        return NULL;
+    const struct { const char *name; int value, min; } dims[] = {
+        {"vocab_size", vocab, 2}, {"n_embd", C, 1}, {"n_layer", n_layer, 1}, {"n_head", n_head, 1},
+        {"block_size", block, 1}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].value < dims[i].min || dims[i].value > MAX_DIM) {
+            PyErr_Format(PyExc_ValueError, "%s must be in [%d, %d], got %d", dims[i].name, dims[i].min, MAX_DIM,
+                         dims[i].value);
+            return NULL;
+        }
+    if (C % n_head) {
+        PyErr_Format(PyExc_ValueError, "n_head must divide n_embd (%d %% %d != 0)", C, n_head);
+        return NULL;
+    }
+    if (strcmp(mlp_act, "relu2") && strcmp(mlp_act, "relu")) {
+        PyErr_Format(PyExc_ValueError, "mlp_act must be 'relu2' or 'relu', got '%s'", mlp_act);
+        return NULL;
+    }
+    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !(eps > 0 && isfinite(eps)) ||
+        !(grad_clip >= 0 && isfinite(grad_clip))) {
+        PyErr_SetString(PyExc_ValueError, "need 0 <= beta1, beta2 < 1, eps > 0 and grad_clip >= 0 (all finite)");
+        return NULL;
+    }
+    if (threads < 1 || threads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [1, %d], got %d", MAX_THREADS, threads);
+        return NULL;
+    }
+    const Isa *chosen = NULL;
+    for (int i = 0; i < N_ISAS && !chosen; i++)
+        if (isa && strcmp(isa, "auto") ? !strcmp(isa, ISAS[i].name) : cpu_supports(ISAS[i].name)) chosen = &ISAS[i];
+    if (!chosen || !cpu_supports(chosen->name)) {
+        PyErr_Format(PyExc_ValueError, "isa '%s' is not available on this CPU or build (try fastops.available_isas())",
+                     isa ? isa : "auto");
+        return NULL;
+    }
+
+    GPTObject *g = (GPTObject *)type->tp_alloc(type, 0);
+    if (!g) return NULL;
+    shape_init(&g->s, vocab, C, n_layer, n_head, block, !strcmp(mlp_act, "relu2"));
+    g->pool.n_threads = 1;
+    for (int i = 0; i < N_BUFS; i++) {
+        int is_f32;
+        if (get_flat_buffer(objs[i], &g->views[i], BUF_NAMES[i], g->s.n_params, &is_f32) < 0) goto fail;
+        g->n_views = i + 1;
+        g->buf[i] = g->views[i].buf;
+        if (i == 0) g->is_f32 = is_f32;
+        else if (is_f32 != g->is_f32) {
+            PyErr_Format(PyExc_TypeError, "%s is %s but params is %s; all four buffers need one dtype",
+                         BUF_NAMES[i], is_f32 ? "float32" : "float64", g->is_f32 ? "float32" : "float64");
+            goto fail;
+        }
+    }
+    for (int i = 0; i < N_BUFS; i++)
+        for (int j = i + 1; j < N_BUFS; j++) {
+            const char *a = g->views[i].buf, *b = g->views[j].buf;
+            if (a < b + g->views[j].len && b < a + g->views[i].len) {
+                PyErr_Format(PyExc_ValueError, "%s and %s overlap; the four buffers must be distinct", BUF_NAMES[i],
+                             BUF_NAMES[j]);
+                goto fail;
+            }
+        }
+    g->beta1 = beta1; g->beta2 = beta2; g->eps = eps; g->grad_clip = grad_clip;
+    g->k = g->is_f32 ? chosen->f32 : chosen->f64;
+    if (pool_start(&g->pool, threads) < 0) goto fail;
+    return (PyObject *)g;
+fail:
+    Py_DECREF(g);
+    return NULL;
+}
+
+/* One optimizer step on a parsed batch: gradients, optional clipping, Adam. Runs without the GIL. */
+static double train_one(GPTObject *g, const Batch *b, double lr)
+{
+    const double loss = g->k->run_batch(g, b, MODE_GRAD, NULL) / b->n_docs;
+    double scale = 1.0;
+    if (g->grad_clip > 0) {
+        const double norm = sqrt(g->k->grad_sq_norm(g));
+        if (norm > g->grad_clip) scale = g->grad_clip / norm;
+    }
+    g->step++;
+    g->k->adam(g, lr, scale);
+    return loss;
+}
+
+PyDoc_STRVAR(train_steps_doc,
+"train_steps(batches, lrs) -> list[float]\n\n"
+"One optimizer step per batch (a list of documents), with learning rate lrs[i]; returns each step's\n"
+"loss. Every batch is validated before the first step runs.");
+
+static PyObject *GPT_train_steps(GPTObject *g, PyObject *args)
+{
+    PyObject *batches, *lrs;
+    if (!PyArg_ParseTuple(args, "OO:train_steps", &batches, &lrs)) return NULL;
+    PyObject *bseq = PySequence_Fast(batches, "batches must be a list of batches (lists of documents)");
+    if (!bseq) return NULL;
+    PyObject *lseq = PySequence_Fast(lrs, "lrs must be a list of learning rates");
+    if (!lseq) { Py_DECREF(bseq); return NULL; }
+    PyObject *result = NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(bseq);
+    BatchRef *refs = NULL;
+    double *rates = NULL, *losses = NULL;
+    if (PySequence_Fast_GET_SIZE(lseq) != n) {
+        PyErr_Format(PyExc_ValueError, "got %zd batches but %zd learning rates", n, PySequence_Fast_GET_SIZE(lseq));
+        goto done;
+    }
+    if (enter(g) < 0) goto done;
+    refs = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *refs);
+    rates = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *rates);
+    losses = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *losses);
+    if (!refs || !rates || !losses) { PyErr_NoMemory(); goto leave; }
+    size_t used = 0;
+    int max_M = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "batch %zd: ", i);
+        if (parse_docs(g, PySequence_Fast_GET_ITEM(bseq, i), &used, &refs[i], where) < 0) goto leave;
+        rates[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(lseq, i));
+        if (rates[i] == -1.0 && PyErr_Occurred()) goto leave;
+        if (!isfinite(rates[i])) {
+            PyErr_Format(PyExc_ValueError, "learning rate %zd is not finite", i);
+            goto leave;
+        }
+        if (refs[i].M > max_M) max_M = refs[i].M;
+    }
+    if (n && ensure_workspace(g, max_M, MODE_GRAD) < 0) goto leave;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Batch b = resolve(g, refs[i]);
+        losses[i] = train_one(g, &b, rates[i]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        PyObject *f = PyFloat_FromDouble(losses[i]);
+        if (!f) { Py_CLEAR(result); break; }
+        PyList_SET_ITEM(result, i, f);
+    }
+leave:
+    g->busy = 0;
+done:
+    PyMem_Free(refs);
+    PyMem_Free(rates);
+    PyMem_Free(losses);
+    Py_DECREF(bseq);
+    Py_DECREF(lseq);
+    return result;
+}
+
+/* Runs one batch in `mode` (MODE_LOSS or MODE_GRAD) and returns the batch's mean loss. */
+static PyObject *run_docs(GPTObject *g, PyObject *docs, int mode)
+{
+    if (enter(g) < 0) return NULL;
+    PyObject *result = NULL;
+    size_t used = 0;
+    BatchRef ref;
+    if (parse_docs(g, docs, &used, &ref, "") < 0 || ensure_workspace(g, ref.M, mode) < 0) goto leave;
+    Batch b = resolve(g, ref);
+    double loss;
+    Py_BEGIN_ALLOW_THREADS
+    loss = g->k->run_batch(g, &b, mode, NULL) / b.n_docs;
+    Py_END_ALLOW_THREADS
+    result = PyFloat_FromDouble(loss);
+leave:
+    g->busy = 0;
+    return result;
+}
+
+PyDoc_STRVAR(loss_and_grad_doc,
+"loss_and_grad(docs) -> float\n\n"
+"The batch's mean loss; its gradient is written to the grads buffer. No update.");
+
+static PyObject *GPT_loss_and_grad(GPTObject *g, PyObject *docs) { return run_docs(g, docs, MODE_GRAD); }
+
+PyDoc_STRVAR(eval_loss_doc,
+"eval_loss(docs) -> float\n\n"
+"The batch's mean loss, forward pass only (grads untouched). Any number of documents.");
+
+static PyObject *GPT_eval_loss(GPTObject *g, PyObject *docs) { return run_docs(g, docs, MODE_LOSS); }
+
+PyDoc_STRVAR(logits_doc,
+"logits(tokens) -> list[float]\n\n"
+"Next-token logits after `tokens` (1 to block_size ids, starting with BOS).");
+
+static PyObject *GPT_logits(GPTObject *g, PyObject *tokens)
+{
+    PyObject *seq = PySequence_Fast(tokens, "tokens must be a list of token ids");
+    if (!seq) return NULL;
+    PyObject *result = NULL;
+    double *out = NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (enter(g) < 0) { Py_DECREF(seq); return NULL; }
+    if (n < 1 || n > g->s.block) {
+        PyErr_Format(PyExc_ValueError, "logits needs 1 to block_size = %d token ids, got %zd", g->s.block, n);
+        goto leave;
+    }
+    if (reserve_ids(g, 0, 3 * (size_t)n + 2) < 0 || ensure_workspace(g, n, MODE_LOGITS) < 0) goto leave;
+    int *input = g->ids, *target = input + n, *pos = target + n, *doc_start = pos + n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (token_id(g, PySequence_Fast_GET_ITEM(seq, i), &input[i], "", 0, i) < 0) goto leave;
+        target[i] = 0;
+        pos[i] = (int)i;
+    }
+    doc_start[0] = 0;
+    doc_start[1] = (int)n;
+    Batch b = {1, (int)n, doc_start, input, target, pos};
+    out = PyMem_Malloc((size_t)g->s.vocab * sizeof(double));
+    if (!out) { PyErr_NoMemory(); goto leave; }
+    Py_BEGIN_ALLOW_THREADS
+    g->k->run_batch(g, &b, MODE_LOGITS, out);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(g->s.vocab);
+    for (int v = 0; result && v < g->s.vocab; v++) {
+        PyObject *f = PyFloat_FromDouble(out[v]);
+        if (!f) { Py_CLEAR(result); break; }
+        PyList_SET_ITEM(result, v, f);
+    }
+leave:
+    g->busy = 0;
+    PyMem_Free(out);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *GPT_get_step(GPTObject *g, void *closure) { (void)closure; return PyLong_FromLongLong(g->step); }
+
+static int GPT_set_step(GPTObject *g, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (!value || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "step must be an integer");
+        return -1;
+    }
+    long long step = PyLong_AsLongLong(value);
+    if (step == -1 && PyErr_Occurred()) return -1;
+    if (step < 0) {
+        PyErr_Format(PyExc_ValueError, "step must be >= 0, got %lld", step);
+        return -1;
+    }
+    g->step = step;
+    return 0;
+}
+
+static PyObject *GPT_get_isa(GPTObject *g, void *closure) { (void)closure; return PyUnicode_FromString(g->k->isa); }
+static PyObject *GPT_get_dtype(GPTObject *g, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(g->is_f32 ? "float32" : "float64");
+}
+static PyObject *GPT_get_threads(GPTObject *g, void *closure) { (void)closure; return PyLong_FromLong(g->pool.n_threads); }
+static PyObject *GPT_get_n_params(GPTObject *g, void *closure) { (void)closure; return PyLong_FromSsize_t(g->s.n_params); }
+
+static PyGetSetDef GPT_getset[] = {
+    {"step", (getter)GPT_get_step, (setter)GPT_set_step, "Adam's update count t (train_steps increments it)", NULL},
+    {"isa", (getter)GPT_get_isa, NULL, "instruction set of the kernels in use", NULL},
+    {"dtype", (getter)GPT_get_dtype, NULL, "'float64' or 'float32', from the buffers", NULL},
+    {"threads", (getter)GPT_get_threads, NULL, "threads used for batches", NULL},
+    {"n_params", (getter)GPT_get_n_params, NULL, "length of each flat buffer", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef GPT_methods[] = {
+    {"train_steps", (PyCFunction)GPT_train_steps, METH_VARARGS, train_steps_doc},
+    {"loss_and_grad", (PyCFunction)GPT_loss_and_grad, METH_O, loss_and_grad_doc},
+    {"eval_loss", (PyCFunction)GPT_eval_loss, METH_O, eval_loss_doc},
+    {"logits", (PyCFunction)GPT_logits, METH_O, logits_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(GPT_doc,
+"GPT(params, grads, m, v, vocab_size, n_embd, n_layer, n_head, block_size, mlp_act='relu2',\n"
+"    beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=0.0, threads=1, isa=None)\n\n"
+"The model of train.py computed in C on four flat buffers in the layout of microgpt/params.py,\n"
+"shared (not copied) through the buffer protocol: all float64 or all float32, writable, contiguous.\n"
+"isa picks the kernels ('avx512', 'avx2', 'generic'; None for the best this CPU runs).");
+
+static PyTypeObject GPTType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fastops.GPT",
+    .tp_basicsize = sizeof(GPTObject),
+    .tp_dealloc = (destructor)GPT_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = GPT_doc,
+    .tp_methods = GPT_methods,
+    .tp_getset = GPT_getset,
+    .tp_new = GPT_new,
+};
+
+static PyObject *available_isas(PyObject *self, PyObject *unused)
+{
+    (void)self; (void)unused;
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < N_ISAS; i++)
+        if (cpu_supports(ISAS[i].name)) {
+            PyObject *name = PyUnicode_FromString(ISAS[i].name);
+            if (!name || PyList_Append(list, name) < 0) Py_CLEAR(list);
+            Py_XDECREF(name);
+        }
+    return list;
+}
+
+static PyMethodDef module_methods[] = {
+    {"available_isas", available_isas, METH_NOARGS, "Instruction sets this CPU and build can run, best first."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastops_module = {
+    PyModuleDef_HEAD_INIT, "fastops", "microgpt-lab's C engine: the GPT of train.py on flat buffers.", -1,
+    module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_fastops(void)
+{
+    if (PyType_Ready(&GPTType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&fastops_module);
+    if (!m) return NULL;
+    Py_INCREF(&GPTType);
+    if (PyModule_AddObject(m, "GPT", (PyObject *)&GPTType) < 0) {
+        Py_DECREF(&GPTType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+
+#endif /* part 3 */

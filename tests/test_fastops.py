@@ -1,0 +1,289 @@
+"""fastops.GPT against the reference (train.PythonEngine): same flat params, same documents, same numbers.
+
+Every test runs on each instruction set this CPU supports (AVX-512, AVX2, portable C), so the fallback
+kernels are checked on the machine that has the fast ones.
+"""
+
+from array import array
+
+import pytest
+
+from conftest import encode_names, make_setup, read_names
+from microgpt.config import TrainConfig
+from train import PythonEngine
+
+fastops = pytest.importorskip("fastops", reason="build the C extension first: pip install -e .")
+
+ISAS = fastops.available_isas()
+
+
+def c_model(cfg, params, tcfg=None, dtype="d", **kw):
+    """A fastops.GPT on fresh flat buffers (params copied in the given dtype); returns (model, buffers)."""
+    tcfg = tcfg or TrainConfig()
+    n = len(params)
+    bufs = [array(dtype, params.data)] + [array(dtype, bytes(array(dtype).itemsize * n)) for _ in range(3)]
+    model = fastops.GPT(*bufs, cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.block_size,
+                        mlp_act=cfg.mlp_act, beta1=tcfg.beta1, beta2=tcfg.beta2, eps=tcfg.eps,
+                        grad_clip=tcfg.grad_clip, **kw)
+    return model, bufs
+
+
+def assert_close(got, want, rel):
+    """Elementwise relative error <= rel; values under 1e-6 of the largest compare against that floor."""
+    assert len(got) == len(want)
+    floor = 1e-6 * max(abs(w) for w in want)
+    worst = max((abs(g - w) / max(abs(w), floor), i) for i, (g, w) in enumerate(zip(got, want)))
+    assert worst[0] <= rel, f"element {worst[1]}: {got[worst[1]]!r} vs {want[worst[1]]!r} (rel {worst[0]:.2e})"
+
+
+def reference_run(cfg, tcfg, params, batches, lrs):
+    ref = PythonEngine(cfg, tcfg, params.copy())
+    return [ref.train_step(b, lr) for b, lr in zip(batches, lrs)]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(16,1,8) with real names: the config of the 200-step test."""
+    cfg, params = make_setup(16, 1, 4, 8)
+    return cfg, params, encode_names(read_names(300), cfg.block_size)
+
+
+@pytest.fixture(scope="module")
+def medium():
+    cfg, params = make_setup(64, 2, 4, 16)
+    return cfg, params, encode_names(read_names(100), cfg.block_size)
+
+
+@pytest.fixture(scope="module")
+def small_curve(small):
+    cfg, params, docs = small
+    tcfg = TrainConfig(num_steps=200).validate()
+    batches, lrs = [[d] for d in docs[:200]], [0.01 * (1 - s / 200) for s in range(200)]
+    return tcfg, batches, lrs, reference_run(cfg, tcfg, params, batches, lrs)
+
+
+# ---- equivalence, float64 ----
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape, kw", [((16, 1, 4, 8), {}), ((64, 2, 4, 16), {}),
+                                       ((24, 2, 3, 8), {"mlp_act": "relu", "zero_init_proj": False})])
+def test_step0_gradients_match_reference(isa, shape, kw):
+    cfg, params = make_setup(*shape, **kw)
+    docs = encode_names(read_names(5), cfg.block_size)
+    want_loss, want = PythonEngine(cfg, TrainConfig(), params.copy()).loss_and_grad(docs)
+    model, (p, g, m, v) = c_model(cfg, params, isa=isa)
+    loss = model.loss_and_grad(docs)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    assert_close(g, want, 1e-10)
+    assert p == params.data, "loss_and_grad must not update the parameters"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_200_steps_match_reference(isa, small, small_curve):
+    cfg, params, _ = small
+    tcfg, batches, lrs, want = small_curve
+    model, _ = c_model(cfg, params, tcfg, isa=isa)
+    got = model.train_steps(batches, lrs)
+    assert_close(got, want, 1e-9)
+    assert model.step == 200
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_one_step_per_call_equals_many_steps_per_call(isa, small, small_curve):
+    cfg, params, _ = small
+    tcfg, batches, lrs, want = small_curve
+    model, _ = c_model(cfg, params, tcfg, isa=isa)
+    got = [model.train_steps([b], [lr])[0] for b, lr in zip(batches[:50], lrs[:50])]
+    many, _ = c_model(cfg, params, tcfg, isa=isa)
+    assert got == many.train_steps(batches[:50], lrs[:50])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_20_steps_medium_match_reference(isa, medium):
+    cfg, params, docs = medium
+    tcfg = TrainConfig(num_steps=20).validate()
+    batches, lrs = [[d] for d in docs[:20]], [0.01 * (1 - s / 20) for s in range(20)]
+    want = reference_run(cfg, tcfg, params, batches, lrs)
+    model, _ = c_model(cfg, params, tcfg, isa=isa)
+    assert_close(model.train_steps(batches, lrs), want, 1e-9)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_batched_steps_with_clipping_match_reference(isa, small):
+    cfg, params, docs = small
+    tcfg = TrainConfig(num_steps=10, batch_size=4, grad_clip=0.5, warmup_steps=2).validate()
+    batches = [docs[4 * s:4 * s + 4] for s in range(10)]
+    lrs = [0.02] * 10
+    want_ref = PythonEngine(cfg, tcfg, params.copy())
+    want = [want_ref.train_step(b, lr) for b, lr in zip(batches, lrs)]
+    model, (p, g, m, v) = c_model(cfg, params, tcfg, isa=isa)
+    assert_close(model.train_steps(batches, lrs), want, 1e-9)
+    state = want_ref.export_adam()
+    assert_close(p, want_ref.export_params().data, 1e-9)
+    assert_close(m, state.m, 1e-9)
+    assert_close(v, state.v, 1e-9)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_eval_loss_and_logits_match_reference(isa, small):
+    cfg, params, docs = small
+    ref = PythonEngine(cfg, TrainConfig(), params.copy())
+    model, _ = c_model(cfg, params, isa=isa)
+    assert model.eval_loss(docs[:150]) == pytest.approx(ref.eval_loss(docs[:150]), rel=1e-12)
+    for tokens in ([26], docs[3][:5], docs[7][:cfg.block_size]):
+        assert_close(model.logits(tokens), ref.logits(tokens), 1e-12)
+
+
+# ---- float32 ----
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_float32_follows_the_reference_curve(isa, small, small_curve):
+    cfg, params, _ = small
+    tcfg, batches, lrs, want = small_curve
+    model, (p, g, m, v) = c_model(cfg, params, tcfg, dtype="f", isa=isa)
+    assert model.dtype == "float32"
+    assert_close(model.train_steps(batches, lrs), want, 1e-4)
+
+
+# ---- threads ----
+
+@pytest.mark.parametrize("dtype", ["d", "f"])
+def test_threads_give_identical_results(dtype, medium):
+    cfg, params, docs = medium
+    tcfg = TrainConfig(num_steps=5, batch_size=16).validate()
+    batches, lrs = [docs[16 * s:16 * s + 16] for s in range(5)], [0.01] * 5
+    results = []
+    for threads in (1, 2, 3):
+        model, (p, g, m, v) = c_model(cfg, params, tcfg, dtype=dtype, threads=threads)
+        assert model.threads == threads
+        results.append((model.train_steps(batches, lrs), p.tobytes(), m.tobytes(), v.tobytes()))
+    assert results[0] == results[1] == results[2]
+
+
+# ---- bad arguments: one clear exception, never a crash ----
+
+@pytest.fixture
+def tiny():
+    cfg, params = make_setup(16, 1, 4, 8)
+    return cfg, params
+
+
+def test_constructor_rejects_bad_buffers(tiny):
+    cfg, params = tiny
+    n = len(params)
+    good = [array("d", params.data)] + [array("d", bytes(8 * n)) for _ in range(3)]
+    dims = (27, 16, 1, 4, 8)
+    with pytest.raises(ValueError, match="params holds 10 values"):
+        fastops.GPT(array("d", bytes(80)), *good[1:], *dims)
+    with pytest.raises(ValueError, match="grads holds"):
+        fastops.GPT(good[0], array("d", bytes(8 * (n + 1))), *good[2:], *dims)
+    with pytest.raises(TypeError, match="float64 .* or float32"):
+        fastops.GPT(array("i", bytes(4 * n)), *good[1:], *dims)
+    with pytest.raises(TypeError, match="v is float32 but params is float64"):
+        fastops.GPT(*good[:3], array("f", bytes(4 * n)), *dims)
+    with pytest.raises(TypeError, match="writable contiguous buffer"):
+        fastops.GPT(bytes(8 * n), *good[1:], *dims)
+    with pytest.raises(TypeError, match="writable contiguous buffer"):
+        fastops.GPT([0.0] * n, *good[1:], *dims)
+    with pytest.raises(ValueError, match="grads and m overlap"):
+        fastops.GPT(good[0], good[1], good[1], good[3], *dims)
+
+
+def test_constructor_rejects_non_contiguous_numpy(tiny):
+    np = pytest.importorskip("numpy")
+    cfg, params = tiny
+    n = len(params)
+    strided = np.zeros(2 * n)[::2]
+    with pytest.raises(TypeError, match="contiguous"):
+        fastops.GPT(strided, *[np.zeros(n) for _ in range(3)], 27, 16, 1, 4, 8)
+    # contiguous numpy arrays are fine, and shared without a copy
+    bufs = [np.array(params.data)] + [np.zeros(n) for _ in range(3)]
+    model = fastops.GPT(*bufs, 27, 16, 1, 4, 8)
+    model.loss_and_grad([[26, 0, 26]])
+    assert np.abs(bufs[1]).sum() > 0
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"vocab_size": 1}, "vocab_size must be in"), ({"n_embd": 0}, "n_embd must be in"),
+    ({"n_head": 3}, "n_head must divide n_embd"), ({"block_size": -1}, "block_size must be in"),
+    ({"mlp_act": "gelu"}, "mlp_act must be"), ({"beta1": 1.0}, "beta1"), ({"eps": 0.0}, "eps > 0"),
+    ({"grad_clip": float("nan")}, "grad_clip"), ({"threads": 0}, "threads must be in"),
+    ({"isa": "sse9"}, "isa 'sse9' is not available"),
+])
+def test_constructor_rejects_bad_config(tiny, kw, message):
+    cfg, params = tiny
+    n = len(params)
+    args = dict(vocab_size=27, n_embd=16, n_layer=1, n_head=4, block_size=8)
+    args.update(kw)
+    bufs = [array("d", params.data)] + [array("d", bytes(8 * n)) for _ in range(3)]
+    with pytest.raises(ValueError, match=message):
+        fastops.GPT(*bufs, **args)
+
+
+@pytest.mark.parametrize("docs, error, message", [
+    ([], ValueError, "a batch needs 1 to"),
+    ([[26]], ValueError, "document 0 has 1 token ids; each needs 2 to block_size \\+ 1 = 9"),
+    ([[26, 1, 26], [26] + [1] * 8 + [26]], ValueError, "document 1 has 10 token ids"),
+    ([[26, 27, 26]], ValueError, "document 0, token 1: id 27 is out of range for vocab_size 27"),
+    ([[26, -1, 26]], ValueError, "id -1 is out of range"),
+    ([[26, 2 ** 70, 26]], ValueError, "is out of range"),
+    ([[26, 1.0, 26]], TypeError, "token ids must be integers, not float"),
+    ([[26, "a", 26]], TypeError, "token ids must be integers, not str"),
+    (["abc"], TypeError, "document 0 must be a list of token ids, not str"),
+    ([5], TypeError, "document 0 must be a list of token ids, not int"),
+    (5, TypeError, "docs must be a list of documents"),
+])
+def test_every_entry_point_rejects_bad_documents(tiny, docs, error, message):
+    cfg, params = tiny
+    model, (p, g, m, v) = c_model(cfg, params)
+    before = p.tobytes()
+    with pytest.raises(error, match=message):
+        model.loss_and_grad(docs)
+    with pytest.raises(error, match=message):
+        model.eval_loss(docs)
+    with pytest.raises(error, match="batch 1: .*" + message):
+        model.train_steps([[[26, 1, 26]], docs], [0.01, 0.01])
+    assert p.tobytes() == before and model.step == 0, "a rejected call must not train"
+
+
+def test_train_steps_rejects_bad_arguments(tiny):
+    cfg, params = tiny
+    model, _ = c_model(cfg, params)
+    with pytest.raises(ValueError, match="got 1 batches but 2 learning rates"):
+        model.train_steps([[[26, 1, 26]]], [0.1, 0.1])
+    with pytest.raises(ValueError, match="learning rate 0 is not finite"):
+        model.train_steps([[[26, 1, 26]]], [float("inf")])
+    with pytest.raises(TypeError):
+        model.train_steps([[[26, 1, 26]]], ["fast"])
+    with pytest.raises(TypeError, match="lrs must be a list"):
+        model.train_steps([[[26, 1, 26]]], 0.1)
+    assert model.train_steps([], []) == []
+
+
+def test_logits_rejects_bad_tokens(tiny):
+    cfg, params = tiny
+    model, _ = c_model(cfg, params)
+    with pytest.raises(ValueError, match="1 to block_size = 8 token ids, got 0"):
+        model.logits([])
+    with pytest.raises(ValueError, match="got 9"):
+        model.logits([26] * 9)
+    with pytest.raises(ValueError, match="id 99 is out of range"):
+        model.logits([26, 99])
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        model.logits([26, None])
+    with pytest.raises(TypeError, match="tokens must be a list"):
+        model.logits(26)
+    assert len(model.logits([26, 1])) == 27
+
+
+def test_step_is_adams_update_count(tiny):
+    cfg, params = tiny
+    model, _ = c_model(cfg, params)
+    model.train_steps([[[26, 1, 26]]] * 3, [0.01] * 3)
+    assert model.step == 3
+    model.step = 10
+    assert model.step == 10
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        model.step = -1
+    with pytest.raises(TypeError, match="step must be an integer"):
+        model.step = 1.5
