@@ -1,6 +1,7 @@
 """Shared test fixtures: tiny configs, real names encoded with the char tokenizer, and CLI helpers."""
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,20 @@ NAMES = Path(os.environ.get("MICROGPT_DATA", REPO.parent / "shared" / "data" / "
 BOS = 26
 
 
+def synthetic_names(n: int) -> list[str]:
+    """Deterministic name-like strings over all 26 letters, for machines without names.txt."""
+    rng = random.Random(0)
+    vowels, consonants = "aeiouy", "bcdfghjklmnpqrstvwxz"
+    return ["".join(rng.choice(consonants if i % 2 == 0 else vowels) for i in range(rng.randint(3, 9)))
+            for _ in range(n)]
+
+
 def read_names(n: int | None = None) -> list[str]:
-    """Real names from names.txt when present, else a small built-in list (so tests never skip)."""
+    """Real names from names.txt when present, else synthetic ones (so tests never skip)."""
     if NAMES.exists():
         names = [line.strip() for line in NAMES.read_text().splitlines() if line.strip()]
     else:
-        names = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia", "harper", "evelyn"]
+        names = synthetic_names(5000)
     return names[:n] if n else names
 
 

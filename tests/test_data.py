@@ -15,7 +15,7 @@ from microgpt import UserError
 from microgpt.data import cache_dir, default_dataset, download, load_documents, split_documents
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = os.environ.get("MICROGPT_DATA", "/work/shared/data/names.txt")
+from conftest import NAMES
 BODY = b"emma\nolivia\nava\n"
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
 
@@ -271,7 +271,7 @@ def test_demo_runs(tmp_path):
 def test_demo_via_environment(tmp_path):
     """No --data: the demo finds the dataset through $MICROGPT_DATA (names.txt when we have it)."""
     path, expected = NAMES, "32033 documents"
-    if not os.path.isfile(NAMES):
+    if not NAMES.is_file():
         path, expected = tmp_path / "letters.txt", "26 documents"
         path.write_text("\n".join("abcdefghijklmnopqrstuvwxyz"))
     result = run_demo(env={"MICROGPT_DATA": str(path)})

@@ -1,8 +1,6 @@
 """microgpt.tokenizers: char / word / bpe vocabularies, round trips, serialisation and errors."""
 
 import json
-import os
-import string
 import subprocess
 import sys
 from collections import Counter
@@ -11,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from microgpt import UserError
-from microgpt.data import load_documents, split_documents
+from microgpt.data import split_documents
 from microgpt.tokenizers import (BPETokenizer, build_tokenizer, learn_bpe_merges, tokenizer_from_dict, wrap)
+from conftest import read_names
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = os.environ.get("MICROGPT_DATA", "/work/shared/data/names.txt")
 DOCS = ["emma", "olivia", "ava", "isabella", "sophia", "anna", "hannah", "mia maria", "ann-marie"]
 
 
 def names_docs():
-    """names.txt when available, else the 26 letters (the same alphabet, so the same char mapping)."""
-    return load_documents([NAMES]) if os.path.isfile(NAMES) else list(string.ascii_lowercase)
+    """names.txt when available, else synthetic names over the same 26 letters (the same char mapping)."""
+    return read_names()
 
 
 def naive_bpe(docs, alphabet, num_merges):
@@ -202,10 +200,8 @@ def test_wrap_adds_bos_and_cuts_to_block_size():
 
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_demo_runs(kind, tmp_path):
-    data = NAMES
-    if not os.path.isfile(NAMES):
-        data = tmp_path / "few.txt"
-        data.write_text("\n".join(DOCS))
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(DOCS + read_names(2000)))
     result = subprocess.run([sys.executable, "-m", "microgpt.tokenizers", "--tokenizer", kind, "--data", str(data)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
