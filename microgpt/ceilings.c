@@ -35,14 +35,16 @@ static double now_seconds(void) {
  * core issues up to 2 per cycle, so at least 8 chains must be in flight; 12 (16 registers: AVX2,
  * scalar) and 24 (32 registers: AVX-512) leave margin without spilling. acc = acc * mul + add with
  * mul just below 1 converges to add / (1 - mul), so values stay normal (no denormal slow path).
+ * The chains must be fully unrolled so the accumulators live in registers: left as an array, gcc
+ * keeps them in memory and the probe measures load/store ports instead of the FMA units.
  * ------------------------------------------------------------------------------------------- */
 
 #define FMA_KERNEL(fname, tgt, vtype, set1, fmadd, addv, nacc)                             \
     __attribute__((target(tgt))) static double fname(long iters, double mul, double add) {  \
         vtype m = set1(mul), a = set1(add), acc[nacc];                                         \
-        for (int k = 0; k < nacc; k++) acc[k] = set1(1.0 + 0.01 * k);                          \
+        _Pragma("GCC unroll 32") for (int k = 0; k < nacc; k++) acc[k] = set1(1.0 + 0.01 * k); \
         for (long i = 0; i < iters; i++)                                                       \
-            for (int k = 0; k < nacc; k++) acc[k] = fmadd(acc[k], m, a);                       \
+            _Pragma("GCC unroll 32") for (int k = 0; k < nacc; k++) acc[k] = fmadd(acc[k], m, a); \
         for (int k = 1; k < nacc; k++) acc[0] = addv(acc[0], acc[k]);                          \
         double out[16] __attribute__((aligned(64)));                                           \
         memcpy(out, &acc[0], sizeof(vtype));                                                   \
@@ -200,6 +202,7 @@ typedef struct {
     /* memory: per-thread slices of n_per_thread elements each (a multiple of 64) */
     double *a, *b, *c;
     size_t n_per_thread;
+    int first_touch;
     long passes, fmas;
     /* results: start/end of every repetition (index 0 = warm-up) for every thread */
     double *t_start, *t_end;
@@ -253,7 +256,7 @@ static void *worker(void *p) {
         CPU_SET(j->cpus[id], &set);
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
     }
-    if (j->kind != JOB_FMA) {  /* first touch by the thread that will use the slice */
+    if (j->first_touch) {  /* first touch by the thread that will use the slice */
         size_t n = j->n_per_thread, off = (size_t)id * n;
         for (size_t i = 0; i < n; i++) {
             j->a[off + i] = 1.0;
@@ -383,56 +386,98 @@ static PyObject *py_peak_flops(PyObject *self, PyObject *args, PyObject *kw) {
     return PyFloat_FromDouble(flops / seconds);
 }
 
-/* Shared by the memory probes: allocates `arrays` arrays of n_per_thread * threads doubles. */
-static double run_memory_job(job *j, int arrays, Py_ssize_t nbytes, long min_bytes, double bytes_per_element) {
-    /* Per-thread slices, a multiple of 64 elements (one unrolled step of every kernel). */
-    size_t elems = (size_t)nbytes / (8 * (size_t)arrays);
-    size_t n = elems / (size_t)j->threads / 64 * 64;
-    if (n == 0) n = 64;
-    size_t total = n * (size_t)j->threads;
+/* Elements per thread for a working set of nbytes over `arrays` arrays: a multiple of 64 (one
+ * unrolled step of every kernel), at least 64. */
+static size_t slice_elems(Py_ssize_t nbytes, int arrays, int threads) {
+    size_t n = (size_t)nbytes / (8 * (size_t)arrays) / (size_t)threads / 64 * 64;
+    return n ? n : 64;
+}
+
+/* Parses a sequence of working-set sizes in bytes; returns a new reference to a list of ints or NULL. */
+static PyObject *parse_sizes(PyObject *seq, Py_ssize_t *largest) {
+    PyObject *list = PySequence_List(seq);
+    if (!list) return NULL;
+    *largest = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        Py_ssize_t size = PyNumber_AsSsize_t(PyList_GET_ITEM(list, i), PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred()) break;
+        if (size < 1024 || size > ((Py_ssize_t)1 << 40)) {
+            PyErr_Format(PyExc_ValueError, "working-set sizes must be in [1 KiB, 1 TiB] bytes (got %zd)", size);
+            break;
+        }
+        if (size > *largest) *largest = size;
+    }
+    if (PyErr_Occurred() || PyList_GET_SIZE(list) == 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "sizes must not be empty");
+        Py_DECREF(list);
+        return NULL;
+    }
+    return list;
+}
+
+/* Runs the memory job once per size, all sizes sharing one allocation made for the largest (page
+ * faults cost as much as a DRAM pass; paying them once keeps a full sweep short). Each size moves at
+ * least min_bytes per repetition: tiny working sets need many passes to be timed. Returns a list of
+ * bytes/s (program bytes: bytes_per_element per element) or NULL with an error set. */
+static PyObject *sweep(job *j, PyObject *sizes_arg, int arrays, long min_bytes, double bytes_per_element) {
+    Py_ssize_t largest;
+    PyObject *sizes = parse_sizes(sizes_arg, &largest);
+    if (!sizes) return NULL;
+    size_t total = slice_elems(largest, arrays, j->threads) * (size_t)j->threads;
     double *buf[3] = {NULL, NULL, NULL};
     for (int k = 0; k < arrays; k++) {
         buf[k] = aligned_alloc(64, total * sizeof(double));
         if (!buf[k]) {
             for (int q = 0; q < k; q++) free(buf[q]);
-            PyErr_NoMemory();
-            return -1.0;
+            Py_DECREF(sizes);
+            return PyErr_NoMemory();
         }
     }
     j->a = buf[0];
     j->b = buf[1];
     j->c = buf[2];
-    j->n_per_thread = n;
-    /* Enough passes that one repetition moves >= min_bytes: tiny arrays need many passes to be timed. */
-    double pass_bytes = bytes_per_element * (double)total;
-    j->passes = (long)((double)min_bytes / pass_bytes) + 1;
-    double seconds = run_job(j);
+    PyObject *out = PyList_New(0);
+    /* The largest size first, so its threads first-touch their own slices of the whole buffer. */
+    j->n_per_thread = slice_elems(largest, arrays, j->threads);
+    j->first_touch = 1;
+    j->passes = 1;
+    int saved_repeats = j->repeats;
+    j->repeats = 1;
+    double ok = out ? run_job(j) : -1.0;
+    j->repeats = saved_repeats;
+    j->first_touch = 0;
+    for (Py_ssize_t i = 0; ok >= 0 && i < PyList_GET_SIZE(sizes); i++) {
+        j->n_per_thread = slice_elems(PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i)), arrays, j->threads);
+        double pass_bytes = bytes_per_element * (double)(j->n_per_thread * (size_t)j->threads);
+        j->passes = (long)((double)min_bytes / pass_bytes) + 1;
+        double seconds = run_job(j);
+        PyObject *value = seconds < 0 ? NULL : PyFloat_FromDouble((double)j->passes * pass_bytes / seconds);
+        if (!value || PyList_Append(out, value) < 0) ok = -1.0;
+        Py_XDECREF(value);
+    }
     for (int k = 0; k < arrays; k++) free(buf[k]);
-    if (seconds < 0) return -1.0;
-    return (double)j->passes * pass_bytes / seconds;
+    Py_DECREF(sizes);
+    if (ok < 0) Py_CLEAR(out);
+    return out;
 }
 
 static PyObject *py_bandwidth(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *names[] = {"kind", "nbytes", "threads", "repeats", "min_bytes", NULL};
+    static char *names[] = {"kind", "sizes", "threads", "repeats", "min_bytes", NULL};
     const char *kind;
-    Py_ssize_t nbytes;
+    PyObject *sizes;
     int threads = 1, repeats = 5;
     long min_bytes = 64L << 20;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sn|iil", names, &kind, &nbytes, &threads, &repeats, &min_bytes))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|iil", names, &kind, &sizes, &threads, &repeats, &min_bytes))
         return NULL;
     int triad = strcmp(kind, "triad") == 0;
     if (!triad && strcmp(kind, "read") != 0)
         return PyErr_Format(PyExc_ValueError, "kind must be triad or read (got '%s')", kind);
-    if (nbytes < 1024 || nbytes > ((Py_ssize_t)1 << 40))
-        return PyErr_Format(PyExc_ValueError, "nbytes must be in [1 KiB, 1 TiB] (got %zd)", nbytes);
     if (min_bytes < 1) return PyErr_Format(PyExc_ValueError, "min_bytes must be >= 1 (got %ld)", min_bytes);
     if (check_threads_repeats(threads, repeats) < 0) return NULL;
 
     job j = {.kind = triad ? JOB_TRIAD : JOB_READ, .threads = threads, .repeats = repeats};
-    double bw = run_memory_job(&j, triad ? 3 : 1, nbytes, min_bytes, triad ? 24.0 : 8.0);
-    if (bw < 0) return NULL;
-    return PyFloat_FromDouble(bw);
+    return sweep(&j, sizes, triad ? 3 : 1, min_bytes, triad ? 24.0 : 8.0);
 }
 
 static PyObject *py_intensity_probe(PyObject *self, PyObject *args, PyObject *kw) {
@@ -444,18 +489,20 @@ static PyObject *py_intensity_probe(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "nl|iil", names, &nbytes, &fmas, &threads, &repeats, &min_bytes))
         return NULL;
     if (!has_avx2()) return PyErr_Format(PyExc_ValueError, "the intensity probe needs AVX2 and FMA");
-    if (nbytes < 1024 || nbytes > ((Py_ssize_t)1 << 40))
-        return PyErr_Format(PyExc_ValueError, "nbytes must be in [1 KiB, 1 TiB] (got %zd)", nbytes);
     if (fmas < 0 || fmas > 100000) return PyErr_Format(PyExc_ValueError, "fmas must be in [0, 100000] (got %ld)", fmas);
     if (min_bytes < 1) return PyErr_Format(PyExc_ValueError, "min_bytes must be >= 1 (got %ld)", min_bytes);
     if (check_threads_repeats(threads, repeats) < 0) return NULL;
 
     job j = {.kind = JOB_INTENSITY, .threads = threads, .repeats = repeats, .fmas = fmas};
-    double bw = run_memory_job(&j, 1, nbytes, min_bytes, 8.0);
-    if (bw < 0) return NULL;
-    /* 2 FLOPs per FMA per element (8 bytes), plus the add into the accumulator. */
+    PyObject *size = Py_BuildValue("(n)", nbytes);
+    PyObject *bw = size ? sweep(&j, size, 1, min_bytes, 8.0) : NULL;
+    Py_XDECREF(size);
+    if (!bw) return NULL;
+    /* per 8-byte element: 2 FLOPs per FMA, plus the add into the accumulator */
     double flop_per_byte = (2.0 * (double)fmas + 1.0) / 8.0;
-    return Py_BuildValue("(dd)", bw * flop_per_byte, flop_per_byte);
+    double rate = PyFloat_AsDouble(PyList_GET_ITEM(bw, 0)) * flop_per_byte;
+    Py_DECREF(bw);
+    return Py_BuildValue("(dd)", rate, flop_per_byte);
 }
 
 /* Cycles per second from a chain of dependent integer adds: each add waits for the previous one, so
@@ -485,8 +532,8 @@ static PyMethodDef ceilings_methods[] = {
     {"peak_flops", (PyCFunction)(void (*)(void))py_peak_flops, METH_VARARGS | METH_KEYWORDS,
      "peak_flops(isa, dtype, threads=1, iters=2000000, repeats=5) -> FLOP/s of the best repetition."},
     {"bandwidth", (PyCFunction)(void (*)(void))py_bandwidth, METH_VARARGS | METH_KEYWORDS,
-     "bandwidth(kind, nbytes, threads=1, repeats=5, min_bytes=64MiB) -> bytes/s (program bytes) of the best "
-     "repetition of 'triad' or 'read' over a working set of nbytes."},
+     "bandwidth(kind, sizes, threads=1, repeats=5, min_bytes=64MiB) -> [bytes/s] (program bytes) of the best "
+     "repetition of 'triad' or 'read' over each working set size in bytes."},
     {"intensity_probe", (PyCFunction)(void (*)(void))py_intensity_probe, METH_VARARGS | METH_KEYWORDS,
      "intensity_probe(nbytes, fmas, threads=1, repeats=5, min_bytes=64MiB) -> (FLOP/s, FLOP/byte) of a read "
      "kernel doing `fmas` FMAs per element."},

@@ -1,0 +1,98 @@
+"""Charts for the report: one function per chart, each writing ``<stem>.svg`` and ``<stem>.png``.
+
+Sized for a README (8 x 5 inches at 100 dpi = 800 px wide) with matplotlib's Agg backend, so they
+render on a machine without a display.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from microgpt import machine  # noqa: E402
+
+ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+CONFIG_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LEVEL_COLORS = {"L1": "#4c72b0", "L2": "#55a868", "L3": "#c44e52", "DRAM": "#8172b2"}
+
+
+def _save(fig, stem: str | Path) -> list[Path]:
+    """Both formats, written through a temporary name so a reader never sees half a file."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in (".svg", ".png"):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=suffix[1:], dpi=100)
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _label_along(ax, x: float, y: float, slope_to: tuple[float, float], text: str, color: str) -> None:
+    """Text at (x, y) rotated to follow the line towards ``slope_to`` as drawn on screen."""
+    (x0, y0), (x1, y1) = ax.transData.transform([(x, y), slope_to])
+    ax.text(x, y, text, color=color, fontsize=8.5, rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)),
+            rotation_mode="anchor", ha="left", va="bottom", transform_rotates_text=False)
+
+
+def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[Path]:
+    """Log-log roofline: measured fp64/fp32 compute peaks, L1/L2/L3/DRAM triad bandwidths, one marker per
+    engine x config (``rows`` as from roofline.analyse: engine, config, intensity, achieved, threads)."""
+    threads = max(r["threads"] for r in rows)
+    peaks = [("fp32 peak", machine.peak(ceilings, "f32", threads), "-"),
+             ("fp64 peak", machine.peak(ceilings, "f64", threads), "-"),
+             ("fp64 scalar (unvectorised)", machine.peak(ceilings, "f64", threads, isa="scalar"), "--")]
+    levels = machine.levels(ceilings, threads)
+    top = peaks[0][1]
+
+    ai = [r["intensity"] for r in rows]
+    ridge = [top / bw for bw in levels.values()]
+    x_min = 10 ** math.floor(math.log10(min(ai + ridge) / 3))
+    x_max = 10 ** math.ceil(math.log10(max(ai + ridge) * 3))
+    y_min = 10 ** math.floor(math.log10(min(r["achieved"] for r in rows) / 3))
+    y_max = 10 ** math.ceil(math.log10(top * 2))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_min, x_max)
+    ax.set_ylim(y_min, y_max)
+    for label, flops, style in peaks:
+        ax.axhline(flops, color="black", lw=1.2, ls=style)
+        ax.text(x_max / 1.1, flops * 1.08, f"{label} {flops / 1e9:.0f} GFLOP/s", ha="right", va="bottom", fontsize=8.5)
+    for name, bw in levels.items():
+        x_end = top / bw
+        ax.plot([x_min, x_end], [bw * x_min, top], color=LEVEL_COLORS.get(name, "grey"), lw=1.2)
+        x_text = max(x_min * 1.5, y_min * 3 / bw)        # where the line is inside the plot
+        _label_along(ax, x_text, bw * x_text * 1.15, (x_text * 10, bw * x_text * 11.5),
+                     f"{name} {bw / 1e9:.0f} GB/s", LEVEL_COLORS.get(name, "grey"))
+
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    for r in rows:
+        ax.plot(r["intensity"], r["achieved"], ls="none", ms=8, mec="black", mew=0.6,
+                marker=CONFIG_MARKERS[configs.index(r["config"]) % len(CONFIG_MARKERS)],
+                color=ENGINE_COLORS[engines.index(r["engine"]) % len(ENGINE_COLORS)])
+    handles = [plt.Line2D([], [], ls="none", marker="o", ms=8, mec="black", mew=0.6,
+                          color=ENGINE_COLORS[i % len(ENGINE_COLORS)], label=name) for i, name in enumerate(engines)]
+    if len(configs) > 1:
+        handles += [plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8, color="white",
+                               mec="black", label=name) for i, name in enumerate(configs)]
+    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95, ncol=2 if len(handles) > 5 else 1)
+
+    cpu = ceilings["cpu"]
+    ax.set_title(f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
+                 f"(measured ceilings)", fontsize=11)
+    ax.set_xlabel("arithmetic intensity (FLOP / byte, program bytes)")
+    ax.set_ylabel("FLOP/s")
+    ax.grid(True, which="major", color="#dddddd", lw=0.6)
+    fig.tight_layout()
+    return _save(fig, stem)

@@ -1,0 +1,351 @@
+"""roofline.py: how much work a training step does, how fast this machine could do it, and how far each engine is.
+
+    python roofline.py                     # default config, every engine that imports; ~10 s
+    python roofline.py --all-configs       # the whole config grid
+    python roofline.py --measure           # re-measure the machine's ceilings first (full sweep, ~20 s)
+    python roofline.py --ops               # the per-op FLOP/byte table of one step
+    python roofline.py --results FILE      # engine timings from benchmark results instead of timing here
+
+For every engine x config it prints FLOPs and bytes per step (microgpt/flops.py, from the real document
+lengths of the timed steps), arithmetic intensity, achieved GFLOP/s, the binding roof and the verdict:
+
+  * the compute roof is the fastest measured FMA peak for the engine's dtype and thread count; the
+    memory roof is intensity x the bandwidth of the smallest cache level that holds the step's working
+    set (a step whose weights, moments and activations fit in L2 is not DRAM-bound, whatever its bytes);
+  * "compute-bound" / "<level>-bound": at least half of the lower of the two roofs;
+  * "compute-bound (scalar)": at least half of the roof of unvectorised code (scalar FMA peak);
+  * "overhead-bound": under half of even the scalar roof: most of the time goes to work the FLOP/byte
+    model does not count (interpreter, dispatch, allocation), the truth for small pure-Python steps.
+
+Results JSON (``--results`` reads it, ``--save-results`` writes it): a list of records, or an object
+whose "results" key holds that list. A record:
+
+    {"engine": "c", "config": {"n_embd": 16, "n_layer": 1, "n_head": 4, "block_size": 16,
+                               "vocab_size": 27, "mlp_act": "relu2"},   # the last two optional
+     "batch_size": 8, "dtype": "float64", "threads": 1,
+     "ms_per_step": 0.41, "tokens_per_step": 61.5,                      # predictions per step
+     "doc_lengths": [[7, 5, ...], ...]}                                 # optional, see below
+
+``doc_lengths`` holds the predictions (``len(doc) - 1``) of every document of every timed step, one list
+per step; FLOPs are then exact. Without it each document is taken to have tokens_per_step / batch_size
+predictions, and the table marks the row with "~" (attention cost depends on the spread of lengths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from microgpt import UserError
+from microgpt import machine
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.flops import StepCost, step_cost, step_ops
+
+#: --all-configs: (n_embd, n_layer, n_head); block size 16 throughout. The first is the default model.
+CONFIG_GRID = [(16, 1, 4), (32, 2, 4), (64, 4, 4), (128, 4, 4)]
+BLOCK_SIZE = 16
+DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
+#: A roof counts as reached at half its height: the rest is the usual gap of real code to a micro-benchmark.
+BOUND_FRACTION = 0.5
+
+
+def si(x: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (3 significant digits)."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def config_label(cfg: ModelConfig) -> str:
+    return f"C{cfg.n_embd} L{cfg.n_layer} H{cfg.n_head}"
+
+
+# --- engine timings: measured here ----------------------------------------------------------------------
+
+def load_texts(paths: list[str] | None) -> list[str]:
+    from microgpt.data import default_dataset, load_documents
+    return load_documents(paths or [str(default_dataset())])
+
+
+def time_engine(name: str, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
+                budget_s: float, seed: int = 0) -> dict:
+    """Time ``train_step`` on real batches (one untimed warm-up step, then >= 3 steps and >= budget_s).
+
+    Every engine gets the same batches (same seed), so the FLOPs per step match across engines.
+    """
+    from engines import load_engine
+    from microgpt.params import init_params
+    engine = load_engine(name)(cfg, TrainConfig(batch_size=batch_size), init_params(cfg, seed), dtype=dtype,
+                               threads=threads)
+    rng = random.Random(seed)
+    batches = lambda: [docs[rng.randrange(len(docs))] for _ in range(batch_size)]  # noqa: E731
+    engine.train_step(batches(), 1e-3)
+    times, lengths, start = [], [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 200):
+        batch = batches()
+        t0 = time.perf_counter()
+        engine.train_step(batch, 1e-3)
+        times.append(time.perf_counter() - t0)
+        lengths.append([len(doc) - 1 for doc in batch])
+    return {"engine": name, "config": _config_dict(cfg), "batch_size": batch_size, "dtype": dtype,
+            "threads": threads, "ms_per_step": 1e3 * statistics.median(times),
+            "tokens_per_step": sum(map(sum, lengths)) / len(lengths), "doc_lengths": lengths,
+            "step_ms": [round(1e3 * t, 4) for t in times]}
+
+
+def _config_dict(cfg: ModelConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "vocab_size", "mlp_act")}
+
+
+def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[str], batch_size: int, dtype: str,
+                    threads: int, budget_s: float, max_step_s: float) -> tuple[list[dict], list[str]]:
+    """Records for every engine x config that runs, and one line per skipped one saying why."""
+    from microgpt.tokenizers import build_tokenizer, wrap
+    tokenizer = build_tokenizer("char", texts, texts)
+    records, skipped = [], []
+    for name in names:
+        rate = None                                         # FLOP/s on the previous config, to predict the next
+        for cfg in configs:
+            cfg = ModelConfig(**{**_config_dict(cfg), "vocab_size": tokenizer.vocab_size})
+            docs = [wrap(tokenizer, text, cfg.block_size) for text in texts]
+            if rate:
+                sample = [len(docs[i]) - 1 for i in random.Random(0).sample(range(len(docs)), min(len(docs), 256))]
+                per_step = step_cost(cfg, sample, DTYPES[dtype][1]).flops * batch_size / len(sample)
+                if per_step / rate > max_step_s:
+                    skipped.append(f"{name} {config_label(cfg)}: predicted {per_step / rate:.0f} s per step "
+                                   f"at its {si(rate, 'FLOP/s')} (limit --max-step-seconds {max_step_s:g})")
+                    continue
+            try:
+                record = time_engine(name, cfg, docs, batch_size, dtype, threads, budget_s)
+            except ImportError as e:
+                skipped.append(f"{name}: cannot import ({e})")
+                break
+            except (ValueError, TypeError, NotImplementedError, UserError) as e:
+                skipped.append(f"{name} {config_label(cfg)}: {e}")
+                continue
+            records.append(record)
+            rate = analyse_cost(record).flops / (record["ms_per_step"] / 1e3)
+    return records, skipped
+
+
+# --- engine timings: read from benchmark results --------------------------------------------------------
+
+def load_results(path: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read --results {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--results {path} is not JSON ({e})") from None
+    records = data.get("results") if isinstance(data, dict) else data
+    if not isinstance(records, list) or not records:
+        raise UserError(f"--results {path} must hold a non-empty list of records (or {{\"results\": [...]}})")
+    for i, r in enumerate(records):
+        where = f"--results {path}, record {i}"
+        if not isinstance(r, dict):
+            raise UserError(f"{where}: not an object")
+        missing = [k for k in ("engine", "config", "batch_size", "dtype", "threads", "ms_per_step", "tokens_per_step")
+                   if k not in r]
+        if missing:
+            raise UserError(f"{where}: missing {', '.join(missing)}")
+        if r["dtype"] not in DTYPES:
+            raise UserError(f"{where}: dtype must be one of {', '.join(DTYPES)} (got {r['dtype']!r})")
+        for key in ("batch_size", "threads"):
+            if not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1:
+                raise UserError(f"{where}: {key} must be an integer >= 1 (got {r[key]!r})")
+        for key in ("ms_per_step", "tokens_per_step"):
+            if not isinstance(r[key], (int, float)) or isinstance(r[key], bool) or not r[key] > 0:
+                raise UserError(f"{where}: {key} must be a number > 0 (got {r[key]!r})")
+        if not isinstance(r["config"], dict):
+            raise UserError(f"{where}: config must be an object")
+        try:
+            r["model_config"] = ModelConfig.from_dict(r["config"])
+        except TypeError as e:
+            raise UserError(f"{where}: bad config ({e})") from None
+        lengths = r.get("doc_lengths")
+        if lengths is not None and not (isinstance(lengths, list) and lengths
+                                        and all(isinstance(step, list) and step for step in lengths)):
+            raise UserError(f"{where}: doc_lengths must be a non-empty list of non-empty lists (one per step)")
+    return records
+
+
+# --- analysis -------------------------------------------------------------------------------------------
+
+def analyse_cost(record: dict) -> StepCost:
+    """Mean per-step cost of the record's steps (FLOPs exact when doc_lengths is present)."""
+    cfg = record.get("model_config") or ModelConfig.from_dict(record["config"])
+    size = DTYPES[record["dtype"]][1]
+    steps = record.get("doc_lengths")
+    if not steps:
+        n = max(1, min(cfg.block_size, round(record["tokens_per_step"] / record["batch_size"])))
+        steps = [[n] * record["batch_size"]]
+    costs = [step_cost(cfg, lengths, size) for lengths in steps]
+    mean = lambda field: round(statistics.fmean(getattr(c, field) for c in costs))  # noqa: E731
+    return StepCost(mean("flops"), mean("bytes"), mean("matmul_fwd_flops"), mean("matmul_bwd_flops"),
+                    max(c.working_set_bytes for c in costs))
+
+
+def classify(ai: float, achieved: float, ceilings: dict, dtype: str, threads: int, level: str) -> dict:
+    """Where a point of intensity ``ai`` (FLOP/byte) running at ``achieved`` FLOP/s sits under the roofs."""
+    compute = machine.peak(ceilings, dtype, threads)
+    memory = ai * machine.bandwidth(ceilings, level, threads)
+    attainable = min(compute, memory)
+    roof = "compute" if compute <= memory else level
+    scalar = min(machine.peak(ceilings, dtype, threads, isa="scalar"), memory)
+    if achieved >= BOUND_FRACTION * attainable:
+        verdict = "compute-bound" if roof == "compute" else f"{level}-bound"
+    elif achieved >= BOUND_FRACTION * scalar:
+        verdict = "compute-bound (scalar)"
+    else:
+        verdict = "overhead-bound"
+    return {"roof": roof, "roof_flops": attainable, "percent": 100 * achieved / attainable, "verdict": verdict}
+
+
+def analyse(record: dict, ceilings: dict) -> dict:
+    cost = analyse_cost(record)
+    dtype = DTYPES[record["dtype"]][0]
+    achieved = cost.flops / (record["ms_per_step"] / 1e3)
+    level = machine.level_for(ceilings, cost.working_set_bytes, record["threads"])
+    cfg = record.get("model_config") or ModelConfig.from_dict(record["config"])
+    return {"engine": record["engine"], "config": config_label(cfg), "batch_size": record["batch_size"],
+            "dtype": record["dtype"], "threads": record["threads"], "ms_per_step": record["ms_per_step"],
+            "flops": cost.flops, "bytes": cost.bytes, "intensity": cost.intensity, "achieved": achieved,
+            "level": level, "exact": bool(record.get("doc_lengths")),
+            **classify(cost.intensity, achieved, ceilings, dtype, record["threads"], level)}
+
+
+# --- printing -------------------------------------------------------------------------------------------
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(line(header))
+    for r in rows:
+        print(line(r))
+
+
+def print_ceilings(c: dict, path: Path) -> None:
+    cpu = c["cpu"]
+    mhz = f"; /proc/cpuinfo says {cpu['reported_mhz']:.0f} MHz" if cpu.get("reported_mhz") else ""
+    print(f"machine: {cpu['model']}, {cpu['cpus']} CPUs, clock {cpu['measured_hz'] / 1e9:.2f} GHz measured "
+          f"(dependent-add chain{mhz})")
+    print(f"ceilings: {c['quality']} sweep of {c['created']} in {path} (re-measure: --measure)")
+    threads = sorted({t for by_isa in c["compute"].values() for by_t in by_isa.values() for t in by_t}, key=int)
+    rows = [[f"{dtype} {isa}"] + [f"{by_t[t] / 1e9:.1f}" if t in by_t else "-" for t in threads]
+            + [f"{by_t['1'] / cpu['measured_hz']:.1f}"]
+            for dtype, by_isa in c["compute"].items() for isa, by_t in by_isa.items()]
+    print_table(rows, ["peak GFLOP/s"] + [f"{t} thr" for t in threads] + ["FLOP/cycle"])
+    names = list(machine.LEVELS)
+    rows = [[f"{kind}, {t} thr"] + [f"{levels[n] / 1e9:.1f}" if n in levels else "-" for n in names]
+            for kind, by_t in c["levels"].items() for t, levels in by_t.items()]
+    print_table(rows, ["bandwidth GB/s"] + names)
+    caches = ", ".join(f"L{x['level']} {machine.binary_size(x['size'])}" for x in c["caches"])
+    knees = ", ".join(map(machine.binary_size, c["knees"]["triad"]["1"]))
+    print(f"  OS cache sizes (per instance): {caches}; triad curve knees (1 thread): {knees}")
+    print("  triad counts 24 B/element (STREAM): the write-allocate read of a's line is not counted")
+    for note in c.get("notes", []):
+        print(f"  warning: {note}")
+
+
+def print_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int) -> None:
+    ops = step_ops(cfg, lengths, dtype_bytes)
+    total_flops = sum(op.flops for op in ops)
+    print(f"per-op cost of one step: {config_label(cfg)}, {len(lengths)} docs, {sum(lengths)} predictions "
+          f"(lengths {lengths}), {dtype_bytes}-byte values")
+    rows = [[op.name, si(op.fwd_flops), si(op.bwd_flops), si(op.upd_flops), f"{100 * op.flops / total_flops:.1f}",
+             si(op.bytes, "B"), f"{op.flops / op.bytes:.2f}", "mm" if op.matmul else ""] for op in ops]
+    cost = step_cost(cfg, lengths, dtype_bytes)
+    rows.append(["total", si(sum(o.fwd_flops for o in ops)), si(sum(o.bwd_flops for o in ops)),
+                 si(sum(o.upd_flops for o in ops)), "100", si(cost.bytes, "B"), f"{cost.intensity:.2f}", ""])
+    print_table(rows, ["op", "fwd FLOP", "bwd FLOP", "Adam FLOP", "% FLOP", "bytes", "FLOP/B", ""])
+    print(f"working set {machine.binary_size(cost.working_set_bytes)} (weights, grads, Adam moments, saved activations)")
+
+
+# --- main -----------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--measure", action="store_true", help="re-measure the machine's ceilings (full sweep)")
+    p.add_argument("--all-configs", action="store_true", help="every config of the grid, not just the default")
+    p.add_argument("--ops", action="store_true", help="print the per-op FLOP/byte table of one step")
+    p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
+    p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
+    p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="documents to time on (default: names.txt)")
+    p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
+    p.add_argument("--dtype", choices=DTYPES, default="float64")
+    p.add_argument("--threads", type=int, default=1, help="threads each engine may use")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing budget per engine x config (default 1)")
+    p.add_argument("--max-step-seconds", type=float, default=3.0,
+                   help="skip an engine x config predicted to take longer per step (default 3)")
+    p.add_argument("--chart", default="out/roofline", metavar="STEM", help="chart path without suffix ('' = none)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.threads < 1:
+        raise UserError("--batch-size and --threads must be integers >= 1")
+    if not args.seconds > 0 or not args.max_step_seconds > 0:
+        raise UserError("--seconds and --max-step-seconds must be > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        configs = [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=BLOCK_SIZE)
+                   for c, l, h in (CONFIG_GRID if args.all_configs else CONFIG_GRID[:1])]
+        if args.ops:
+            texts = load_texts(args.data)
+            from microgpt.tokenizers import build_tokenizer
+            vocab = build_tokenizer("char", texts, texts).vocab_size
+            lengths = [min(len(t) + 1, BLOCK_SIZE) for t in random.Random(0).sample(texts, args.batch_size)]
+            for cfg in configs:
+                print_ops(ModelConfig(**{**_config_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
+                print()
+            return 0
+
+        path = machine.cache_path()
+        ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
+        sys.stderr.flush()
+        print_ceilings(ceilings, path)
+        print()
+
+        if args.results:
+            records, skipped = load_results(args.results), []
+        else:
+            from engines import ENGINES
+            names = args.engines.split(",") if args.engines else list(ENGINES)
+            unknown = [n for n in names if n not in ENGINES]
+            if unknown:
+                raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
+            records, skipped = measure_engines(names, configs, load_texts(args.data), args.batch_size, args.dtype,
+                                               args.threads, args.seconds, args.max_step_seconds)
+            if args.save_results:
+                machine.save({"results": records}, Path(args.save_results))
+        rows = [analyse(r, ceilings) for r in records]
+        print_table([[r["engine"], r["config"], r["batch_size"], r["dtype"].replace("float", "f"), r["threads"],
+                      f"{r['ms_per_step']:.3g}", ("" if r["exact"] else "~") + si(r["flops"]), si(r["bytes"], "B"),
+                      f"{r['intensity']:.2f}", f"{r['achieved'] / 1e9:.3g}", f"{r['roof']} {r['roof_flops'] / 1e9:.3g}",
+                      f"{r['percent']:.2g}%", r["verdict"]] for r in rows],
+                    ["engine", "config", "batch", "dtype", "thr", "ms/step", "FLOP/step", "bytes/step", "FLOP/B",
+                     "GFLOP/s", "roof GFLOP/s", "% roof", "verdict"])
+        for line in skipped:
+            print(f"skipped {line}")
+        if not rows:
+            print("no engine could be timed")
+        if args.chart and rows:
+            import report_charts
+            written = report_charts.roofline_chart(ceilings, rows, args.chart)
+            print(f"chart: {', '.join(map(str, written))}")
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
