@@ -3,6 +3,9 @@
 An engine is constructed from ``(ModelConfig, TrainConfig, FlatParams)`` and owns its copy of the
 weights and Adam moments in whatever form it computes fastest with. It must provide::
 
+    __init__(model_cfg, train_cfg, params, dtype="float64", threads=1[, device="cpu"])
+                                                    # ValueError for a dtype/threads it cannot do;
+                                                    # only engines that can run elsewhere take ``device``
     name: str                                       # "python", "scalar", "c", ...
     loss_and_grad(docs) -> (float, array('d'))      # no update; gradient in the flat layout
     train_step(docs, lr) -> float                   # forward, backward, clip, one Adam update; the loss
@@ -27,6 +30,7 @@ from microgpt import UserError
 ENGINES = {
     "python": "train:PythonEngine",
     "scalar": "engines.scalar:ScalarEngine",
+    "c": "train_fast:FastEngine",
 }
 
 
@@ -35,4 +39,7 @@ def load_engine(name: str):
     if name not in ENGINES:
         raise UserError(f"--engine must be one of {', '.join(ENGINES)} (got {name!r})")
     module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise UserError(f"engine {name} cannot be loaded ({e}); install its extra, e.g. pip install -e '.[{name}]'") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -64,10 +65,17 @@ HELP = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (not usage + error) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(description: str, default_engine: str) -> argparse.ArgumentParser:
     from engines import ENGINES
 
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     _add_config_flags(g, ModelConfig, skip=("vocab_size",))
     g.add_argument("--no-zero-init-proj", action="store_true",
@@ -87,6 +95,7 @@ def build_parser(description: str, default_engine: str) -> argparse.ArgumentPars
     g.add_argument("--engine", choices=list(ENGINES), default=default_engine, help=f"engine (default: {default_engine})")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
     g.add_argument("--threads", type=int, default=1, help="threads the engine may use (recorded in results)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or mps, for engines that support them")
     g.add_argument("--save", metavar="CKPT", help="write a checkpoint here at the end (and every --save-every steps)")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
     g.add_argument("--resume", metavar="CKPT", help="continue a saved run exactly where it stopped")
@@ -276,11 +285,21 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
 # main
 
 
-def make_engine(engine_cls, mcfg, tcfg, params, args):
+def engine_options(engine_cls, args) -> dict:
+    """Constructor options from the flags; only engines that can run elsewhere accept a device."""
+    options = {"dtype": args.dtype, "threads": args.threads}
+    if args.device != "cpu":
+        if "device" not in inspect.signature(engine_cls).parameters:
+            raise UserError(f"--engine {args.engine} runs on the CPU only (got --device {args.device})")
+        options["device"] = args.device
+    return options
+
+
+def make_engine(engine_cls, options: dict, mcfg, tcfg, params, engine_name: str):
     try:
-        return engine_cls(mcfg, tcfg, params, dtype=args.dtype, threads=args.threads)
+        return engine_cls(mcfg, tcfg, params, **options)
     except ValueError as e:
-        raise UserError(f"--engine {args.engine}: {e}") from None
+        raise UserError(f"--engine {engine_name}: {e}") from None
 
 
 def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) -> History | None:
@@ -289,6 +308,7 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
 
     args = build_parser(description, default_engine).parse_args(argv)
     engine_cls = load_engine(args.engine)
+    options = engine_options(engine_cls, args)
     scfg = SampleConfig(**_overrides(args, SampleConfig, rename={"seed": "sample_seed"})).validate()
     if args.threads < 1:
         raise UserError(f"--threads must be an integer >= 1 (got {args.threads})")
@@ -298,7 +318,7 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
 
     if args.sample_from:
         ckpt = checkpoint.load(args.sample_from)
-        engine = make_engine(engine_cls, ckpt.model, ckpt.train, ckpt.params, args)
+        engine = make_engine(engine_cls, options, ckpt.model, ckpt.train, ckpt.params, args.engine)
         tokenizer = tokenizer_from_dict(ckpt.tokenizer)
         for name in sample(engine.logits, tokenizer, ckpt.model.block_size, scfg):
             print(name, file=out)
@@ -324,7 +344,7 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
     if not data.train:
         raise UserError("the training split is empty: provide more documents or lower --val-fraction")
 
-    engine = make_engine(engine_cls, mcfg, tcfg, params, args)
+    engine = make_engine(engine_cls, options, mcfg, tcfg, params, args.engine)
     if args.resume:
         engine.import_adam(ckpt.adam)
     if not args.quiet:

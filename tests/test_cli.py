@@ -95,6 +95,8 @@ def test_word_and_bpe_tokenizers_train(names_file):
     (["--dtype", "float32"], "computes in float64"),
     (["--stop-at", "99", "--num-steps", "5"], "--stop-at must be in (0, 5]"),
     (["--prompt", "Z"], "not in the vocabulary"),
+    (["--device", "cuda"], "--engine python runs on the CPU only"),
+    (["--engine", "nope"], "invalid choice"),
 ])
 def test_bad_flags_give_one_line_errors(names_file, args, message):
     r = run_cli("--data", names_file, "--num-steps", "2", "--n-embd", "16", *args)

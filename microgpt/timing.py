@@ -1,0 +1,93 @@
+"""The one timing harness every measurement in the lab goes through (benchmark.py, roofline.py, notes).
+
+Fair timing means: every engine trains on the same batches (real names, one fixed order); the first
+steps, which include compilation, tracing and cache warm-up, are timed apart as ``warmup_s``; then
+several independent samples of ``k`` consecutive steps each are timed with ``perf_counter_ns`` and all
+samples are kept, so statistics downstream can use the spread, not just a mean. Engines return the loss
+as a Python float, which forces asynchronous frameworks (JAX, CUDA, MLX) to finish before the clock stops.
+An engine that offers ``train_steps(batches, lrs)`` (several steps per call, e.g. the fused C rung) is
+timed through it, which is how it is meant to be driven.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import init_params
+
+LR = 1e-3  # a fixed small rate: timing must not depend on the schedule
+
+
+@dataclass
+class Timing:
+    engine: str
+    config: dict
+    batch_size: int
+    dtype: str
+    threads: int
+    steps_per_sample: int
+    samples_ms: list[float]                 # milliseconds per step, one value per sample
+    warmup_s: float                         # the first ``warmup`` steps, compile/jit time included
+    doc_lengths: list[list[int]] = field(default_factory=list)   # predictions per document, per timed step
+
+    @property
+    def ms_per_step(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def tokens_per_step(self) -> float:
+        return sum(map(sum, self.doc_lengths)) / len(self.doc_lengths)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / (self.ms_per_step / 1e3)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ms_per_step": self.ms_per_step, "tokens_per_step": self.tokens_per_step,
+                "tokens_per_s": self.tokens_per_s}
+
+
+def model_dict(cfg: ModelConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "vocab_size", "mlp_act")}
+
+
+def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int = 1, dtype: str = "float64",
+                threads: int = 1, warmup: int = 2, samples: int = 5, min_sample_s: float = 0.05,
+                max_steps_per_sample: int = 1000, seed: int = 0) -> Timing:
+    """Time ``engine_cls`` training ``cfg`` on ``docs`` (wrapped token lists), ``batch_size`` per step.
+
+    Steps per sample are chosen from the warm-up so each sample lasts about ``min_sample_s`` (at least one
+    step): fast engines get many steps per sample, and timer resolution never dominates.
+    """
+    engine = engine_cls(cfg, TrainConfig(batch_size=batch_size, num_steps=10**9), init_params(cfg, seed),
+                        dtype=dtype, threads=threads)
+    cursor = 0
+
+    def next_batches(k: int) -> list[list[list[int]]]:
+        nonlocal cursor
+        out = []
+        for _ in range(k):
+            out.append([docs[(cursor + j) % len(docs)] for j in range(batch_size)])
+            cursor += batch_size
+        return out
+
+    run = getattr(engine, "train_steps", None) or (lambda batches, lrs: [engine.train_step(b, lr)
+                                                                         for b, lr in zip(batches, lrs)])
+    t0 = time.perf_counter_ns()
+    run(next_batches(warmup), [LR] * warmup)
+    warmup_ns = time.perf_counter_ns() - t0
+    t0 = time.perf_counter_ns()
+    run(next_batches(1), [LR])  # calibration step, after compilation, sets the steps per sample
+    per_step_s = max((time.perf_counter_ns() - t0) / 1e9, 1e-7)
+    k = max(1, min(max_steps_per_sample, round(min_sample_s / per_step_s)))
+    samples_ms, lengths = [], []
+    for _ in range(samples):
+        batches = next_batches(k)
+        t0 = time.perf_counter_ns()
+        run(batches, [LR] * k)
+        samples_ms.append((time.perf_counter_ns() - t0) / 1e6 / k)
+        lengths += [[len(d) - 1 for d in b] for b in batches]
+    return Timing(engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_ns / 1e9, lengths)
