@@ -36,11 +36,22 @@ def _save(fig, stem: str | Path) -> list[Path]:
     return paths
 
 
-def _label_along(ax, x: float, y: float, slope_to: tuple[float, float], text: str, color: str) -> None:
-    """Text at (x, y) rotated to follow the line towards ``slope_to`` as drawn on screen."""
-    (x0, y0), (x1, y1) = ax.transData.transform([(x, y), slope_to])
-    ax.text(x, y, text, color=color, fontsize=8.5, rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)),
-            rotation_mode="anchor", ha="left", va="bottom", transform_rotates_text=False)
+def _label_line(ax, x: float, slope: float, x_stop: float, text: str, color: str, above: bool,
+                avoid: list[float]) -> None:
+    """Label the line y = slope * x just above or below it, rotated to follow it as drawn on screen,
+    sliding right from ``x`` (up to ``x_stop``) until no horizontal line at a height in ``avoid`` crosses it."""
+    renderer = ax.figure.canvas.get_renderer()
+    while True:
+        (x0, y0), (x1, y1) = ax.transData.transform([(x, slope * x), (10 * x, 10 * slope * x)])
+        label = ax.annotate(text, (x, slope * x), xytext=(0, 3 if above else -3), textcoords="offset points",
+                            color=color, fontsize=8.5, rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)),
+                            rotation_mode="anchor", ha="left", va="bottom" if above else "top")
+        box = label.get_window_extent(renderer)
+        crossed = any(box.y0 - 2 <= ax.transData.transform((x, y))[1] <= box.y1 + 2 for y in avoid)
+        if not crossed or x * 1.2 > x_stop:
+            return
+        label.remove()
+        x *= 1.2
 
 
 def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[Path]:
@@ -56,7 +67,7 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     ai = [r["intensity"] for r in rows]
     ridge = [top / bw for bw in levels.values()]
     x_min = 10 ** math.floor(math.log10(min(ai + ridge) / 3))
-    x_max = 10 ** math.ceil(math.log10(max(ai + ridge) * 3))
+    x_max = 10 ** math.ceil(math.log10(max(ai + ridge) * 1.5))
     y_min = 10 ** math.floor(math.log10(min(r["achieved"] for r in rows) / 3))
     y_max = 10 ** math.ceil(math.log10(top * 2))
 
@@ -68,12 +79,9 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     for label, flops, style in peaks:
         ax.axhline(flops, color="black", lw=1.2, ls=style)
         ax.text(x_max / 1.1, flops * 1.08, f"{label} {flops / 1e9:.0f} GFLOP/s", ha="right", va="bottom", fontsize=8.5)
+    bws = list(levels.values())
     for name, bw in levels.items():
-        x_end = top / bw
-        ax.plot([x_min, x_end], [bw * x_min, top], color=LEVEL_COLORS.get(name, "grey"), lw=1.2)
-        x_text = max(x_min * 1.5, y_min * 3 / bw)        # where the line is inside the plot
-        _label_along(ax, x_text, bw * x_text * 1.15, (x_text * 10, bw * x_text * 11.5),
-                     f"{name} {bw / 1e9:.0f} GB/s", LEVEL_COLORS.get(name, "grey"))
+        ax.plot([x_min, top / bw], [bw * x_min, top], color=LEVEL_COLORS.get(name, "grey"), lw=1.2)
 
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     configs = list(dict.fromkeys(r["config"] for r in rows))
@@ -95,4 +103,11 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     ax.set_ylabel("FLOP/s")
     ax.grid(True, which="major", color="#dddddd", lw=0.6)
     fig.tight_layout()
+    # labels last: their angle on screen depends on the final layout
+    for i, (name, bw) in enumerate(levels.items()):
+        # on the side with more room before the neighbouring bandwidth line
+        room_above = bws[i - 1] / bw if i else math.inf
+        room_below = bw / bws[i + 1] if i + 1 < len(bws) else math.inf
+        _label_line(ax, max(x_min, y_min / bw) * 1.3, bw, peaks[1][1] / bw, f"{name} {bw / 1e9:.0f} GB/s",
+                    LEVEL_COLORS.get(name, "grey"), room_above >= room_below, [flops for _, flops, _ in peaks])
     return _save(fig, stem)

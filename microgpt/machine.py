@@ -157,13 +157,19 @@ def plateaus(sizes: list[int], bandwidths: list[float], capacity: dict[str, int]
 
 
 def knees(sizes: list[int], bandwidths: list[float], drop: float = 0.25) -> list[int]:
-    """Working-set sizes after which bandwidth falls by more than ``drop`` within two sweep steps:
+    """The last working-set sizes before bandwidth falls by more than ``drop`` within two sweep steps:
     where the curve says a cache level ends, to compare with the sizes the OS reports."""
-    out = []
-    for i in range(len(sizes) - 1):
-        ahead = min(bandwidths[i + 1:i + 3])
-        if ahead < (1 - drop) * bandwidths[i] and (not out or sizes[i] > 2 * out[-1]):
+    out, i, n, bw = [], 0, len(sizes), bandwidths
+    while i < n - 1:
+        if min(bw[i + 1:i + 3]) < (1 - drop) * bw[i]:
+            while i + 1 < n and bw[i + 1] >= 0.9 * bw[i]:      # to the last point of the plateau
+                i += 1
             out.append(sizes[i])
+            i += 1
+            while i + 1 < n and bw[i + 1] < 0.9 * bw[i]:       # down the transition to the next plateau
+                i += 1
+        else:
+            i += 1
     return out
 
 
