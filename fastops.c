@@ -47,6 +47,19 @@
 #include <pthread.h>
 #endif
 
+/* Under AddressSanitizer, scratch sub-buffers are separated by poisoned gaps so that an overrun from
+   one into the next is reported instead of silently corrupting a neighbour. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SCRATCH_GUARD 64
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SCRATCH_GUARD 0
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define RMS_EPS 1e-5
 #define LANE_PAD 8          /* token rows of feature-major buffers are padded to a multiple of this */
 #define MAX_DIM 65536       /* bound on every model dimension, so index arithmetic never overflows */
@@ -272,7 +285,9 @@ static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, 
     const ptrdiff_t big = (3 * C > F ? 3 * C : F) > s->vocab ? (3 * C > F ? 3 * C : F) : s->vocab;
     size_t used = 0;
 #define TAKE(field, count) do { w->field = (real *)(base ? base + used : NULL); \
-                                used += (size_t)round_up((count), 16) * sizeof(real); } while (0)
+                                used += (size_t)round_up((count), 16) * sizeof(real); \
+                                if (base) POISON(base + used, SCRATCH_GUARD); \
+                                used += SCRATCH_GUARD; } while (0)
     w->MP = MP;
     TAKE(x, C * MP); TAKE(y0, C * MP); TAKE(inv0, MP);
     TAKE(h1, L * C * MP); TAKE(inv1, L * MP); TAKE(qkv, L * 3 * C * MP); TAKE(att, L * s->n_head * TPb * MP);
@@ -629,6 +644,7 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
     Pool *pool = &g->pool;
     const real *P = g->buf[BUF_PARAMS];
     FN(Work) w;
+    UNPOISON(g->work, g->work_bytes);   /* the gaps move with the batch size */
     FN(carve)(&w, s, MP, train ? s->n_layer : 1, pool->n_threads, g->work);
     FN(AttnArgs) attn = {s, b, MP, NULL, NULL, NULL, NULL, NULL, NULL, w.att_scratch};
 
