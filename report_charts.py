@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from microgpt import machine  # noqa: E402
+from microgpt import machine
 
 ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 CONFIG_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -54,6 +54,23 @@ def _label_line(ax, x: float, slope: float, x_stop: float, text: str, color: str
         x *= 1.2
 
 
+def _label_roof(ax, y: float, text: str, x_min: float, x_max: float, diagonals: list[tuple[float, float]]) -> None:
+    """Label the horizontal roof at height y at the first of right-above, right-below, left-above,
+    left-below where no bandwidth line (y = bw x for x up to x_end) crosses the text."""
+    renderer = ax.figure.canvas.get_renderer()
+    for x, ha in ((x_max / 1.1, "right"), (x_min * 1.1, "left")):
+        for va in ("bottom", "top"):
+            label = ax.annotate(text, (x, y), xytext=(0, 2 if va == "bottom" else -2), textcoords="offset points",
+                                ha=ha, va=va, fontsize=8.5)
+            box = label.get_window_extent(renderer).transformed(ax.transData.inverted())
+            if not any(box.x0 <= x_end and box.y0 < bw * min(box.x1, x_end) and bw * box.x0 < box.y1
+                       for bw, x_end in diagonals):
+                return
+            label.remove()
+    ax.annotate(text, (x_max / 1.1, y), xytext=(0, 2), textcoords="offset points", ha="right", va="bottom",
+                fontsize=8.5)
+
+
 def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[Path]:
     """Log-log roofline: measured fp64/fp32 compute peaks, L1/L2/L3/DRAM triad bandwidths, one marker per
     engine x config (``rows`` as from roofline.analyse: engine, config, intensity, achieved, threads)."""
@@ -76,9 +93,8 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     ax.set_yscale("log")
     ax.set_xlim(x_min, x_max)
     ax.set_ylim(y_min, y_max)
-    for label, flops, style in peaks:
+    for _, flops, style in peaks:
         ax.axhline(flops, color="black", lw=1.2, ls=style)
-        ax.text(x_max / 1.1, flops * 1.08, f"{label} {flops / 1e9:.0f} GFLOP/s", ha="right", va="bottom", fontsize=8.5)
     bws = list(levels.values())
     for name, bw in levels.items():
         ax.plot([x_min, top / bw], [bw * x_min, top], color=LEVEL_COLORS.get(name, "grey"), lw=1.2)
@@ -92,9 +108,14 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     handles = [plt.Line2D([], [], ls="none", marker="o", ms=8, mec="black", mew=0.6,
                           color=ENGINE_COLORS[i % len(ENGINE_COLORS)], label=name) for i, name in enumerate(engines)]
     if len(configs) > 1:
+        # engines in the first column, configs (marker shapes) in the second: pad both to one length
+        blank = plt.Line2D([], [], ls="none", label=" ")
+        rows = max(len(engines), len(configs))
+        handles += [blank] * (rows - len(engines))
         handles += [plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8, color="white",
                                mec="black", label=name) for i, name in enumerate(configs)]
-    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95, ncol=2 if len(handles) > 5 else 1)
+        handles += [blank] * (rows - len(configs))
+    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95, ncol=1 if len(configs) == 1 else 2)
 
     cpu = ceilings["cpu"]
     ax.set_title(f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
@@ -103,7 +124,10 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     ax.set_ylabel("FLOP/s")
     ax.grid(True, which="major", color="#dddddd", lw=0.6)
     fig.tight_layout()
-    # labels last: their angle on screen depends on the final layout
+    # labels last: their place and angle on screen depend on the final layout
+    diagonals = [(bw, top / bw) for bw in bws]
+    for label, flops, _ in peaks:
+        _label_roof(ax, flops, f"{label} {flops / 1e9:.0f} GFLOP/s", x_min, x_max, diagonals)
     for i, (name, bw) in enumerate(levels.items()):
         # on the side with more room before the neighbouring bandwidth line
         room_above = bws[i - 1] / bw if i else math.inf

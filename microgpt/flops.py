@@ -99,7 +99,7 @@ def step_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int = 8, attenti
     """The per-op counts of one training step over documents with ``lengths`` predictions each."""
     _check(cfg, lengths, dtype_bytes, attention)
     s, C, V, H, L = dtype_bytes, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
-    D, F = cfg.head_dim, 4 * cfg.n_embd
+    F = 4 * cfg.n_embd
     T = sum(lengths)                                    # positions (= predictions) in the step
     if attention == "causal":
         K = sum(n * (n + 1) // 2 for n in lengths)      # (query, key) pairs: position p sees p + 1 keys

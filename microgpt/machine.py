@@ -20,6 +20,7 @@ older than ``MAX_AGE_DAYS`` or one that does not parse is reported in one line a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -234,7 +235,7 @@ def sanity_notes(compute: dict, level_bw: dict) -> list[str]:
     for kind, by_t in level_bw.items():
         for t, bws in by_t.items():
             values = [bws[name] for name in LEVELS if name in bws]
-            if any(lower > 1.1 * upper for upper, lower in zip(values, values[1:])):
+            if any(lower > 1.1 * upper for upper, lower in itertools.pairwise(values)):
                 notes.append(f"{kind} bandwidth on {t} thread(s) is not ordered L1 >= L2 >= L3 >= DRAM")
     return notes
 

@@ -6,13 +6,14 @@ neighbouring levels (L1/L2 read, L3/DRAM on a busy socket) can be close.
 """
 
 import copy
+import itertools
 import json
 import time
 
 import pytest
+from conftest import run_cli
 
 import roofline
-from conftest import run_cli
 from microgpt import UserError, machine
 from microgpt.config import ModelConfig
 from microgpt.flops import step_cost
@@ -56,7 +57,7 @@ def test_measured_ceilings_are_positive_and_ordered(record):
         assert list(levels) == list(machine.LEVELS)
         values = list(levels.values())
         assert all(v > 0 for v in values)
-        assert all(upper * NOISE >= lower for upper, lower in zip(values, values[1:])), levels
+        assert all(upper * NOISE >= lower for upper, lower in itertools.pairwise(values)), levels
     assert record["cpu"]["measured_hz"] > 1e8
 
 
