@@ -54,6 +54,8 @@ def binary_size(n: float) -> str:
 #: Rounds interleave all the probes and keep each one's best: another process that loads a core for a
 #: second spoils one round of a probe, not its result.
 SWEEPS = {"full": (2, GiB, 3, 5, 64 * MiB), "quick": (1, 256 * MiB, 2, 3, 16 * MiB)}
+#: FMA probes: many short repetitions (~0.3-1 ms each), so that some run between two preemptions.
+FMA_ITERS, FMA_REPEATS_PER_REPEAT = 250_000, 4
 
 
 def _ceilings():
@@ -191,13 +193,14 @@ def measure(quality: str = "full", threads: list[int] | None = None, sizes: list
     started = time.time()
 
     cpu["measured_hz"] = c.clock_hz()
-    cpu["frequency_source"] = "dependent-add chain (1 add per cycle), best of 3 after a warm-up"
+    cpu["frequency_source"] = "dependent-add chain (1 add per cycle), best of 20 runs after a warm-up"
     probes = [(dtype, isa, t) for dtype in DTYPES for isa in ISAS if c.isa_supported(isa) for t in threads]
     best = dict.fromkeys(probes, 0.0)
     curves = {kind: {str(t): [0.0] * len(sizes) for t in threads} for kind in KINDS}
     for r in range(rounds):
         for dtype, isa, t in probes:
-            best[dtype, isa, t] = max(best[dtype, isa, t], c.peak_flops(isa, dtype, t, repeats=repeats))
+            flops = c.peak_flops(isa, dtype, t, iters=FMA_ITERS, repeats=FMA_REPEATS_PER_REPEAT * repeats)
+            best[dtype, isa, t] = max(best[dtype, isa, t], flops)
         for kind in KINDS:
             for t in threads:
                 bws = c.bandwidth(kind, sizes, t, repeats=repeats, min_bytes=min_bytes)
@@ -226,6 +229,10 @@ def sanity_notes(compute: dict, level_bw: dict) -> list[str]:
     """What in a measurement looks disturbed: FMA units are private to a core, so the peak must scale
     with threads; a faster level below a slower one means a level's sweep was slowed down."""
     notes = []
+    scalar = [compute[dtype]["scalar"]["1"] for dtype in DTYPES if "scalar" in compute.get(dtype, {})]
+    if len(scalar) == 2 and max(scalar) > 1.2 * min(scalar):
+        notes.append("scalar fp64 and fp32 peaks differ by more than 20% although they issue the same FMAs: "
+                     "a probe was slowed down; re-measure with --measure when the machine is idle")
     for dtype, by_isa in compute.items():
         for isa, by_t in by_isa.items():
             for t, flops in by_t.items():
@@ -237,6 +244,10 @@ def sanity_notes(compute: dict, level_bw: dict) -> list[str]:
             values = [bws[name] for name in LEVELS if name in bws]
             if any(lower > 1.1 * upper for upper, lower in itertools.pairwise(values)):
                 notes.append(f"{kind} bandwidth on {t} thread(s) is not ordered L1 >= L2 >= L3 >= DRAM")
+            slower = [name for name, bw in bws.items() if bw < 0.9 * by_t["1"].get(name, 0)]
+            if slower:
+                notes.append(f"{kind} bandwidth on {t} threads is below one thread's in {', '.join(slower)}: "
+                             "another process was probably using the memory system; re-measure with --measure")
     return notes
 
 
