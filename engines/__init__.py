@@ -31,6 +31,7 @@ ENGINES = {
     "python": "train:PythonEngine",
     "scalar": "engines.scalar:ScalarEngine",
     "c": "train_fast:FastEngine",
+    "cython": "engines.cython_engine:CythonEngine",
     "numpy": "engines.numpy_manual:NumpyEngine",
 }
 
