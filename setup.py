@@ -1,4 +1,4 @@
-"""Builds the C extensions; all metadata lives in pyproject.toml.
+"""Builds the C extensions and the Cython kernels; all metadata lives in pyproject.toml.
 
 ``MICROGPT_SANITIZE=1 pip install -e .`` builds them with AddressSanitizer and UBSan (run Python
 with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load them).
@@ -7,6 +7,7 @@ with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` to load them).
 import os
 import sys
 
+from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 if sys.platform == "win32":
@@ -23,4 +24,7 @@ setup(ext_modules=[
     Extension("fastops", ["fastops.c"], extra_compile_args=compile_args, extra_link_args=link_args),
     Extension("microgpt._ceilings", ["microgpt/ceilings.c"], extra_compile_args=compile_args,
               extra_link_args=link_args),
+    # Cython writes its generated C under build/, so the source tree holds only the .pyx.
+    *cythonize([Extension("engines.cython_ops", ["engines/cython_ops.pyx"], extra_compile_args=compile_args,
+                          extra_link_args=link_args)], build_dir="build", quiet=True),
 ])
