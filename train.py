@@ -17,8 +17,11 @@ object per multiply-add. Here a node holds a whole activation vector and each op
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from array import array
-from operator import add, mul
+from itertools import repeat
+from math import sqrt
+from operator import add, mul, sub, truediv
 
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
@@ -49,10 +52,20 @@ def axpy(s: float, x: list[float], y: list[float]) -> list[float]:
 
 # ----------------------------------------------------------------------------------------------------
 # 2. Autograd. A Vec is a node of the computation graph; each op creates one and attaches a closure
-#    that, given the node's gradient, adds the contributions into its parents' gradients. Parameters are
-#    not nodes: ops that read weights add their weight gradients straight into the engine's gradient rows.
+#    that, given the node's gradient, adds the contributions into its parents' gradients. Weights are
+#    not nodes: ops that read a Weight add their gradient straight into its gradient rows.
 
-GRAD_ENABLED = True  # evaluation switches this off so no graph is kept
+GRAD_ENABLED = True  # no_grad() switches this off so evaluation keeps no graph
+
+
+@contextmanager
+def no_grad():
+    global GRAD_ENABLED
+    GRAD_ENABLED = False
+    try:
+        yield
+    finally:
+        GRAD_ENABLED = True
 
 
 class Vec:
@@ -83,6 +96,25 @@ class Vec:
                 node.backward_fn(node.grad)
 
 
+class Weight:
+    """A weight matrix as rows (for W x), as columns (for W^T g, refreshed after every update), and the
+    rows of its gradient. Keeping the transpose turns the backward pass into dot products, which CPython
+    runs twice as fast as the equivalent row-by-row axpy."""
+
+    __slots__ = ("rows", "cols", "grad")
+
+    def __init__(self, rows: list[list[float]]):
+        self.rows = rows
+        self.refresh()
+        self.zero_grad()
+
+    def refresh(self) -> None:
+        self.cols = list(zip(*self.rows))
+
+    def zero_grad(self) -> None:
+        self.grad = [[0.0] * len(row) for row in self.rows]
+
+
 def vec_add(a: Vec, b: Vec) -> Vec:
     def backward(g):
         a.grad = vadd(a.grad, g)
@@ -90,12 +122,12 @@ def vec_add(a: Vec, b: Vec) -> Vec:
     return Vec(vadd(a.data, b.data), (a, b), backward)
 
 
-def embed(tok: int, pos: int, wte, wpe, dwte, dwpe) -> Vec:
+def embed(tok: int, pos: int, wte: Weight, wpe: Weight) -> Vec:
     """Token embedding row plus position embedding row."""
     def backward(g):
-        dwte[tok] = vadd(dwte[tok], g)
-        dwpe[pos] = vadd(dwpe[pos], g)
-    return Vec(vadd(wte[tok], wpe[pos]), (), backward)
+        wte.grad[tok] = vadd(wte.grad[tok], g)
+        wpe.grad[pos] = vadd(wpe.grad[pos], g)
+    return Vec(vadd(wte.rows[tok], wpe.rows[pos]), (), backward)
 
 
 def rmsnorm(x: Vec) -> Vec:
@@ -109,16 +141,15 @@ def rmsnorm(x: Vec) -> Vec:
     return Vec(scale(inv, x.data), (x,), backward)
 
 
-def linear(x: Vec, w: list[list[float]], dw: list[list[float]]) -> Vec:
-    """y = W x for W given as rows (out, in); backward adds W^T g into x and g x^T into dW."""
+def linear(x: Vec, w: Weight) -> Vec:
+    """y = W x for W of shape (out, in); backward adds W^T g into x and g x^T into W's gradient."""
     def backward(g):
-        xd, dx = x.data, x.grad
+        x.grad = vadd(x.grad, [dot(col, g) for col in w.cols])
+        xd, dw = x.data, w.grad
         for i, gi in enumerate(g):
-            if gi:  # zero rows of g (e.g. ReLU-killed units) contribute nothing
+            if gi:  # zero entries of g (e.g. ReLU-killed units) contribute nothing
                 dw[i] = axpy(gi, xd, dw[i])
-                dx = axpy(gi, w[i], dx)
-        x.grad = dx
-    return Vec([dot(row, x.data) for row in w], (x,), backward)
+    return Vec([dot(row, x.data) for row in w.rows], (x,), backward)
 
 
 def relu_act(x: Vec, squared: bool) -> Vec:
@@ -210,42 +241,32 @@ def mean(nodes: list[Vec]) -> Vec:
 #    flat layout of microgpt.params is only for import and export.
 
 
-def zeros_like(tensors: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
-    return {name: [[0.0] * len(row) for row in rows] for name, rows in tensors.items()}
-
-
 class GPT:
     def __init__(self, cfg: ModelConfig, params: FlatParams):
         self.cfg = cfg
-        self.names = list(params.tensors)
-        self.w = {name: params.rows(name) for name in self.names}
-        self.zero_grad()
-
-    def zero_grad(self) -> None:
-        self.dw = zeros_like(self.w)
+        self.w = {name: Weight(params.rows(name)) for name in params.tensors}
 
     def forward(self, tokens: list[int], targets: list[int] | None = None):
         """Run the tokens one position at a time with a KV cache.
 
         Returns the mean cross-entropy node when ``targets`` are given, else the last position's logits.
         """
-        cfg, w, dw = self.cfg, self.w, self.dw
+        cfg, w = self.cfg, self.w
         keys = [[] for _ in range(cfg.n_layer)]
         values = [[] for _ in range(cfg.n_layer)]
         losses = []
         for pos, tok in enumerate(tokens):
-            x = rmsnorm(embed(tok, pos, w["wte"], w["wpe"], dw["wte"], dw["wpe"]))
+            x = rmsnorm(embed(tok, pos, w["wte"], w["wpe"]))
             for layer in range(cfg.n_layer):
                 p = f"layer{layer}."
                 h = rmsnorm(x)
-                keys[layer].append(linear(h, w[p + "attn_wk"], dw[p + "attn_wk"]))
-                values[layer].append(linear(h, w[p + "attn_wv"], dw[p + "attn_wv"]))
-                q = linear(h, w[p + "attn_wq"], dw[p + "attn_wq"])
-                o = attention(q, keys[layer], values[layer], cfg.n_head)
-                x = vec_add(x, linear(o, w[p + "attn_wo"], dw[p + "attn_wo"]))
-                h = relu_act(linear(rmsnorm(x), w[p + "mlp_fc1"], dw[p + "mlp_fc1"]), cfg.mlp_act == "relu2")
-                x = vec_add(x, linear(h, w[p + "mlp_fc2"], dw[p + "mlp_fc2"]))
-            logits = linear(x, w["lm_head"], dw["lm_head"])
+                keys[layer].append(linear(h, w[p + "attn_wk"]))
+                values[layer].append(linear(h, w[p + "attn_wv"]))
+                o = attention(linear(h, w[p + "attn_wq"]), keys[layer], values[layer], cfg.n_head)
+                x = vec_add(x, linear(o, w[p + "attn_wo"]))
+                h = relu_act(linear(rmsnorm(x), w[p + "mlp_fc1"]), cfg.mlp_act == "relu2")
+                x = vec_add(x, linear(h, w[p + "mlp_fc2"]))
+            logits = linear(x, w["lm_head"])
             if targets is not None:
                 losses.append(cross_entropy(logits, targets[pos]))
         return mean(losses) if targets is not None else logits
@@ -254,11 +275,12 @@ class GPT:
         """Mean over documents of each document's mean next-token loss."""
         return mean([self.forward(doc[:-1], doc[1:]) for doc in docs])
 
-    def flat(self, tensors: dict[str, list[list[float]]]) -> array:
-        """Concatenate row lists in the flat layout's order."""
+    @staticmethod
+    def flat(tensors: dict[str, list[list[float]]]) -> array:
+        """Concatenate row lists (in the flat layout's order, which dicts preserve)."""
         out = array("d")
-        for name in self.names:
-            for row in tensors[name]:
+        for rows in tensors.values():
+            for row in rows:
                 out.extend(row)
         return out
 
@@ -276,20 +298,23 @@ class PythonEngine:
             raise ValueError("the pure-Python engine computes in float64 on one thread only")
         self.cfg, self.tcfg = model_cfg, train_cfg
         self.model = GPT(model_cfg, params)
-        self.m, self.v = zeros_like(self.model.w), zeros_like(self.model.w)
+        self.m = {name: [[0.0] * len(row) for row in w.rows] for name, w in self.model.w.items()}
+        self.v = {name: [[0.0] * len(row) for row in w.rows] for name, w in self.model.w.items()}
         self.t = 0
 
     def _backward(self, docs: list[list[int]]) -> float:
-        global GRAD_ENABLED
-        GRAD_ENABLED = True
-        self.model.zero_grad()
+        for w in self.model.w.values():
+            w.zero_grad()
         loss = self.model.batch_loss(docs)
         loss.backward()
         return loss.data[0]
 
+    def _grads(self) -> dict[str, list[list[float]]]:
+        return {name: w.grad for name, w in self.model.w.items()}
+
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
         loss = self._backward(docs)
-        return loss, self.model.flat(self.model.dw)
+        return loss, self.model.flat(self._grads())
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
         loss = self._backward(docs)
@@ -301,53 +326,51 @@ class PythonEngine:
         """Scale all gradients so their global L2 norm is at most grad_clip (if enabled)."""
         if self.tcfg.grad_clip <= 0:
             return
-        dw = self.model.dw
-        norm = math.sqrt(sum(dot(row, row) for rows in dw.values() for row in rows))
+        weights = self.model.w.values()
+        norm = math.sqrt(sum(dot(row, row) for w in weights for row in w.grad))
         if norm > self.tcfg.grad_clip:
             s = self.tcfg.grad_clip / norm
-            for rows in dw.values():
-                rows[:] = [scale(s, row) for row in rows]
+            for w in weights:
+                w.grad = [scale(s, row) for row in w.grad]
 
     def _adam(self, lr: float) -> None:
-        """One Adam update with bias correction, row by row."""
+        """One Adam update with bias correction, row by row.
+
+        Per element: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g g;  p -= lr (m/bc1) / (sqrt(v/bc2) + eps),
+        written with map() so the loops run in C, in exactly the formula's operations and order.
+        """
         c = self.tcfg
         self.t += 1
         b1, b2, eps = c.beta1, c.beta2, c.eps
-        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
-        for name, rows in self.model.w.items():
-            grads, ms, vs = self.model.dw[name], self.m[name], self.v[name]
-            for r, (g, m, v) in enumerate(zip(grads, ms, vs)):
-                m = ms[r] = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
-                v = vs[r] = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
-                rows[r] = [p - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps) for p, mi, vi in zip(rows[r], m, v)]
+        c1, c2 = 1 - b1, 1 - b2
+        bc1, bc2 = repeat(1.0 - b1 ** self.t), repeat(1.0 - b2 ** self.t)
+        for name, w in self.model.w.items():
+            ms, vs = self.m[name], self.v[name]
+            for r, g in enumerate(w.grad):
+                m = ms[r] = list(map(add, map(b1.__mul__, ms[r]), map(c1.__mul__, g)))
+                v = vs[r] = list(map(add, map(b2.__mul__, vs[r]), map(mul, map(c2.__mul__, g), g)))
+                denom = map(add, map(sqrt, map(truediv, v, bc2)), repeat(eps))
+                w.rows[r] = list(map(sub, w.rows[r], map(truediv, map(lr.__mul__, map(truediv, m, bc1)), denom)))
+            w.refresh()
 
     def eval_loss(self, docs: list[list[int]]) -> float:
-        global GRAD_ENABLED
-        GRAD_ENABLED = False
-        try:
+        with no_grad():
             return self.model.batch_loss(docs).data[0]
-        finally:
-            GRAD_ENABLED = True
 
     def logits(self, tokens: list[int]) -> list[float]:
-        global GRAD_ENABLED
-        GRAD_ENABLED = False
-        try:
+        with no_grad():
             return self.model.forward(tokens).data
-        finally:
-            GRAD_ENABLED = True
 
     def export_params(self) -> FlatParams:
-        return FlatParams(self.cfg, self.model.flat(self.model.w))
+        return FlatParams(self.cfg, self.model.flat({name: w.rows for name, w in self.model.w.items()}))
 
     def export_adam(self) -> AdamState:
         return AdamState(self.model.flat(self.m), self.model.flat(self.v), self.t)
 
     def import_adam(self, state: AdamState) -> None:
-        for target, flat in ((self.m, state.m), (self.v, state.v)):
-            restored = FlatParams(self.cfg, flat)
-            for name in target:
-                target[name] = restored.rows(name)
+        m, v = FlatParams(self.cfg, state.m), FlatParams(self.cfg, state.v)
+        self.m = {name: m.rows(name) for name in self.m}
+        self.v = {name: v.rows(name) for name in self.v}
         self.t = state.t
 
 

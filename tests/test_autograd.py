@@ -5,7 +5,7 @@ import random
 import pytest
 
 import train
-from train import PythonEngine, Vec, attention, cross_entropy, dot, embed, linear, mean, relu_act, rmsnorm, vec_add
+from train import PythonEngine, Vec, Weight, attention, cross_entropy, dot, embed, linear, mean, relu_act, rmsnorm, vec_add
 from conftest import make_setup
 
 RNG = random.Random(0)
@@ -57,9 +57,8 @@ def test_linear_input_and_weight_grads():
     x0, w, r = [rand_vec(5)], [rand_vec(5) for _ in range(3)], rand_vec(3)
 
     def build():
-        dw = [[0.0] * 5 for _ in range(3)]
-        x = Vec(x0[0])
-        return project(linear(x, w, dw), r), {0: lambda: [x.grad], 1: lambda: dw}
+        x, weight = Vec(x0[0]), Weight(w)
+        return project(linear(x, weight), r), {0: lambda: [x.grad], 1: lambda: weight.grad}
     check(build, [x0, w])
 
 
@@ -88,10 +87,9 @@ def test_embedding_and_cross_entropy_and_mean():
     wte, wpe = [rand_vec(4) for _ in range(5)], [rand_vec(4) for _ in range(3)]
 
     def build():
-        dwte, dwpe = [[0.0] * 4 for _ in range(5)], [[0.0] * 4 for _ in range(3)]
-        losses = [cross_entropy(embed(tok, pos, wte, wpe, dwte, dwpe), target)
-                  for tok, pos, target in [(1, 0, 2), (4, 1, 0), (1, 2, 3)]]
-        return mean(losses), {0: lambda: dwte, 1: lambda: dwpe}
+        te, pe = Weight(wte), Weight(wpe)
+        losses = [cross_entropy(embed(tok, pos, te, pe), target) for tok, pos, target in [(1, 0, 2), (4, 1, 0), (1, 2, 3)]]
+        return mean(losses), {0: lambda: te.grad, 1: lambda: pe.grad}
     check(build, [wte, wpe])
 
 
@@ -118,12 +116,9 @@ def test_eval_builds_no_graph():
     engine = PythonEngine(cfg, None, params)
     engine.eval_loss([[26, 1, 2, 26]])
     assert train.GRAD_ENABLED
-    logits_node = None
-    train.GRAD_ENABLED = False
-    try:
+    with train.no_grad():
         logits_node = engine.model.forward([26, 1, 2])
-    finally:
-        train.GRAD_ENABLED = True
+    assert train.GRAD_ENABLED
     assert logits_node.parents == () and logits_node.backward_fn is None
 
 
