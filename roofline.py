@@ -75,16 +75,14 @@ def load_texts(paths: list[str] | None) -> list[str]:
     return load_documents(paths or [str(default_dataset())])
 
 
-def time_engine(name: str, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
+def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
                 budget_s: float, seed: int = 0) -> dict:
     """Time ``train_step`` on real batches (one untimed warm-up step, then >= 3 steps and >= budget_s).
 
     Every engine gets the same batches (same seed), so the FLOPs per step match across engines.
     """
-    from engines import load_engine
     from microgpt.params import init_params
-    engine = load_engine(name)(cfg, TrainConfig(batch_size=batch_size), init_params(cfg, seed), dtype=dtype,
-                               threads=threads)
+    engine = engine_cls(cfg, TrainConfig(batch_size=batch_size), init_params(cfg, seed), dtype=dtype, threads=threads)
     rng = random.Random(seed)
     batches = lambda: [docs[rng.randrange(len(docs))] for _ in range(batch_size)]
     engine.train_step(batches(), 1e-3)
@@ -95,7 +93,7 @@ def time_engine(name: str, cfg: ModelConfig, docs: list[list[int]], batch_size: 
         engine.train_step(batch, 1e-3)
         times.append(time.perf_counter() - t0)
         lengths.append([len(doc) - 1 for doc in batch])
-    return {"engine": name, "config": _config_dict(cfg), "batch_size": batch_size, "dtype": dtype,
+    return {"engine": engine.name, "config": _config_dict(cfg), "batch_size": batch_size, "dtype": dtype,
             "threads": threads, "ms_per_step": 1e3 * statistics.median(times),
             "tokens_per_step": sum(map(sum, lengths)) / len(lengths), "doc_lengths": lengths,
             "step_ms": [round(1e3 * t, 4) for t in times]}
@@ -108,10 +106,16 @@ def _config_dict(cfg: ModelConfig) -> dict:
 def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[str], batch_size: int, dtype: str,
                     threads: int, budget_s: float, max_step_s: float) -> tuple[list[dict], list[str]]:
     """Records for every engine x config that runs, and one line per skipped one saying why."""
+    from engines import load_engine
     from microgpt.tokenizers import build_tokenizer, wrap
     tokenizer = build_tokenizer("char", texts, texts)
     records, skipped = [], []
     for name in names:
+        try:
+            engine_cls = load_engine(name)
+        except UserError as e:                              # e.g. a framework that is not installed
+            skipped.append(f"{name}: {e}")
+            continue
         rate = None                                         # FLOP/s on the previous config, to predict the next
         for cfg in configs:
             cfg = ModelConfig(**{**_config_dict(cfg), "vocab_size": tokenizer.vocab_size})
@@ -124,11 +128,8 @@ def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[st
                                    f"at its {si(rate, 'FLOP/s')} (limit --max-step-seconds {max_step_s:g})")
                     continue
             try:
-                record = time_engine(name, cfg, docs, batch_size, dtype, threads, budget_s)
-            except ImportError as e:
-                skipped.append(f"{name}: cannot import ({e})")
-                break
-            except (ValueError, TypeError, NotImplementedError, UserError) as e:
+                record = time_engine(engine_cls, cfg, docs, batch_size, dtype, threads, budget_s)
+            except (ValueError, TypeError, NotImplementedError, UserError) as e:    # e.g. an unsupported dtype
                 skipped.append(f"{name} {config_label(cfg)}: {e}")
                 continue
             records.append(record)
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 print()
             return 0
 
+        from engines import ENGINES
+        names = args.engines.split(",") if args.engines else list(ENGINES)
+        unknown = [n for n in names if n not in ENGINES]
+        if unknown:
+            raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
         path = machine.cache_path()
         ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
         sys.stderr.flush()
@@ -319,11 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.results:
             records, skipped = load_results(args.results), []
         else:
-            from engines import ENGINES
-            names = args.engines.split(",") if args.engines else list(ENGINES)
-            unknown = [n for n in names if n not in ENGINES]
-            if unknown:
-                raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
             records, skipped = measure_engines(names, configs, load_texts(args.data), args.batch_size, args.dtype,
                                                args.threads, args.seconds, args.max_step_seconds)
             if args.save_results:

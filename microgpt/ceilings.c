@@ -365,8 +365,8 @@ static PyObject *py_peak_flops(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *names[] = {"isa", "dtype", "threads", "iters", "repeats", NULL};
     const char *isa, *dtype;
-    int threads = 1, repeats = 5;
-    long iters = 2000000;
+    int threads = 1, repeats = 20;
+    long iters = 250000;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "ss|ili", names, &isa, &dtype, &threads, &iters, &repeats))
         return NULL;
     const isa_entry *e = find_isa(isa);
@@ -532,7 +532,7 @@ static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
 static PyMethodDef ceilings_methods[] = {
     {"isa_supported", py_isa_supported, METH_VARARGS, "isa_supported(isa) -> bool: can this CPU run the variant?"},
     {"peak_flops", (PyCFunction)(void (*)(void))py_peak_flops, METH_VARARGS | METH_KEYWORDS,
-     "peak_flops(isa, dtype, threads=1, iters=2000000, repeats=5) -> FLOP/s of the best repetition."},
+     "peak_flops(isa, dtype, threads=1, iters=250000, repeats=20) -> FLOP/s of the best repetition."},
     {"bandwidth", (PyCFunction)(void (*)(void))py_bandwidth, METH_VARARGS | METH_KEYWORDS,
      "bandwidth(kind, sizes, threads=1, repeats=5, min_bytes=64MiB) -> [bytes/s] (program bytes) of the best "
      "repetition of 'triad' or 'read' over each working set size in bytes."},

@@ -138,11 +138,16 @@ def test_working_set_picks_the_level_that_holds_it(record):
 
 # --- kernels of known intensity land where the roofline says ----------------------------------------
 
+def best_of(measure, attempts=3):
+    """Other processes only ever slow a probe down: the fastest of a few attempts is the undisturbed one."""
+    return max(measure() for _ in range(attempts))
+
+
 def test_triad_lands_on_its_bandwidth_roof(record):
     size = tiny_sweep()[1]                                            # an L2-sized triad
-    achieved = _ceilings.bandwidth("triad", [size], repeats=5, min_bytes=16 << 20)[0] * 2 / 24   # 1 FMA per 24 B
-    verdict = roofline.classify(2 / 24, achieved, record, "f64", 1, machine.level_for(record, size))
-    assert verdict["verdict"] == "L2-bound" and verdict["roof"] == "L2"
+    bytes_per_s = best_of(lambda: _ceilings.bandwidth("triad", [size], repeats=5, min_bytes=16 << 20)[0])
+    verdict = roofline.classify(2 / 24, bytes_per_s * 2 / 24, record, "f64", 1, machine.level_for(record, size))
+    assert verdict["verdict"] == "L2-bound" and verdict["roof"] == "L2"       # 1 FMA per 24 bytes
     assert 50 <= verdict["percent"] <= 200
 
 
@@ -150,7 +155,11 @@ def test_triad_lands_on_its_bandwidth_roof(record):
 def test_intensity_probe_lands_on_the_predicted_roof(record, fmas, where, expected):
     caps = machine.capacities(record["caches"], 1)
     size = caps["L1"] // 2 if where == "L1" else 4 * caps["L3"]
-    flops, intensity = _ceilings.intensity_probe(size, fmas, repeats=3, min_bytes=16 << 20)
+    record = copy.deepcopy(record)
+    if where == "DRAM":
+        # DRAM bandwidth is shared with every other process: measure the roof side by side with the probe
+        record["levels"]["triad"]["1"]["DRAM"] = _ceilings.bandwidth("triad", [size], repeats=3)[0]
+    flops, intensity = best_of(lambda: _ceilings.intensity_probe(size, fmas, repeats=3, min_bytes=16 << 20))
     assert intensity == (2 * fmas + 1) / 8
     verdict = roofline.classify(intensity, flops, record, "f64", 1, machine.level_for(record, size))
     assert verdict["verdict"] == expected, verdict
