@@ -54,6 +54,8 @@ DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
 BOUND_FRACTION = 0.5
 #: Within 4x of the scalar roof, scalar arithmetic (dependency chains, one lane per FMA) explains the time.
 SCALAR_FRACTION = 0.25
+#: Cap on timed steps per engine x config (a C step takes ~10 us: the time budget alone would allow 10^5).
+MAX_TIMED_STEPS = 5000
 
 
 def si(x: float, unit: str = "") -> str:
@@ -79,7 +81,9 @@ def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size:
                 budget_s: float, seed: int = 0) -> dict:
     """Time ``train_step`` on real batches (one untimed warm-up step, then >= 3 steps and >= budget_s).
 
-    Every engine gets the same batches (same seed), so the FLOPs per step match across engines.
+    Every engine gets the same sequence of batches (same seed). Steps differ in length, so the time per
+    step reported is the mean step's FLOPs at the median step's FLOP rate: exact accounting of the
+    work, robust to a step that another process preempted.
     """
     from microgpt.params import init_params
     engine = engine_cls(cfg, TrainConfig(batch_size=batch_size), init_params(cfg, seed), dtype=dtype, threads=threads)
@@ -87,14 +91,16 @@ def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size:
     batches = lambda: [docs[rng.randrange(len(docs))] for _ in range(batch_size)]
     engine.train_step(batches(), 1e-3)
     times, lengths, start = [], [], time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 200):
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < MAX_TIMED_STEPS):
         batch = batches()
         t0 = time.perf_counter()
         engine.train_step(batch, 1e-3)
         times.append(time.perf_counter() - t0)
         lengths.append([len(doc) - 1 for doc in batch])
+    flops = [step_cost(cfg, step, DTYPES[dtype][1]).flops for step in lengths]
+    rate = statistics.median(f / t for f, t in zip(flops, times))
     return {"engine": engine.name, "config": _config_dict(cfg), "batch_size": batch_size, "dtype": dtype,
-            "threads": threads, "ms_per_step": 1e3 * statistics.median(times),
+            "threads": threads, "ms_per_step": 1e3 * statistics.fmean(flops) / rate,
             "tokens_per_step": sum(map(sum, lengths)) / len(lengths), "doc_lengths": lengths,
             "step_ms": [round(1e3 * t, 4) for t in times]}
 
