@@ -31,6 +31,9 @@ ENGINES = {
     "python": "train:PythonEngine",
     "scalar": "engines.scalar:ScalarEngine",
     "c": "train_fast:FastEngine",
+    "jax": "engines.jax_jit:JaxEngine",
+    "mlx": "engines.mlx_cpu:MlxEngine",
+    "mlx-compile": "engines.mlx_cpu:MlxCompiledEngine",
     "cython": "engines.cython_engine:CythonEngine",
     "numpy": "engines.numpy_manual:NumpyEngine",
 }
