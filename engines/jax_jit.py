@@ -1,0 +1,219 @@
+"""JAX engine ("jax"): the whole training step -- forward, gradient, clipping, Adam -- as one jax.jit function.
+
+The weights and Adam's two moments live on the device as three flat vectors in the layout of
+microgpt/params.py; the model reads its matrices out of the parameter vector with static slices, so
+``jax.grad`` of the loss *is* the flat gradient, and the Adam update happens inside the same compiled
+program: a step moves only the batch's token ids in and one loss out.
+
+Batching and padding. ``jax.vmap`` maps the one-document loss over the batch. jit compiles one program
+per input shape, and documents have 1..block_size predictions, so every document is padded to
+block_size with a mask that zeroes the padded positions' losses (causal attention already keeps real
+positions from seeing the padding after them). The step then compiles once per batch size, instead of
+once per pattern of document lengths, at the price of computing the padded positions too.
+
+float64. JAX computes in float32 unless ``jax_enable_x64`` is on; a float64 engine switches it on for the
+whole process before it creates any array. Everything a float32 engine creates names its dtype, so
+float32 engines keep computing in float32 whether or not x64 is on.
+
+Threads. XLA reads its CPU thread settings from the XLA_FLAGS environment variable once, when JAX
+starts its CPU client, and has no way to change them afterwards (and no hard cap: they steer the
+Eigen thread pool XLA's matmuls use). The first engine in a process sets them and records the count in
+``xla_threads``; asking for a different count later is a ValueError (run another process instead).
+
+    python train.py --engine jax --num-steps 1000
+    python train.py --engine jax --dtype float32 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from array import array
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import xla_bridge
+
+from microgpt import UserError
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, FlatParams, layout
+
+RMS_EPS = 1e-5
+DTYPES = {"float64": np.float64, "float32": np.float32}
+DEVICES = {"cpu": "cpu", "cuda": "cuda"}  # --device name -> JAX platform
+
+#: Jitted functions per (model shape, optimiser), shared by engines so each compiles once per process.
+_JITTED: dict[tuple, dict] = {}
+
+#: The thread count XLA's CPU client was started with in this process (None until an engine starts it).
+xla_threads: int | None = None
+
+
+def _start_xla(threads: int) -> None:
+    """Set XLA's CPU thread flags before JAX starts, or check that the running client has them."""
+    global xla_threads
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= os.cpu_count():
+        raise ValueError(f"threads must be in [1, {os.cpu_count()}] (got {threads!r})")
+    if xla_threads is None:
+        if xla_bridge.backends_are_initialized():
+            raise ValueError("JAX was started before the jax engine could set XLA's thread count; "
+                             "create the engine before running other JAX code")
+        multi = "true" if threads > 1 else "false"
+        flags = f"--xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        xla_threads = threads
+    elif threads != xla_threads:
+        raise ValueError(f"XLA was started with {xla_threads} thread(s) in this process and cannot change; "
+                         f"run threads={threads} in a new process")
+
+
+def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs and targets (batch, block_size) int32, and a mask of the real predictions in ``dtype``."""
+    if not docs:
+        raise ValueError("a batch needs at least one document")
+    size = cfg.block_size
+    tokens = np.zeros((len(docs), size + 1), np.int64)
+    mask = np.zeros((len(docs), size), dtype)
+    for i, doc in enumerate(docs):
+        if not 2 <= len(doc) <= size + 1:
+            raise ValueError(f"a document must hold 2..{size + 1} tokens (got {len(doc)})")
+        tokens[i, :len(doc)] = doc
+        mask[i, :len(doc) - 1] = 1
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); found one out of range")
+    tokens = tokens.astype(np.int32)
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def build_functions(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    """The jitted functions of one model shape and optimiser; weights are always the first argument."""
+    tensors = layout(cfg)
+    heads, head_dim = cfg.n_head, cfg.head_dim
+
+    def rmsnorm(x):
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+
+    def forward(flat, inputs):
+        """Logits (block_size, vocab) of one padded document, all positions at once."""
+        w = {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
+        n = inputs.shape[0]
+        causal = jnp.tril(jnp.ones((n, n), bool))
+        x = rmsnorm(w["wte"][inputs] + w["wpe"][:n])
+        for layer in range(cfg.n_layer):
+            p = f"layer{layer}."
+            h = rmsnorm(x)
+            # (positions, n_embd) -> (heads, positions, head_dim)
+            q, k, v = ((h @ w[p + name].T).reshape(n, heads, head_dim).transpose(1, 0, 2)
+                       for name in ("attn_wq", "attn_wk", "attn_wv"))
+            scores = jnp.where(causal, q @ k.transpose(0, 2, 1) / math.sqrt(head_dim), -jnp.inf)
+            o = (jax.nn.softmax(scores, axis=-1) @ v).transpose(1, 0, 2).reshape(n, cfg.n_embd)
+            x = x + o @ w[p + "attn_wo"].T
+            u = rmsnorm(x) @ w[p + "mlp_fc1"].T
+            u = jnp.where(u > 0, u * u if cfg.mlp_act == "relu2" else u, 0)
+            x = x + u @ w[p + "mlp_fc2"].T
+        return x @ w["lm_head"].T
+
+    def doc_loss(flat, inputs, targets, mask):
+        logits = forward(flat, inputs)
+        losses = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        return jnp.sum(losses * mask) / jnp.sum(mask)
+
+    def batch_loss(flat, inputs, targets, mask):
+        return jnp.mean(jax.vmap(doc_loss, in_axes=(None, 0, 0, 0))(flat, inputs, targets, mask))
+
+    def train_step(flat, m, v, inputs, targets, mask, hyper):
+        """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
+        loss, g = jax.value_and_grad(batch_loss)(flat, inputs, targets, mask)
+        if tcfg.grad_clip > 0:
+            norm = jnp.sqrt(jnp.sum(g * g))
+            g = jnp.where(norm > tcfg.grad_clip, g * (tcfg.grad_clip / norm), g)
+        m = tcfg.beta1 * m + (1 - tcfg.beta1) * g
+        v = tcfg.beta2 * v + (1 - tcfg.beta2) * g * g
+        lr, bias1, bias2 = hyper[0], hyper[1], hyper[2]
+        flat = flat - lr * (m / bias1) / (jnp.sqrt(v / bias2) + tcfg.eps)
+        return flat, m, v, loss
+
+    return {
+        # Donating the weights and moments lets XLA update them in place instead of allocating new buffers.
+        "train_step": jax.jit(train_step, donate_argnums=(0, 1, 2)),
+        "loss_and_grad": jax.jit(jax.value_and_grad(batch_loss)),
+        "eval_loss": jax.jit(batch_loss),
+        "logits": jax.jit(lambda flat, inputs, last: forward(flat, inputs)[last]),
+    }
+
+
+def jitted(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    key = (tuple(cfg.to_dict().items()), tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.grad_clip)
+    if key not in _JITTED:
+        _JITTED[key] = build_functions(cfg, tcfg)
+    return _JITTED[key]
+
+
+class JaxEngine:
+    """jit + vmap on a flat parameter vector (see engines/__init__.py for the contract)."""
+
+    name = "jax"
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
+                 threads: int = 1, device: str = "cpu"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)} for JAX (got {device!r})")
+        _start_xla(threads)
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        try:
+            self.device = jax.devices(DEVICES[device])[0]
+        except RuntimeError as e:
+            raise ValueError(f"JAX cannot use device {device!r} here ({e})") from None
+        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
+        self.fn = jitted(model_cfg, train_cfg)
+        self.params = self._put(params.data)
+        self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
+        self.t = 0
+
+    def _put(self, flat: array | bytes) -> jax.Array:
+        """A float64 host buffer (array('d') or zero bytes) as a device vector in this engine's dtype."""
+        return jax.device_put(np.frombuffer(flat, np.float64).astype(self.dtype), self.device)
+
+    def _batch(self, docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return pad_batch(docs, self.cfg, self.dtype)
+
+    def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
+        return float(loss), array("d", np.asarray(grad, np.float64).tobytes())
+
+    def train_step(self, docs: list[list[int]], lr: float) -> float:
+        self.t += 1
+        c = self.tcfg
+        hyper = np.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], self.dtype)
+        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *self._batch(docs),
+                                                                  hyper)
+        return float(loss)  # waits for the device: the step is finished when the loss is known
+
+    def eval_loss(self, docs: list[list[int]]) -> float:
+        return float(self.fn["eval_loss"](self.params, *self._batch(docs)))
+
+    def logits(self, tokens: list[int]) -> list[float]:
+        if not 1 <= len(tokens) <= self.cfg.block_size:
+            raise ValueError(f"logits need 1..{self.cfg.block_size} tokens (got {len(tokens)})")
+        inputs, _, _ = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        return np.asarray(self.fn["logits"](self.params, inputs[0], len(tokens) - 1), np.float64).tolist()
+
+    def export_params(self) -> FlatParams:
+        return FlatParams(self.cfg, self._host(self.params))
+
+    def export_adam(self) -> AdamState:
+        return AdamState(self._host(self.m), self._host(self.v), self.t)
+
+    def import_adam(self, state: AdamState) -> None:
+        n = self.params.shape[0]
+        if len(state.m) != n or len(state.v) != n:
+            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        self.m, self.v, self.t = self._put(array("d", state.m)), self._put(array("d", state.v)), state.t
+
+    @staticmethod
+    def _host(x: jax.Array) -> array:
+        return array("d", np.asarray(x, np.float64).tobytes())

@@ -1,0 +1,217 @@
+"""MLX engines ("mlx" and "mlx-compile"): the same training step in Apple's array framework.
+
+MLX is lazy: each operation only records a node, and the graph runs when a result is needed (``mx.eval``).
+"mlx" builds and runs that graph afresh every step; "mlx-compile" wraps the very same step function in
+``mx.compile``, which traces it once per input shape and fuses chains of elementwise operations into
+single kernels. Both keep the weights and Adam's moments as three flat vectors in the layout of
+microgpt/params.py and read the matrices out with static slices, so the gradient of the loss with respect
+to the parameter vector is the flat gradient, and the Adam update is part of the same graph.
+
+Batching and padding: the batch is computed as (documents, positions, n_embd) arrays, every document
+padded to block_size with a mask that zeroes the padded positions' losses (causal attention already keeps
+real positions from seeing the padding after them). A compiled step is therefore traced once per batch
+size, not once per pattern of document lengths.
+
+Precision: MLX's CPU backend computes in float64 as well as float32; its GPU backends (Metal on Apple
+silicon, CUDA with ``mlx[cuda]``) have no float64, so asking for it there is a ValueError. One catch,
+measured here with mlx 0.32: in float64, ``mx.exp`` (and so ``mx.softmax`` and ``mx.logsumexp``) is only
+float32-accurate (~2e-7 relative), which would put a float64 run 1e-8 away from the reference. So the
+softmax and log-sum-exp are written out, and float64 engines compute e^x as ``mx.power(e, x)``, which is
+exact to rounding.
+Threads: on Linux the CPU backend runs each operation on one thread (its BLAS is the reference BLAS),
+so ``threads`` must be 1.
+
+    python train.py --engine mlx --num-steps 1000
+    python train.py --engine mlx-compile --dtype float32 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+import mlx.core as mx
+import numpy as np
+
+from microgpt import UserError
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, FlatParams, layout
+
+RMS_EPS = 1e-5
+DTYPES = {"float64": (mx.float64, np.float64), "float32": (mx.float32, np.float32)}
+DEVICES = {"cpu": mx.cpu, "mps": mx.gpu, "cuda": mx.gpu}  # --device name -> MLX device
+
+
+def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs and targets (batch, block_size) int32, and a mask of the real predictions in ``dtype``."""
+    if not docs:
+        raise ValueError("a batch needs at least one document")
+    size = cfg.block_size
+    tokens = np.zeros((len(docs), size + 1), np.int64)
+    mask = np.zeros((len(docs), size), dtype)
+    for i, doc in enumerate(docs):
+        if not 2 <= len(doc) <= size + 1:
+            raise ValueError(f"a document must hold 2..{size + 1} tokens (got {len(doc)})")
+        tokens[i, :len(doc)] = doc
+        mask[i, :len(doc) - 1] = 1
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); found one out of range")
+    tokens = tokens.astype(np.int32)
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
+    """The step, gradient, loss and logits functions of one model shape, optimiser and dtype (not compiled)."""
+    tensors = layout(cfg)
+    heads, head_dim = cfg.n_head, cfg.head_dim
+    causal = mx.tril(mx.ones((cfg.block_size, cfg.block_size), dtype=mx.bool_))
+    if dtype == mx.float64:
+        e = mx.array(math.e, dtype=mx.float64)
+        exp = lambda x: mx.power(e, x)  # noqa: E731  (float64 mx.exp is float32-accurate, see above)
+    else:
+        exp = mx.exp
+
+    def rmsnorm(x):
+        return x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+
+    def shifted_exp(x):
+        """exp(x - max(x)) along the last axis; the shift cancels in the result, so no gradient flows to it."""
+        return exp(x - mx.stop_gradient(mx.max(x, axis=-1, keepdims=True)))
+
+    def softmax(x):
+        z = shifted_exp(x)
+        return z / mx.sum(z, axis=-1, keepdims=True)
+
+    def logsumexp(x):
+        return mx.stop_gradient(mx.max(x, axis=-1)) + mx.log(mx.sum(shifted_exp(x), axis=-1))
+
+    def forward(flat, inputs):
+        """Logits (documents, block_size, vocab) of a padded batch."""
+        w = {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
+        docs, n = inputs.shape
+        x = rmsnorm(w["wte"][inputs] + w["wpe"][:n])
+        for layer in range(cfg.n_layer):
+            p = f"layer{layer}."
+            h = rmsnorm(x)
+            # (documents, positions, n_embd) -> (documents, heads, positions, head_dim)
+            q, k, v = ((h @ w[p + name].T).reshape(docs, n, heads, head_dim).transpose(0, 2, 1, 3)
+                       for name in ("attn_wq", "attn_wk", "attn_wv"))
+            scores = mx.where(causal[:n, :n], (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(head_dim), -math.inf)
+            o = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(docs, n, cfg.n_embd)
+            x = x + o @ w[p + "attn_wo"].T
+            u = rmsnorm(x) @ w[p + "mlp_fc1"].T
+            u = mx.where(u > 0, u * u if cfg.mlp_act == "relu2" else u, 0)
+            x = x + u @ w[p + "mlp_fc2"].T
+        return x @ w["lm_head"].T
+
+    def batch_loss(flat, inputs, targets, mask):
+        logits = forward(flat, inputs)
+        losses = logsumexp(logits) - mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return mx.mean(mx.sum(losses * mask, axis=-1) / mx.sum(mask, axis=-1))
+
+    loss_and_grad = mx.value_and_grad(batch_loss)
+
+    def train_step(flat, m, v, inputs, targets, mask, hyper):
+        """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
+        loss, g = loss_and_grad(flat, inputs, targets, mask)
+        if tcfg.grad_clip > 0:
+            norm = mx.sqrt(mx.sum(g * g))
+            g = mx.where(norm > tcfg.grad_clip, g * (tcfg.grad_clip / norm), g)
+        m = tcfg.beta1 * m + (1 - tcfg.beta1) * g
+        v = tcfg.beta2 * v + (1 - tcfg.beta2) * g * g
+        lr, bias1, bias2 = hyper[0], hyper[1], hyper[2]
+        flat = flat - lr * (m / bias1) / (mx.sqrt(v / bias2) + tcfg.eps)
+        return flat, m, v, loss
+
+    return {"train_step": train_step, "loss_and_grad": loss_and_grad, "eval_loss": batch_loss,
+            "logits": lambda flat, inputs: forward(flat, inputs)[0]}
+
+
+class MlxEngine:
+    """MLX, lazy graph run every step (see engines/__init__.py for the contract)."""
+
+    name = "mlx"
+    compiled = False
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
+                 threads: int = 1, device: str = "cpu"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        if threads != 1:
+            raise ValueError(f"MLX's CPU backend computes on one thread; threads must be 1 (got {threads!r})")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)} for MLX (got {device!r})")
+        self.device = DEVICES[device]
+        if not mx.is_available(self.device):
+            raise ValueError(f"MLX has no GPU backend here for device {device!r}")
+        if dtype == "float64" and self.device != mx.cpu:
+            raise ValueError("MLX computes float64 on the CPU only; use --dtype float32 on a GPU")
+        self.cfg, self.tcfg = model_cfg, train_cfg
+        self.dtype, self.np_dtype = DTYPES[dtype]
+        fns = build_functions(model_cfg, train_cfg, self.dtype)
+        self.fn = {name: mx.compile(f) for name, f in fns.items()} if self.compiled else fns
+        self.params = self._put(params.data)
+        self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
+        self.t = 0
+
+    def _put(self, flat: array | bytes) -> mx.array:
+        """A float64 host buffer (array('d') or zero bytes) as a vector in this engine's dtype."""
+        return mx.array(np.frombuffer(flat, np.float64), dtype=self.dtype)
+
+    def _batch(self, docs: list[list[int]]) -> list[mx.array]:
+        inputs, targets, mask = pad_batch(docs, self.cfg, self.np_dtype)
+        return [mx.array(inputs), mx.array(targets), mx.array(mask, dtype=self.dtype)]
+
+    def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        with mx.stream(self.device):
+            loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
+            mx.eval(loss, grad)
+        return loss.item(), self._host(grad)
+
+    def train_step(self, docs: list[list[int]], lr: float) -> float:
+        self.t += 1
+        c = self.tcfg
+        hyper = mx.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], dtype=self.dtype)
+        with mx.stream(self.device):
+            self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v,
+                                                                      *self._batch(docs), hyper)
+            mx.eval(self.params, self.m, self.v, loss)  # the step is finished before the loss is returned
+        return loss.item()
+
+    def eval_loss(self, docs: list[list[int]]) -> float:
+        with mx.stream(self.device):
+            loss = self.fn["eval_loss"](self.params, *self._batch(docs))
+            mx.eval(loss)
+        return loss.item()
+
+    def logits(self, tokens: list[int]) -> list[float]:
+        if not 1 <= len(tokens) <= self.cfg.block_size:
+            raise ValueError(f"logits need 1..{self.cfg.block_size} tokens (got {len(tokens)})")
+        inputs, _, _ = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        with mx.stream(self.device):
+            logits = self.fn["logits"](self.params, inputs)
+            mx.eval(logits)
+        return np.array(logits, np.float64)[len(tokens) - 1].tolist()
+
+    def export_params(self) -> FlatParams:
+        return FlatParams(self.cfg, self._host(self.params))
+
+    def export_adam(self) -> AdamState:
+        return AdamState(self._host(self.m), self._host(self.v), self.t)
+
+    def import_adam(self, state: AdamState) -> None:
+        n = self.params.size
+        if len(state.m) != n or len(state.v) != n:
+            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        self.m, self.v, self.t = self._put(array("d", state.m)), self._put(array("d", state.v)), state.t
+
+    @staticmethod
+    def _host(x: mx.array) -> array:
+        return array("d", np.array(x, np.float64).tobytes())
+
+
+class MlxCompiledEngine(MlxEngine):
+    """The same functions through mx.compile: traced once per batch size, elementwise chains fused."""
+
+    name = "mlx-compile"
+    compiled = True
