@@ -23,9 +23,15 @@ from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
 
-from engines import cython_ops as ops
-
 TYPECODES = {"float64": "d", "float32": "f"}
+
+
+def _kernels():
+    try:
+        from engines import cython_ops
+    except ImportError as e:
+        raise UserError(f"the Cython kernels are not built ({e}); run: pip install -e .") from None
+    return cython_ops
 
 
 def _zeros(code: str, *shape: int) -> memoryview:
@@ -78,6 +84,7 @@ class CythonEngine:
             raise ValueError(f"dtype must be one of {', '.join(TYPECODES)} (got {dtype!r})")
         if threads != 1:
             raise ValueError(f"the Cython engine runs on one thread (got threads={threads})")
+        self.ops = _kernels()
         self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, dtype
         code, n, c = TYPECODES[dtype], len(params), model_cfg
         self.params = array(code, params.data)
@@ -96,7 +103,7 @@ class CythonEngine:
 
     def _forward(self, tokens: list[int]) -> int:
         """Run ``tokens`` through the model, keeping every activation; fills ``logit_rows``; returns T."""
-        c, w, T = self.cfg, self.w, len(tokens)
+        ops, c, w, T = self.ops, self.cfg, self.w, len(tokens)
         if not 1 <= T <= c.block_size:
             raise ValueError(f"a document must hold 1..{c.block_size} input tokens (got {T})")
         ops.embed_forward(tokens, w["wte"], w["wpe"], self.emb)
@@ -122,7 +129,7 @@ class CythonEngine:
 
     def _backward(self, tokens: list[int], T: int) -> None:
         """Add this document's gradients (from ``dlogits``) into the flat gradient buffer."""
-        c, w, dw, s, dx = self.cfg, self.w, self.dw, self.scratch, self.dx
+        ops, c, w, dw, s, dx = self.ops, self.cfg, self.w, self.dw, self.scratch, self.dx
         ops.zero(dx.obj)
         ops.linear_backward(self.layers[-1].out, w["lm_head"], self.dlogits, dx,
                             dw["lm_head"], T)
@@ -150,6 +157,9 @@ class CythonEngine:
 
     def _loss_and_grad(self, docs: list[list[int]]) -> float:
         """Batch loss (mean of document means); gradients of it left in ``self.grads``."""
+        if not docs:
+            raise ValueError("a batch needs at least one document")
+        ops = self.ops
         ops.zero(self.grads)
         total = 0.0
         for doc in docs:
@@ -166,8 +176,7 @@ class CythonEngine:
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
         loss = self._loss_and_grad(docs)
-        c = self.tcfg
-        scale = 1.0
+        ops, c, scale = self.ops, self.tcfg, 1.0
         if c.grad_clip > 0:
             norm = math.sqrt(ops.sum_of_squares(self.grads))
             if norm > c.grad_clip:
@@ -177,10 +186,12 @@ class CythonEngine:
         return loss
 
     def eval_loss(self, docs: list[list[int]]) -> float:
+        if not docs:
+            raise ValueError("a batch needs at least one document")
         total = 0.0
         for doc in docs:
             T = self._forward(doc[:-1])
-            total += ops.cross_entropy_forward(self.logit_rows, doc[1:], self.probs) / T
+            total += self.ops.cross_entropy_forward(self.logit_rows, doc[1:], self.probs) / T
         return total / len(docs)
 
     def logits(self, tokens: list[int]) -> list[float]:

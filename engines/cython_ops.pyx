@@ -306,7 +306,7 @@ def adam_update(floating[::1] params, floating[::1] grads, floating[::1] m, floa
                 double beta1, double beta2, double eps, int t, double grad_scale=1.0):
     """One bias-corrected Adam step at update count ``t``; ``grad_scale`` applies gradient clipping."""
     cdef Py_ssize_t i, n = params.shape[0]
-    cdef double bc1 = 1.0 - beta1 ** t, bc2 = 1.0 - beta2 ** t
+    cdef double step = lr / (1.0 - beta1 ** t), inv_bc2 = 1.0 / (1.0 - beta2 ** t)
     cdef floating g
     require(grads.shape[0] == n and m.shape[0] == n and v.shape[0] == n, "adam: buffers differ in length")
     require(t >= 1, f"adam: update count must be >= 1 (got {t})")
@@ -314,4 +314,4 @@ def adam_update(floating[::1] params, floating[::1] grads, floating[::1] m, floa
         g = grads[i] * grad_scale
         m[i] = beta1 * m[i] + (1 - beta1) * g
         v[i] = beta2 * v[i] + (1 - beta2) * g * g
-        params[i] -= lr * (m[i] / bc1) / (sqrt(v[i] / bc2) + eps)
+        params[i] -= step * m[i] / (sqrt(v[i] * inv_bc2) + eps)
