@@ -37,21 +37,31 @@ def _save(fig, stem: str | Path) -> list[Path]:
 
 
 def _label_line(ax, x: float, slope: float, x_stop: float, text: str, color: str, above: bool,
-                avoid: list[float]) -> None:
-    """Label the line y = slope * x just above or below it, rotated to follow it as drawn on screen,
-    sliding right from ``x`` (up to ``x_stop``) until no horizontal line at a height in ``avoid`` crosses it."""
+                avoid: list[float], points: list[tuple[float, float]]) -> None:
+    """Label the line y = slope * x just above (preferred if ``above``) or below it, rotated to follow it
+    as drawn on screen: slide right from ``x`` (up to ``x_stop``) to the first place where no horizontal
+    line at a height in ``avoid`` crosses the text and no marker in ``points`` hides it."""
     renderer = ax.figure.canvas.get_renderer()
-    while True:
+
+    def place(x: float, above: bool):
         (x0, y0), (x1, y1) = ax.transData.transform([(x, slope * x), (10 * x, 10 * slope * x)])
-        label = ax.annotate(text, (x, slope * x), xytext=(0, 3 if above else -3), textcoords="offset points",
-                            color=color, fontsize=8.5, rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)),
-                            rotation_mode="anchor", ha="left", va="bottom" if above else "top")
-        box = label.get_window_extent(renderer)
-        crossed = any(box.y0 - 2 <= ax.transData.transform((x, y))[1] <= box.y1 + 2 for y in avoid)
-        if not crossed or x * 1.2 > x_stop:
-            return
-        label.remove()
-        x *= 1.2
+        return ax.annotate(text, (x, slope * x), xytext=(0, 3 if above else -3), textcoords="offset points",
+                           color=color, fontsize=8.5, rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)),
+                           rotation_mode="anchor", ha="left", va="bottom" if above else "top")
+
+    for side in (above, not above):
+        at = x
+        while at <= x_stop:
+            label = place(at, side)
+            box = label.get_window_extent(renderer)
+            crossed = any(box.y0 - 2 <= ax.transData.transform((at, y))[1] <= box.y1 + 2 for y in avoid)
+            hidden = any(box.x0 - 6 <= px <= box.x1 + 6 and box.y0 - 6 <= py <= box.y1 + 6
+                         for px, py in ax.transData.transform(points))
+            if not (crossed or hidden):
+                return
+            label.remove()
+            at *= 1.2
+    place(x, above)                                       # nowhere is clear: the first choice
 
 
 def _label_roof(ax, y: float, text: str, x_min: float, x_max: float, diagonals: list[tuple[float, float]]) -> None:
@@ -83,7 +93,8 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
 
     ai = [r["intensity"] for r in rows]
     ridge = [top / bw for bw in levels.values()]
-    x_min = 10 ** math.floor(math.log10(min(ai + ridge) / 3))
+    # from well left of where the fastest level meets the fp64 roof, so every diagonal has room for its label
+    x_min = 10 ** math.floor(math.log10(min(ai + [peaks[1][1] / max(levels.values())]) / 3))
     x_max = 10 ** math.ceil(math.log10(max(ai + ridge) * 1.5))
     y_min = 10 ** math.floor(math.log10(min(r["achieved"] for r in rows) / 3))
     y_max = 10 ** math.ceil(math.log10(top * 2))
@@ -110,11 +121,11 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     if len(configs) > 1:
         # engines in the first column, configs (marker shapes) in the second: pad both to one length
         blank = plt.Line2D([], [], ls="none", label=" ")
-        rows = max(len(engines), len(configs))
-        handles += [blank] * (rows - len(engines))
+        n_rows = max(len(engines), len(configs))
+        handles += [blank] * (n_rows - len(engines))
         handles += [plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8, color="white",
                                mec="black", label=name) for i, name in enumerate(configs)]
-        handles += [blank] * (rows - len(configs))
+        handles += [blank] * (n_rows - len(configs))
     ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95, ncol=1 if len(configs) == 1 else 2)
 
     cpu = ceilings["cpu"]
@@ -133,5 +144,6 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
         room_above = bws[i - 1] / bw if i else math.inf
         room_below = bw / bws[i + 1] if i + 1 < len(bws) else math.inf
         _label_line(ax, max(x_min, y_min / bw) * 1.3, bw, peaks[1][1] / bw, f"{name} {bw / 1e9:.0f} GB/s",
-                    LEVEL_COLORS.get(name, "grey"), room_above >= room_below, [flops for _, flops, _ in peaks])
+                    LEVEL_COLORS.get(name, "grey"), room_above >= room_below, [flops for _, flops, _ in peaks],
+                    [(r["intensity"], r["achieved"]) for r in rows])
     return _save(fig, stem)

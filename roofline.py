@@ -1,6 +1,6 @@
 """roofline.py: how much work a training step does, how fast this machine could do it, and how far each engine is.
 
-    python roofline.py                     # default config, every engine that imports; ~10 s
+    python roofline.py                     # default config, every engine that imports; < 15 s
     python roofline.py --all-configs       # the whole config grid
     python roofline.py --measure           # re-measure the machine's ceilings first (full sweep, ~20 s)
     python roofline.py --ops               # the per-op FLOP/byte table of one step
@@ -290,9 +290,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
     p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--threads", type=int, default=1, help="threads each engine may use")
-    p.add_argument("--seconds", type=float, default=1.0, help="timing budget per engine x config (default 1)")
-    p.add_argument("--max-step-seconds", type=float, default=3.0,
-                   help="skip an engine x config predicted to take longer per step (default 3)")
+    p.add_argument("--seconds", type=float, default=0.5, help="timing budget per engine x config (default 0.5)")
+    p.add_argument("--max-step-seconds", type=float, default=1.5,
+                   help="skip an engine x config predicted to take longer per step (default 1.5)")
     p.add_argument("--chart", default="out/roofline", metavar="STEM", help="chart path without suffix ('' = none)")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.threads < 1:
