@@ -31,6 +31,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,6 +68,11 @@
 
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
 
+/* 1/k!, the Taylor coefficients of e^x (the kernels' exp uses the first 8 or 14). */
+static const double EXP_TAYLOR[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
+                                      1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600,
+                                      1.0 / 6227020800.0};
+
 /* The model's shape and where each matrix starts in the flat buffer (see microgpt/params.py). */
 typedef struct {
     int vocab, C, n_layer, n_head, block, relu2;
@@ -97,7 +103,9 @@ typedef struct {
     const int *doc_start, *input, *target, *pos;
 } Batch;
 
-enum { MODE_LOSS, MODE_GRAD, MODE_LOGITS };
+/* What run_batch computes: the loss; the loss and the gradient (in the grads buffer); the loss and an
+   Adam update fused into the backward pass (no clipping); the logits of the last token. */
+enum { MODE_LOSS, MODE_GRAD, MODE_TRAIN, MODE_LOGITS };
 
 /* ---- a minimal thread pool: parallel_for splits [0, n) into one contiguous chunk per thread ---- */
 
@@ -235,7 +243,7 @@ typedef struct GPTObject GPTObject;
 typedef struct {
     const char *isa;
     size_t (*workspace_bytes)(const Shape *s, ptrdiff_t MP, int saved_layers, int n_threads);
-    double (*run_batch)(GPTObject *g, const Batch *b, int mode, double *logits_out);
+    double (*run_batch)(GPTObject *g, const Batch *b, int mode, double lr, double *logits_out);
     double (*grad_sq_norm)(GPTObject *g);
     void (*adam)(GPTObject *g, double lr, double grad_scale);
 } Kernels;
@@ -268,6 +276,81 @@ struct GPTObject {
 /* 2. Kernels for one scalar type `real` on one instruction set. FN(x) names x for this instance.   */
 /* ================================================================================================ */
 
+/* The instance is chosen by FASTOPS_F32 (else float64) and FASTOPS_AVX512 / FASTOPS_AVX2 (else
+   portable); TARGET lets the compiler use that instruction set in these functions only. */
+#ifdef FASTOPS_F32
+#define real float
+#define UINT uint32_t
+#define R_SQRT sqrtf
+#define R_LOG logf
+#define EXP_MAX 87.0f                /* |x| beyond which e^x leaves the normal floats */
+#define EXP_SHIFTER 0x1.8p23f
+#define EXP_BIAS 127u
+#define EXP_MANTISSA 23
+#define EXP_DEGREE 7                 /* Taylor terms for e^r, |r| <= ln2/2: error < 2^-26 */
+#else
+#define real double
+#define UINT uint64_t
+#define R_SQRT sqrt
+#define R_LOG log
+#define EXP_MAX 708.0
+#define EXP_SHIFTER 0x1.8p52
+#define EXP_BIAS 1023u
+#define EXP_MANTISSA 52
+#define EXP_DEGREE 13                /* error < 2^-56 */
+#endif
+
+#if defined(FASTOPS_AVX512)
+#define TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define ISA_NAME "avx512"
+#ifdef FASTOPS_F32
+#define VREAL __m512
+#define VMASK __mmask16
+#define VW 16
+#define VMASK_ALL ((__mmask16)0xFFFF)
+#define VMASK_FIRST(n) ((__mmask16)((1u << (n)) - 1u))
+#define VSUFFIX(op) op##_ps
+#define NEWTON_STEPS 1
+#define R_MIN_NORMAL FLT_MIN
+#else
+#define VREAL __m512d
+#define VMASK __mmask8
+#define VW 8
+#define VMASK_ALL ((__mmask8)0xFF)
+#define VMASK_FIRST(n) ((__mmask8)((1u << (n)) - 1u))
+#define VSUFFIX(op) op##_pd
+#define NEWTON_STEPS 2
+#define R_MIN_NORMAL DBL_MIN
+#endif
+#define VZERO() VSUFFIX(_mm512_setzero)()
+#define VLOAD(p) VSUFFIX(_mm512_loadu)(p)
+#define VLOAD_MASKED(mask, p) VSUFFIX(_mm512_maskz_loadu)(mask, p)
+#define VSTORE(p, x) VSUFFIX(_mm512_storeu)(p, x)
+#define VSTORE_MASKED(p, mask, x) VSUFFIX(_mm512_mask_storeu)(p, mask, x)
+#define VSET1(x) VSUFFIX(_mm512_set1)(x)
+#define VADD(a, b) VSUFFIX(_mm512_add)(a, b)
+#define VSUB(a, b) VSUFFIX(_mm512_sub)(a, b)
+#define VMUL(a, b) VSUFFIX(_mm512_mul)(a, b)
+#define VMAX(a, b) VSUFFIX(_mm512_max)(a, b)
+#define VFMA(a, b, c) VSUFFIX(_mm512_fmadd)(a, b, c)
+#define VFNMADD(a, b, c) VSUFFIX(_mm512_fnmadd)(a, b, c)
+#define VRSQRT14(x) VSUFFIX(_mm512_rsqrt14)(x)
+#define VRCP14(x) VSUFFIX(_mm512_rcp14)(x)
+#elif defined(FASTOPS_AVX2)
+#define TARGET __attribute__((target("avx2,fma")))
+#define ISA_NAME "avx2"
+#else
+#define TARGET
+#define ISA_NAME "generic"
+#endif
+
+/* Per-thread attention scratch: tiles of q, k, v, dO (C rows each), three TPb x TPb tiles, one row. */
+static ptrdiff_t FN(attention_scratch)(const Shape *s)
+{
+    const ptrdiff_t TPb = round_up(s->block, LANE_PAD);
+    return (4 * (ptrdiff_t)s->C + 3 * TPb + 1) * TPb;
+}
+
 /* Scratch of one batch. Feature-major arrays have rows of MP token lanes; per-layer arrays hold
    n_saved layers back to back (all layers when training, one reused layer when only evaluating). */
 typedef struct {
@@ -295,7 +378,7 @@ static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, 
     TAKE(logits, s->vocab * MP); TAKE(lane_w, MP); TAKE(lane_loss, MP);
     TAKE(lane_a, MP); TAKE(lane_b, MP); TAKE(lane_c, MP);
     TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP); TAKE(tok_major, F * MP);
-    TAKE(att_scratch, n_threads * (2 * s->block * TPb + 4 * TPb));
+    TAKE(att_scratch, n_threads * FN(attention_scratch)(s));
 #undef TAKE
     return used;
 }
@@ -306,14 +389,102 @@ static size_t FN(workspace_bytes)(const Shape *s, ptrdiff_t MP, int saved_layers
     return FN(carve)(&w, s, MP, saved_layers, n_threads, NULL);
 }
 
-/* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ---- */
+/* ---- Adam with bias correction, as train.py writes it ----
+   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr (m / bc1) / (sqrt(v / bc2) + eps),
+   after scaling g by `scale` (gradient clipping). Elementwise, so any split over threads or tiles
+   gives the same bits. */
+typedef struct {
+    real *p, *g, *m, *v;
+    real b1, b2, c1, c2, bc1, bc2, inv_bc1, inv_bc2, eps, lr, scale;
+    int store_grad;         /* also write the scaled gradient back to g */
+} FN(AdamArgs);
+
+#ifdef FASTOPS_AVX512
+/* 1 / (sqrt(x) + eps) for x >= 0 without the slow divide and square-root units: the 14-bit hardware
+   estimates of 1/sqrt(x) and 1/x, each refined by Newton steps to within a few ulps. */
+static inline __attribute__((always_inline)) TARGET VREAL FN(inv_sqrt_plus_eps)(VREAL x, VREAL eps)
+{
+    const VREAL half = VSET1((real)0.5), three_halves = VSET1((real)1.5), one = VSET1((real)1);
+    x = VMAX(x, VSET1(R_MIN_NORMAL));   /* 1/sqrt(0) is inf; sqrt(tiny) + eps is eps all the same */
+    VREAL y = VRSQRT14(x);
+    for (int i = 0; i < NEWTON_STEPS; i++) y = VMUL(y, VFNMADD(VMUL(half, x), VMUL(y, y), three_halves));
+    const VREAL d = VADD(VMUL(x, y), eps);
+    VREAL r = VRCP14(d);
+    for (int i = 0; i < NEWTON_STEPS; i++) r = VFMA(r, VFNMADD(d, r, one), r);
+    return r;
+}
+
+/* Adam on one vector of gradients g for the (masked) elements at index i; divisions by bc1 and bc2
+   become multiplications by their inverses. */
+static inline __attribute__((always_inline)) TARGET void FN(adam_vector)(const FN(AdamArgs) *a, ptrdiff_t i,
+                                                                         VREAL g, VMASK mask)
+{
+    g = VMUL(g, VSET1(a->scale));
+    const VREAL m = VADD(VMUL(VSET1(a->b1), VLOAD_MASKED(mask, a->m + i)), VMUL(VSET1(a->c1), g));
+    const VREAL v = VADD(VMUL(VSET1(a->b2), VLOAD_MASKED(mask, a->v + i)), VMUL(VMUL(VSET1(a->c2), g), g));
+    const VREAL r = FN(inv_sqrt_plus_eps)(VMUL(v, VSET1(a->inv_bc2)), VSET1(a->eps));
+    const VREAL step = VMUL(VMUL(VSET1(a->lr), VMUL(m, VSET1(a->inv_bc1))), r);
+    if (a->store_grad) VSTORE_MASKED(a->g + i, mask, g);
+    VSTORE_MASKED(a->m + i, mask, m);
+    VSTORE_MASKED(a->v + i, mask, v);
+    VSTORE_MASKED(a->p + i, mask, VSUB(VLOAD_MASKED(mask, a->p + i), step));
+}
+#endif
+
+/* Adam on elements [begin, end) of the flat buffers, reading the gradients from g. */
+static TARGET void FN(adam_range)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end)
+{
+#ifdef FASTOPS_AVX512
+    for (ptrdiff_t i = begin; i < end; i += VW) {
+        const VMASK mask = end - i >= VW ? VMASK_ALL : VMASK_FIRST(end - i);
+        FN(adam_vector)(a, i, VLOAD_MASKED(mask, a->g + i), mask);
+    }
+#else
+    real *restrict p = a->p, *restrict g = a->g, *restrict m = a->m, *restrict v = a->v;
+    for (ptrdiff_t i = begin; i < end; i++) {
+        const real gi = g[i] * a->scale;
+        if (a->store_grad) g[i] = gi;
+        m[i] = a->b1 * m[i] + a->c1 * gi;
+        v[i] = a->b2 * v[i] + a->c2 * gi * gi;
+        p[i] -= a->lr * (m[i] / a->bc1) / (R_SQRT(v[i] / a->bc2) + a->eps);
+    }
+#endif
+}
+
+static TARGET void FN(adam_task)(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    (void)thread;
+    FN(adam_range)(arg, begin, end);
+}
+
+static TARGET FN(AdamArgs) FN(adam_args)(GPTObject *g, double lr, double grad_scale)
+{
+    const double bc1 = 1.0 - pow(g->beta1, (double)g->step), bc2 = 1.0 - pow(g->beta2, (double)g->step);
+    FN(AdamArgs) a = {g->buf[BUF_PARAMS], g->buf[BUF_GRADS], g->buf[BUF_M], g->buf[BUF_V],
+                      (real)g->beta1, (real)g->beta2, (real)(1.0 - g->beta1), (real)(1.0 - g->beta2),
+                      (real)bc1, (real)bc2, (real)(1.0 / bc1), (real)(1.0 / bc2), (real)g->eps, (real)lr,
+                      (real)grad_scale, grad_scale != 1.0};
+    return a;
+}
+
+/* One Adam update of every parameter from the gradients in the grads buffer. */
+static TARGET void FN(adam)(GPTObject *g, double lr, double grad_scale)
+{
+    FN(AdamArgs) a = FN(adam_args)(g, lr, grad_scale);
+    parallel_for(&g->pool, FN(adam_task), &a, g->s.n_params, 4096);
+}
+
+/* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
+   With `adam`, C is the gradient of the parameters at the same offset: instead of being stored it is
+   applied to them right away, while the tile is still in registers (one pass over the weights, not two). */
 
 #ifdef FASTOPS_AVX512
 /* A register tile of MR rows x NR vectors of C; the last vector is masked to the columns that exist.
    Inlined with constant MR, NR so that the accumulators live in registers. */
 static inline __attribute__((always_inline)) TARGET void
 FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
-              const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate, VMASK last)
+              const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate, VMASK last,
+              const FN(AdamArgs) *adam)
 {
     VREAL acc[8][2];
     for (int r = 0; r < MR; r++)
@@ -332,12 +503,16 @@ FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t 
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NR; v++)
-            VSTORE_MASKED(Cm + r * ldc + v * VW, v == NR - 1 ? last : VMASK_ALL, acc[r][v]);
+        for (int v = 0; v < NR; v++) {
+            const VMASK mask = v == NR - 1 ? last : VMASK_ALL;
+            if (adam) FN(adam_vector)(adam, Cm + r * ldc + v * VW - adam->g, acc[r][v], mask);
+            else VSTORE_MASKED(Cm + r * ldc + v * VW, mask, acc[r][v]);
+        }
 }
 
 static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const FN(AdamArgs) *adam)
 {
     for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
         const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
@@ -348,7 +523,7 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             const real *a = A + m0 * a_rs;
             const real *b = B + n0;
             real *c = Cm + m0 * ldc + n0;
-#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last)
+#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam)
             switch (rows * 2 + NR - 1) {
             case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
             case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
@@ -366,7 +541,8 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
 #else
 /* Portable version: row by row, the inner loop over contiguous columns for the compiler to vectorise. */
 static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const FN(AdamArgs) *adam)
 {
     for (ptrdiff_t m = 0; m < M; m++) {
         real *restrict c = Cm + m * ldc;
@@ -377,6 +553,7 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             const real *restrict b = B + k * ldb;
             for (ptrdiff_t n = 0; n < N; n++) c[n] += a * b[n];
         }
+        if (adam) FN(adam_range)(adam, c - adam->g, c - adam->g + N);
     }
 }
 #endif
@@ -387,6 +564,7 @@ typedef struct {
     const real *A, *B;
     real *C;
     int accumulate;
+    const FN(AdamArgs) *adam;
 } FN(GemmArgs);
 
 static TARGET void FN(gemm_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
@@ -394,13 +572,14 @@ static TARGET void FN(gemm_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int th
     const FN(GemmArgs) *g = p;
     (void)thread;
     FN(gemm)(end - begin, g->N, g->K, g->A + begin * g->a_rs, g->a_rs, g->a_cs, g->B, g->ldb,
-             g->C + begin * g->ldc, g->ldc, g->accumulate);
+             g->C + begin * g->ldc, g->ldc, g->accumulate, g->adam);
 }
 
 static TARGET void FN(pgemm)(Pool *pool, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
-                             ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate)
+                             ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                             const FN(AdamArgs) *adam)
 {
-    FN(GemmArgs) g = {N, K, a_rs, a_cs, ldb, ldc, A, B, Cm, accumulate};
+    FN(GemmArgs) g = {N, K, a_rs, a_cs, ldb, ldc, A, B, Cm, accumulate, adam};
     parallel_for(pool, FN(gemm_task), &g, M, 8);
 }
 
@@ -410,22 +589,23 @@ static TARGET void FN(pgemm)(Pool *pool, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, 
 static TARGET void FN(linear_forward)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *xT, real *yT,
                                       ptrdiff_t MP, int accumulate)
 {
-    FN(pgemm)(pool, N, MP, K, W, K, 1, xT, MP, yT, MP, accumulate);
+    FN(pgemm)(pool, N, MP, K, W, K, 1, xT, MP, yT, MP, accumulate, NULL);
 }
 
 /* dX^T (K x MP) = W^T dY^T: row i of W^T is column i of W, hence the strides (1, K). */
 static TARGET void FN(linear_backward_input)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *dyT,
                                              real *dxT, ptrdiff_t MP)
 {
-    FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, dxT, MP, 0);
+    FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, dxT, MP, 0, NULL);
 }
 
 /* dW (N x K) = dY^T X over the M real tokens; X token-major (M x K). Overwrites dW: each weight
-   matrix gets its whole gradient from this one product. */
+   matrix gets its whole gradient from this one product. With `adam`, updates W instead (see gemm). */
 static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
-                                              const real *x_tok, ptrdiff_t M, ptrdiff_t MP)
+                                              const real *x_tok, ptrdiff_t M, ptrdiff_t MP,
+                                              const FN(AdamArgs) *adam)
 {
-    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_tok, K, dW, K, 0);
+    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_tok, K, dW, K, 0, adam);
 }
 
 /* Token-major copy (M x K) of a feature-major array (K x MP). */
@@ -482,10 +662,29 @@ static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int
         for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? d[i] : 0;
 }
 
+/* e^x within about an ulp, in plain arithmetic that the compiler vectorises (libm's exp is one call
+   per element): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series, 2^n written straight into
+   the exponent bits. Exactly 0 below the smallest normal result, as for the masked scores (-inf). */
+static inline TARGET real FN(vexp)(real x)
+{
+    const real xc = x > EXP_MAX ? EXP_MAX : x < -EXP_MAX ? -EXP_MAX : x;
+    const real shifted = xc * (real)1.4426950408889634 + EXP_SHIFTER;   /* round(x / ln2) in the low bits */
+    const real n = shifted - EXP_SHIFTER;
+    const real r = (xc - n * (real)0.693145751953125) - n * (real)1.4286068203094173e-06;
+    real p = (real)EXP_TAYLOR[EXP_DEGREE];
+    for (int k = EXP_DEGREE - 1; k >= 0; k--) p = p * r + (real)EXP_TAYLOR[k];
+    UINT bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = (bits + EXP_BIAS) << EXP_MANTISSA;   /* (n + bias) in the exponent field */
+    real scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -EXP_MAX ? 0 : p * scale;
+}
+
 /* ---- causal self-attention of one document, all heads ----
-   Queries are vector lanes: for document tokens s0 .. s0+T-1, lane t is query t and the loops run over
-   keys j. Lanes T .. TP-1 round T up to the vector width; they read the next document's values and
-   are never written out. P[j][t] (the softmax weights) is kept for the backward pass. */
+   Query positions are vector lanes: the document's T tokens are copied into local tiles padded with
+   zeros to TP = T rounded up to LANE_PAD lanes, and every loop runs over whole groups of lanes. For key
+   j and query lane t, P[j][t] is the softmax weight (0 for j > t); it is kept for the backward pass. */
 
 typedef struct {
     const Shape *s;
@@ -495,45 +694,67 @@ typedef struct {
     real *att, *o, *dqkv, *scratch;
 } FN(AttnArgs);
 
+/* y[t] += a x[t] over n lanes, n a multiple of LANE_PAD. */
+static inline TARGET void FN(lanes_axpy)(real *restrict y, real a, const real *restrict x, ptrdiff_t n)
+{
+    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD)
+        for (ptrdiff_t t = t0; t < t0 + LANE_PAD; t++) y[t] += a * x[t];
+}
+
+/* Copies rows of a feature-major array (T lanes from s0) into a tile with TP lanes, zero-padded. */
+static TARGET void FN(load_tile)(real *tile, ptrdiff_t ld_tile, const real *src, ptrdiff_t rows, ptrdiff_t MP,
+                                 ptrdiff_t s0, ptrdiff_t T, ptrdiff_t TP)
+{
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        for (ptrdiff_t t = 0; t < T; t++) tile[r * ld_tile + t] = src[r * MP + s0 + t];
+        for (ptrdiff_t t = T; t < TP; t++) tile[r * ld_tile + t] = 0;
+    }
+}
+
+/* Transposes the T x T corner of a (T x TP lanes) tile into another, zero-padding its lanes. */
+static TARGET void FN(transpose_tile)(real *out, const real *in, ptrdiff_t ld, ptrdiff_t T, ptrdiff_t TP)
+{
+    for (ptrdiff_t t = 0; t < T; t++) {
+        for (ptrdiff_t j = 0; j < T; j++) out[t * ld + j] = in[j * ld + t];
+        for (ptrdiff_t j = T; j < TP; j++) out[t * ld + j] = 0;
+    }
+}
+
 static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
 {
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
-    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0;
-    const ptrdiff_t TP = round_up(T, LANE_PAD) < MP - s0 ? round_up(T, LANE_PAD) : MP - s0;
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *top = scratch, *total = top + TPb, *acc = total + TPb;
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *top = v + C * TPb, *total = top + TPb;
+    real *acc = total + TPb;
+    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);   /* q, k, v tiles are consecutive */
     for (ptrdiff_t h = 0; h < H; h++) {
-        const real *q = a->qkv + h * D * MP + s0, *k = a->qkv + (C + h * D) * MP + s0;
-        const real *v = a->qkv + (2 * C + h * D) * MP + s0;
+        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb;
         real *P = a->att + (s0 * H + h * T) * TPb;
+        /* scores s_j[t] = q[t] . k_j / sqrt(D), -inf where j > t */
         for (ptrdiff_t j = 0; j < T; j++) {
             real *Pj = P + j * TPb;
             for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = 0;
-            for (ptrdiff_t d = 0; d < D; d++) {
-                const real kj = k[d * MP + j];
-                for (ptrdiff_t t = 0; t < TP; t++) Pj[t] += q[d * MP + t] * kj;
-            }
+            for (ptrdiff_t d = 0; d < D; d++) FN(lanes_axpy)(Pj, kh[d * TPb + j], qh + d * TPb, TP);
             for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
         }
+        /* softmax over j, max-subtracted */
         for (ptrdiff_t t = 0; t < TP; t++) { top[t] = P[t]; total[t] = 0; }
         for (ptrdiff_t j = 1; j < T; j++)
             for (ptrdiff_t t = 0; t < TP; t++) top[t] = P[j * TPb + t] > top[t] ? P[j * TPb + t] : top[t];
         for (ptrdiff_t j = 0; j < T; j++)
             for (ptrdiff_t t = 0; t < TP; t++) {
-                const real e = R_EXP(P[j * TPb + t] - top[t]);   /* 0 for the masked j > t */
+                const real e = FN(vexp)(P[j * TPb + t] - top[t]);
                 P[j * TPb + t] = e;
                 total[t] += e;
             }
         for (ptrdiff_t j = 0; j < T; j++)
             for (ptrdiff_t t = 0; t < TP; t++) P[j * TPb + t] /= total[t];
+        /* o[t] = sum_j P_j[t] v_j */
         for (ptrdiff_t d = 0; d < D; d++) {
             for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
-            for (ptrdiff_t j = 0; j < T; j++) {
-                const real vj = v[d * MP + j];
-                for (ptrdiff_t t = 0; t < TP; t++) acc[t] += P[j * TPb + t] * vj;
-            }
-            real *out = a->o + (h * D + d) * MP + s0;
-            for (ptrdiff_t t = 0; t < T; t++) out[t] = acc[t];
+            for (ptrdiff_t j = 0; j < T; j++) FN(lanes_axpy)(acc, vh[d * TPb + j], P + j * TPb, TP);
+            memcpy(a->o + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
         }
     }
 }
@@ -542,51 +763,46 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
 static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
 {
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
-    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0;
-    const ptrdiff_t TP = round_up(T, LANE_PAD) < MP - s0 ? round_up(T, LANE_PAD) : MP - s0;
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *mean = scratch, *acc = mean + TPb, *dS = acc + 2 * TPb;
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *dO = v + C * TPb;
+    real *dS = dO + C * TPb, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb, *acc = dST + TPb * TPb;
+    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);
+    FN(load_tile)(dO, TPb, a->dO, C, MP, s0, T, TP);
     for (ptrdiff_t h = 0; h < H; h++) {
-        const real *q = a->qkv + h * D * MP + s0, *k = a->qkv + (C + h * D) * MP + s0;
-        const real *v = a->qkv + (2 * C + h * D) * MP + s0, *dO = a->dO + h * D * MP + s0;
+        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb, *dOh = dO + h * D * TPb;
         const real *P = a->att_saved + (s0 * H + h * T) * TPb;
         real *dq = a->dqkv + h * D * MP + s0, *dk = a->dqkv + (C + h * D) * MP + s0;
         real *dv = a->dqkv + (2 * C + h * D) * MP + s0;
-        /* through o = sum_j P_j v_j:  dP_j = dO . v_j;  dv_j = sum_t P_j[t] dO[t] */
+        /* through o = sum_j P_j v_j:  dP_j[t] = dO[t] . v_j */
         for (ptrdiff_t j = 0; j < T; j++) {
             real *dSj = dS + j * TPb;
             for (ptrdiff_t t = 0; t < TP; t++) dSj[t] = 0;
-            for (ptrdiff_t d = 0; d < D; d++) {
-                const real vj = v[d * MP + j];
-                for (ptrdiff_t t = 0; t < TP; t++) dSj[t] += dO[d * MP + t] * vj;
-            }
+            for (ptrdiff_t d = 0; d < D; d++) FN(lanes_axpy)(dSj, vh[d * TPb + j], dOh + d * TPb, TP);
         }
-        for (ptrdiff_t d = 0; d < D; d++)
-            for (ptrdiff_t j = 0; j < T; j++) {
-                real sum = 0;
-                for (ptrdiff_t t = j; t < T; t++) sum += P[j * TPb + t] * dO[d * MP + t];
-                dv[d * MP + j] = sum;
-            }
-        /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); lanes t >= T are zeroed */
-        for (ptrdiff_t t = 0; t < TP; t++) mean[t] = 0;
+        /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); padding lanes t >= T get 0 */
+        for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
         for (ptrdiff_t j = 0; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++) mean[t] += P[j * TPb + t] * dS[j * TPb + t];
+            for (ptrdiff_t t = 0; t < TP; t++) acc[t] += P[j * TPb + t] * dS[j * TPb + t];
         for (ptrdiff_t j = 0; j < T; j++)
             for (ptrdiff_t t = 0; t < TP; t++)
-                dS[j * TPb + t] = t < T ? P[j * TPb + t] * (dS[j * TPb + t] - mean[t]) * scale : 0;
-        /* through s_j = q . k_j:  dq = sum_j dS_j k_j;  dk_j = sum_t dS_j[t] q[t] */
+                dS[j * TPb + t] = t < T ? P[j * TPb + t] * (dS[j * TPb + t] - acc[t]) * scale : 0;
+        /* dq[t] = sum_j dS_j[t] k_j */
         for (ptrdiff_t d = 0; d < D; d++) {
             for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
-            for (ptrdiff_t j = 0; j < T; j++) {
-                const real kj = k[d * MP + j];
-                for (ptrdiff_t t = 0; t < TP; t++) acc[t] += dS[j * TPb + t] * kj;
-            }
-            for (ptrdiff_t t = 0; t < T; t++) dq[d * MP + t] = acc[t];
-            for (ptrdiff_t j = 0; j < T; j++) {
-                real sum = 0;
-                for (ptrdiff_t t = j; t < T; t++) sum += dS[j * TPb + t] * q[d * MP + t];
-                dk[d * MP + j] = sum;
-            }
+            for (ptrdiff_t j = 0; j < T; j++) FN(lanes_axpy)(acc, kh[d * TPb + j], dS + j * TPb, TP);
+            memcpy(dq + d * MP, acc, (size_t)T * sizeof(real));
+        }
+        /* dv_j = sum_t P_j[t] dO[t] and dk_j = sum_t dS_j[t] q[t]: keys become the lanes */
+        FN(transpose_tile)(PT, P, TPb, T, TP);
+        FN(transpose_tile)(dST, dS, TPb, T, TP);
+        for (ptrdiff_t d = 0; d < D; d++) {
+            for (ptrdiff_t j = 0; j < TP; j++) acc[j] = 0;
+            for (ptrdiff_t t = 0; t < T; t++) FN(lanes_axpy)(acc, dOh[d * TPb + t], PT + t * TPb, TP);
+            memcpy(dv + d * MP, acc, (size_t)T * sizeof(real));
+            for (ptrdiff_t j = 0; j < TP; j++) acc[j] = 0;
+            for (ptrdiff_t t = 0; t < T; t++) FN(lanes_axpy)(acc, qh[d * TPb + t], dST + t * TPb, TP);
+            memcpy(dk + d * MP, acc, (size_t)T * sizeof(real));
         }
     }
 }
@@ -594,14 +810,14 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
 static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
     const FN(AttnArgs) *a = p;
-    real *scratch = a->scratch + (ptrdiff_t)thread * (2 * a->s->block * round_up(a->s->block, LANE_PAD) + 4 * round_up(a->s->block, LANE_PAD));
+    real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
     for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_forward_doc)(a, (int)doc, scratch);
 }
 
 static TARGET void FN(attention_backward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
     const FN(AttnArgs) *a = p;
-    real *scratch = a->scratch + (ptrdiff_t)thread * (2 * a->s->block * round_up(a->s->block, LANE_PAD) + 4 * round_up(a->s->block, LANE_PAD));
+    real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
     for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_backward_doc)(a, (int)doc, scratch);
 }
 
@@ -619,7 +835,7 @@ static TARGET void FN(cross_entropy)(const Shape *s, const Batch *b, FN(Work) *w
     for (ptrdiff_t t = 0; t < M; t++) picked[t] = L[b->target[t] * MP + t];
     for (ptrdiff_t v = 0; v < V; v++)
         for (ptrdiff_t t = 0; t < MP; t++) {
-            const real e = R_EXP(L[v * MP + t] - top[t]);
+            const real e = FN(vexp)(L[v * MP + t] - top[t]);
             L[v * MP + t] = e;
             total[t] += e;
         }
@@ -632,15 +848,16 @@ static TARGET void FN(cross_entropy)(const Shape *s, const Batch *b, FN(Work) *w
     for (ptrdiff_t t = 0; t < M; t++) L[b->target[t] * MP + t] -= w->lane_w[t];
 }
 
-/* Forward pass over a batch; with MODE_GRAD also the backward pass into the grads buffer. Returns the
-   sum over documents of each document's mean token loss (the caller divides by n_docs); with
-   MODE_LOGITS writes the last token's logits to logits_out instead. */
-static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, double *logits_out)
+/* Forward pass over a batch, then (MODE_GRAD, MODE_TRAIN) the backward pass. Returns the sum over
+   documents of each document's mean token loss (the caller divides by n_docs); with MODE_LOGITS writes
+   the last token's logits to logits_out instead. MODE_TRAIN updates the parameters with learning rate
+   lr as each weight gradient is computed (g->step must already count this update). */
+static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, double lr, double *logits_out)
 {
     const Shape *s = &g->s;
     const ptrdiff_t C = s->C, F = 4 * C, V = s->vocab, H = s->n_head, M = b->M, MP = round_up(M, LANE_PAD);
     const ptrdiff_t TPb = round_up(s->block, LANE_PAD);
-    const int train = mode == MODE_GRAD;
+    const int train = mode == MODE_GRAD || mode == MODE_TRAIN;
     Pool *pool = &g->pool;
     const real *P = g->buf[BUF_PARAMS];
     FN(Work) w;
@@ -696,11 +913,13 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
     }
     if (!train) return loss;
 
-    /* Backward. dx is the gradient of the residual stream, feature-major like x. */
+    /* Backward. dx is the gradient of the residual stream, feature-major like x. Each weight matrix
+       is read for its input gradient before its own gradient (and, in MODE_TRAIN, its update). */
     real *G = g->buf[BUF_GRADS], *xt = w.tok_major, *dlogits = w.logits;
-    FN(to_token_major)(w.x, xt, C, M, MP);
-    FN(linear_backward_weight)(pool, G + s->lm_head, V, C, dlogits, xt, M, MP);
+    const FN(AdamArgs) update = FN(adam_args)(g, lr, 1.0), *adam = mode == MODE_TRAIN ? &update : NULL;
     FN(linear_backward_input)(pool, P + s->lm_head, V, C, dlogits, w.dx, MP);
+    FN(to_token_major)(w.x, xt, C, M, MP);
+    FN(linear_backward_weight)(pool, G + s->lm_head, V, C, dlogits, xt, M, MP, adam);
     for (int l = s->n_layer - 1; l >= 0; l--) {
         const real *W = P + layer_offset(s, l);
         real *dW = G + layer_offset(s, l);
@@ -709,23 +928,23 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
         const real *inv2 = w.inv2 + l * MP, *u = w.u + l * F * MP, *act = w.act + l * F * MP;
         real *dact = w.dbig, *dqkv = w.dbig, *dh = w.dsmall, *dO = w.dsmall;
         /* MLP */
-        FN(to_token_major)(act, xt, F, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_FC2(s), C, F, w.dx, xt, M, MP);
         FN(linear_backward_input)(pool, W + OFF_FC2(s), C, F, w.dx, dact, MP);
+        FN(to_token_major)(act, xt, F, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_FC2(s), C, F, w.dx, xt, M, MP, adam);
         FN(mlp_act_backward)(u, dact, F * MP, s->relu2);
-        FN(to_token_major)(h2, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_FC1(s), F, C, dact, xt, M, MP);
         FN(linear_backward_input)(pool, W + OFF_FC1(s), F, C, dact, dh, MP);
+        FN(to_token_major)(h2, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_FC1(s), F, C, dact, xt, M, MP, adam);
         FN(rmsnorm_backward)(h2, inv2, dh, w.dx, w.lane_a, C, MP, 1);
         /* attention */
-        FN(to_token_major)(o, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_WO(s), C, C, w.dx, xt, M, MP);
         FN(linear_backward_input)(pool, W + OFF_WO(s), C, C, w.dx, dO, MP);
+        FN(to_token_major)(o, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_WO(s), C, C, w.dx, xt, M, MP, adam);
         attn.qkv = qkv; attn.att_saved = att; attn.dO = dO; attn.dqkv = dqkv;
         parallel_for(pool, FN(attention_backward_task), &attn, b->n_docs, 1);
-        FN(to_token_major)(h1, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_WQKV(s), 3 * C, C, dqkv, xt, M, MP);
         FN(linear_backward_input)(pool, W + OFF_WQKV(s), 3 * C, C, dqkv, dh, MP);
+        FN(to_token_major)(h1, xt, C, M, MP);
+        FN(linear_backward_weight)(pool, dW + OFF_WQKV(s), 3 * C, C, dqkv, xt, M, MP, adam);
         FN(rmsnorm_backward)(h1, inv1, dh, w.dx, w.lane_a, C, MP, 1);
     }
     /* the first RMSNorm, then scatter into the embedding rows the batch used */
@@ -737,6 +956,7 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
             G[s->wte + b->input[t] * C + j] += dx0[j * MP + t];
             G[s->wpe + b->pos[t] * C + j] += dx0[j * MP + t];
         }
+    if (adam) FN(adam_range)(adam, s->wte, s->layers);
     return loss;
 }
 
@@ -749,38 +969,43 @@ static TARGET double FN(grad_sq_norm)(GPTObject *g)
     return sum;
 }
 
-/* Adam with bias correction, as train.py writes it: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-   p -= lr (m / bc1) / (sqrt(v / bc2) + eps). The gradient is first scaled by grad_scale (clipping). */
-typedef struct {
-    real *p, *g, *m, *v;
-    real b1, b2, c1, c2, bc1, bc2, eps, lr, scale;
-} FN(AdamArgs);
-
-static TARGET void FN(adam_task)(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread)
-{
-    const FN(AdamArgs) *a = arg;
-    real *restrict p = a->p, *restrict g = a->g, *restrict m = a->m, *restrict v = a->v;
-    (void)thread;
-    for (ptrdiff_t i = begin; i < end; i++) {
-        const real gi = g[i] * a->scale;
-        g[i] = gi;
-        m[i] = a->b1 * m[i] + a->c1 * gi;
-        v[i] = a->b2 * v[i] + a->c2 * gi * gi;
-        p[i] -= a->lr * (m[i] / a->bc1) / (R_SQRT(v[i] / a->bc2) + a->eps);
-    }
-}
-
-static TARGET void FN(adam)(GPTObject *g, double lr, double grad_scale)
-{
-    FN(AdamArgs) a = {g->buf[BUF_PARAMS], g->buf[BUF_GRADS], g->buf[BUF_M], g->buf[BUF_V],
-                      (real)g->beta1, (real)g->beta2, (real)(1.0 - g->beta1), (real)(1.0 - g->beta2),
-                      (real)(1.0 - pow(g->beta1, (double)g->step)), (real)(1.0 - pow(g->beta2, (double)g->step)),
-                      (real)g->eps, (real)lr, (real)grad_scale};
-    parallel_for(&g->pool, FN(adam_task), &a, g->s.n_params, 4096);
-}
-
 static const Kernels FN(kernels) = {ISA_NAME, FN(workspace_bytes), FN(run_batch), FN(grad_sq_norm), FN(adam)};
 
+#undef real
+#undef UINT
+#undef R_SQRT
+#undef R_LOG
+#undef EXP_MAX
+#undef EXP_SHIFTER
+#undef EXP_BIAS
+#undef EXP_MANTISSA
+#undef EXP_DEGREE
+#undef TARGET
+#undef ISA_NAME
+#ifdef FASTOPS_AVX512
+#undef VREAL
+#undef VMASK
+#undef VW
+#undef VMASK_ALL
+#undef VMASK_FIRST
+#undef VSUFFIX
+#undef NEWTON_STEPS
+#undef R_MIN_NORMAL
+#undef VZERO
+#undef VLOAD
+#undef VLOAD_MASKED
+#undef VSTORE
+#undef VSTORE_MASKED
+#undef VSET1
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VMAX
+#undef VFMA
+#undef VFNMADD
+#undef VRSQRT14
+#undef VRCP14
+#endif
 #endif /* part 2 */
 
 #ifndef FASTOPS_INSTANCE
@@ -793,124 +1018,39 @@ static const Kernels FN(kernels) = {ISA_NAME, FN(workspace_bytes), FN(run_batch)
 #define FN_EXPAND(name, suffix) FN_JOIN(name, suffix)
 #define FN(name) FN_EXPAND(name, SUFFIX)
 
-/* portable C, float64 and float32 */
-#define TARGET
-#define ISA_NAME "generic"
-#define real double
-#define R_SQRT sqrt
-#define R_EXP exp
-#define R_LOG log
+/* portable C */
 #define SUFFIX f64_generic
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#define real float
-#define R_SQRT sqrtf
-#define R_EXP expf
-#define R_LOG logf
+#define FASTOPS_F32
 #define SUFFIX f32_generic
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#undef TARGET
-#undef ISA_NAME
+#undef FASTOPS_F32
 
 #ifdef HAVE_X86_DISPATCH
 /* AVX2 + FMA: the portable code, auto-vectorised for 256-bit registers */
-#define TARGET __attribute__((target("avx2,fma")))
-#define ISA_NAME "avx2"
-#define real double
-#define R_SQRT sqrt
-#define R_EXP exp
-#define R_LOG log
+#define FASTOPS_AVX2
 #define SUFFIX f64_avx2
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#define real float
-#define R_SQRT sqrtf
-#define R_EXP expf
-#define R_LOG logf
+#define FASTOPS_F32
 #define SUFFIX f32_avx2
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#undef TARGET
-#undef ISA_NAME
+#undef FASTOPS_F32
+#undef FASTOPS_AVX2
 
-/* AVX-512: register-tiled gemm with intrinsics, the rest auto-vectorised for 512-bit registers */
-#define TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define ISA_NAME "avx512"
+/* AVX-512: register-tiled gemm and Adam with intrinsics, the rest auto-vectorised for 512-bit registers */
 #define FASTOPS_AVX512
-#define real double
-#define R_SQRT sqrt
-#define R_EXP exp
-#define R_LOG log
-#define VREAL __m512d
-#define VMASK __mmask8
-#define VW 8
-#define VMASK_ALL ((__mmask8)0xFF)
-#define VMASK_FIRST(n) ((__mmask8)((1u << (n)) - 1u))
-#define VZERO() _mm512_setzero_pd()
-#define VLOAD(p) _mm512_loadu_pd(p)
-#define VLOAD_MASKED(mask, p) _mm512_maskz_loadu_pd(mask, p)
-#define VSTORE_MASKED(p, mask, x) _mm512_mask_storeu_pd(p, mask, x)
-#define VSET1(x) _mm512_set1_pd(x)
-#define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define SUFFIX f64_avx512
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#undef VREAL
-#undef VMASK
-#undef VW
-#undef VMASK_ALL
-#undef VMASK_FIRST
-#undef VZERO
-#undef VLOAD
-#undef VLOAD_MASKED
-#undef VSTORE_MASKED
-#undef VSET1
-#undef VFMA
-#define real float
-#define R_SQRT sqrtf
-#define R_EXP expf
-#define R_LOG logf
-#define VREAL __m512
-#define VMASK __mmask16
-#define VW 16
-#define VMASK_ALL ((__mmask16)0xFFFF)
-#define VMASK_FIRST(n) ((__mmask16)((1u << (n)) - 1u))
-#define VZERO() _mm512_setzero_ps()
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VLOAD_MASKED(mask, p) _mm512_maskz_loadu_ps(mask, p)
-#define VSTORE_MASKED(p, mask, x) _mm512_mask_storeu_ps(p, mask, x)
-#define VSET1(x) _mm512_set1_ps(x)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define FASTOPS_F32
 #define SUFFIX f32_avx512
 #include __FILE__
 #undef SUFFIX
-#undef real
-#undef R_SQRT
-#undef R_EXP
-#undef R_LOG
-#undef TARGET
-#undef ISA_NAME
+#undef FASTOPS_F32
 #undef FASTOPS_AVX512
 #endif /* HAVE_X86_DISPATCH */
 #undef FASTOPS_INSTANCE
@@ -1225,17 +1365,15 @@ fail:
     return NULL;
 }
 
-/* One optimizer step on a parsed batch: gradients, optional clipping, Adam. Runs without the GIL. */
+/* One optimizer step on a parsed batch. Runs without the GIL. Clipping needs the whole gradient's norm
+   before any update, so only then is the gradient stored and applied in a second pass. */
 static double train_one(GPTObject *g, const Batch *b, double lr)
 {
-    const double loss = g->k->run_batch(g, b, MODE_GRAD, NULL) / b->n_docs;
-    double scale = 1.0;
-    if (g->grad_clip > 0) {
-        const double norm = sqrt(g->k->grad_sq_norm(g));
-        if (norm > g->grad_clip) scale = g->grad_clip / norm;
-    }
     g->step++;
-    g->k->adam(g, lr, scale);
+    if (g->grad_clip <= 0) return g->k->run_batch(g, b, MODE_TRAIN, lr, NULL) / b->n_docs;
+    const double loss = g->k->run_batch(g, b, MODE_GRAD, 0.0, NULL) / b->n_docs;
+    const double norm = sqrt(g->k->grad_sq_norm(g));
+    g->k->adam(g, lr, norm > g->grad_clip ? g->grad_clip / norm : 1.0);
     return loss;
 }
 
@@ -1314,7 +1452,7 @@ static PyObject *run_docs(GPTObject *g, PyObject *docs, int mode)
     Batch b = resolve(g, ref);
     double loss;
     Py_BEGIN_ALLOW_THREADS
-    loss = g->k->run_batch(g, &b, mode, NULL) / b.n_docs;
+    loss = g->k->run_batch(g, &b, mode, 0.0, NULL) / b.n_docs;
     Py_END_ALLOW_THREADS
     result = PyFloat_FromDouble(loss);
 leave:
@@ -1363,7 +1501,7 @@ static PyObject *GPT_logits(GPTObject *g, PyObject *tokens)
     out = PyMem_Malloc((size_t)g->s.vocab * sizeof(double));
     if (!out) { PyErr_NoMemory(); goto leave; }
     Py_BEGIN_ALLOW_THREADS
-    g->k->run_batch(g, &b, MODE_LOGITS, out);
+    g->k->run_batch(g, &b, MODE_LOGITS, 0.0, out);
     Py_END_ALLOW_THREADS
     result = PyList_New(g->s.vocab);
     for (int v = 0; result && v < g->s.vocab; v++) {
