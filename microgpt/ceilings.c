@@ -8,18 +8,25 @@
  *
  * ISA variants are compiled with per-function target attributes and chosen at run time with
  * __builtin_cpu_supports, so the module builds with the project's plain -O3 flags and still runs on
- * a CPU without AVX-512 (asking for a missing ISA is a ValueError, not a SIGILL).
+ * a CPU without AVX-512 (asking for a missing ISA is a ValueError, not a SIGILL). The FMA probes are
+ * x86-only; elsewhere the module still builds, reports no ISA, and measures memory with plain C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <immintrin.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define X86 1
+#include <immintrin.h>
+#endif
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #define MAX_THREADS 256
 #define MAX_REPEATS 1000
@@ -39,6 +46,16 @@ static double now_seconds(void) {
  * keeps them in memory and the probe measures load/store ports instead of the FMA units.
  * ------------------------------------------------------------------------------------------- */
 
+typedef double (*fma_fn)(long, double, double);
+
+typedef struct {
+    const char *isa;
+    int (*supported)(void);
+    fma_fn f64, f32;
+    int f64_lanes, f32_lanes, nacc;
+} isa_entry;
+
+#ifdef X86
 #define FMA_KERNEL(fname, tgt, vtype, set1, fmadd, addv, nacc)                             \
     __attribute__((target(tgt))) static double fname(long iters, double mul, double add) {  \
         vtype m = set1(mul), a = set1(add), acc[nacc];                                         \
@@ -63,15 +80,6 @@ FMA_KERNEL(fma_f32_scalar, "fma", __m128, SET1_PS, _mm_fmadd_ss, _mm_add_ss, 12)
 FMA_KERNEL(fma_f32_avx2, "avx2,fma", __m256, SET1_PS256, _mm256_fmadd_ps, _mm256_add_ps, 12)
 FMA_KERNEL(fma_f32_avx512, "avx512f", __m512, SET1_PS512, _mm512_fmadd_ps, _mm512_add_ps, 24)
 
-typedef double (*fma_fn)(long, double, double);
-
-typedef struct {
-    const char *isa;
-    int (*supported)(void);
-    fma_fn f64, f32;
-    int f64_lanes, f32_lanes, nacc;
-} isa_entry;
-
 /* __builtin_cpu_supports needs a string literal, hence one tiny function per ISA. */
 static int has_scalar_fma(void) { return __builtin_cpu_supports("fma"); }
 static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
@@ -83,6 +91,14 @@ static const isa_entry ISAS[] = {
     {"avx512", has_avx512, fma_f64_avx512, fma_f32_avx512, 8, 16, 24},
 };
 #define NUM_ISAS (sizeof(ISAS) / sizeof(ISAS[0]))
+#else
+static int has_avx2(void) { return 0; }
+static int no_isa(void) { return 0; }
+static const isa_entry ISAS[] = {
+    {"scalar", no_isa, NULL, NULL, 1, 1, 12}, {"avx2", no_isa, NULL, NULL, 4, 8, 12}, {"avx512", no_isa, NULL, NULL, 8, 16, 24},
+};
+#define NUM_ISAS (sizeof(ISAS) / sizeof(ISAS[0]))
+#endif
 
 static const isa_entry *find_isa(const char *name) {
     for (size_t i = 0; i < NUM_ISAS; i++)
@@ -98,6 +114,7 @@ static const isa_entry *find_isa(const char *name) {
  * Read: s += a[i] with independent accumulators, 8 bytes per element, no writes.
  * ------------------------------------------------------------------------------------------- */
 
+#ifdef X86
 __attribute__((target("avx512f"))) static double triad_avx512(double *restrict a, const double *restrict b,
                                                                const double *restrict c, size_t n, double s) {
     __m512d vs = _mm512_set1_pd(s);
@@ -136,6 +153,8 @@ __attribute__((target("avx2"))) static double read_avx2(const double *restrict a
     return out[0] + out[1] + out[2] + out[3];
 }
 
+#endif
+
 static double triad_plain(double *restrict a, const double *restrict b, const double *restrict c, size_t n,
                           double s) {
     for (size_t i = 0; i < n; i++) a[i] = b[i] + s * c[i];
@@ -149,6 +168,7 @@ static double read_plain(const double *restrict a, size_t n) {
     return acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
 }
 
+#ifdef X86
 /* Known-intensity kernel for checking the roofline itself: reads a[i] and applies `fmas` dependent
  * FMAs to it (8 vectors in flight), so it does 2 * fmas FLOPs per 8 bytes read. */
 __attribute__((target("avx512f"))) static double intensity_avx512(const double *restrict a, size_t n, long fmas) {
@@ -180,6 +200,7 @@ __attribute__((target("avx2,fma"))) static double intensity_avx2(const double *r
     _mm256_storeu_pd(out, acc[0]);
     return out[0] + out[1] + out[2] + out[3];
 }
+#endif
 
 /* ---------------------------------------------------------------------------------------------
  * Thread harness: one job description shared by all threads; each thread works on its own slice.
@@ -190,11 +211,12 @@ enum job_kind { JOB_FMA, JOB_TRIAD, JOB_READ, JOB_INTENSITY };
 typedef struct {
     enum job_kind kind;
     int threads, repeats;
-    /* Threads wait at the gate until all were created (gate 1) or creation failed (gate -1). */
+    /* Threads wait at the gate until all were created (gate 1) or creation failed (gate -1), then
+     * meet at a barrier before every repetition (pthread_barrier_t is missing on macOS). */
     pthread_mutex_t lock;
-    pthread_cond_t opened;
-    int gate;
-    pthread_barrier_t barrier;
+    pthread_cond_t opened, turn;
+    int gate, arrived;
+    long generation;
     int cpus[MAX_THREADS];  /* CPU each thread is pinned to, -1 = not pinned */
     /* FMA */
     fma_fn fma;
@@ -214,29 +236,41 @@ typedef struct {
     int id;
 } worker_arg;
 
+static void barrier_wait(job *j) {
+    pthread_mutex_lock(&j->lock);
+    long generation = j->generation;
+    if (++j->arrived == j->threads) {
+        j->arrived = 0;
+        j->generation++;
+        pthread_cond_broadcast(&j->turn);
+    } else {
+        while (generation == j->generation) pthread_cond_wait(&j->turn, &j->lock);
+    }
+    pthread_mutex_unlock(&j->lock);
+}
+
 static double run_once(job *j, int id, long rep) {
+    if (j->kind == JOB_FMA) return j->fma(j->iters, 0.999999, 1e-6);
     size_t n = j->n_per_thread, off = (size_t)id * n;
+    double *a = j->a + off, *b = j->b ? j->b + off : NULL, *c = j->c ? j->c + off : NULL;
     double s = 0.0;
-    switch (j->kind) {
-    case JOB_FMA:
-        return j->fma(j->iters, 0.999999, 1e-6);
-    case JOB_TRIAD:
-        for (long p = 0; p < j->passes; p++) {
-            /* a different scalar every pass, so no pass can be proven redundant */
-            double scale = 1.0 + 1e-9 * (double)(rep * j->passes + p);
-            if (has_avx512()) s += triad_avx512(j->a + off, j->b + off, j->c + off, n, scale);
-            else if (has_avx2()) s += triad_avx2(j->a + off, j->b + off, j->c + off, n, scale);
-            else s += triad_plain(j->a + off, j->b + off, j->c + off, n, scale);
+    for (long p = 0; p < j->passes; p++) {
+        /* triad: a different scalar every pass, so no pass can be proven redundant */
+        double scale = 1.0 + 1e-9 * (double)(rep * j->passes + p);
+#ifdef X86
+        if (has_avx512()) {
+            s += j->kind == JOB_TRIAD ? triad_avx512(a, b, c, n, scale)
+                 : j->kind == JOB_READ ? read_avx512(a, n) : intensity_avx512(a, n, j->fmas);
+            continue;
         }
-        return s;
-    case JOB_READ:
-        for (long p = 0; p < j->passes; p++)
-            s += has_avx512() ? read_avx512(j->a + off, n) : has_avx2() ? read_avx2(j->a + off, n) : read_plain(j->a + off, n);
-        return s;
-    case JOB_INTENSITY:
-        for (long p = 0; p < j->passes; p++)
-            s += has_avx512() ? intensity_avx512(j->a + off, n, j->fmas) : intensity_avx2(j->a + off, n, j->fmas);
-        return s;
+        if (has_avx2()) {
+            s += j->kind == JOB_TRIAD ? triad_avx2(a, b, c, n, scale)
+                 : j->kind == JOB_READ ? read_avx2(a, n) : intensity_avx2(a, n, j->fmas);
+            continue;
+        }
+#endif
+        /* the intensity probe refuses to start without AVX2 */
+        s += j->kind == JOB_TRIAD ? triad_plain(a, b, c, n, scale) : read_plain(a, n);
     }
     return s;
 }
@@ -250,12 +284,14 @@ static void *worker(void *p) {
     int go = j->gate > 0;
     pthread_mutex_unlock(&j->lock);
     if (!go) return NULL;
+#ifdef __linux__
     if (j->cpus[id] >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(j->cpus[id], &set);
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
     }
+#endif
     if (j->first_touch) {  /* first touch by the thread that will use the slice */
         size_t n = j->n_per_thread, off = (size_t)id * n;
         for (size_t i = 0; i < n; i++) {
@@ -265,7 +301,7 @@ static void *worker(void *p) {
         }
     }
     for (int r = 0; r <= j->repeats; r++) {  /* r = 0 is the untimed warm-up */
-        pthread_barrier_wait(&j->barrier);
+        barrier_wait(j);
         double t0 = now_seconds();
         j->sink[id] += run_once(j, id, r);
         double t1 = now_seconds();
@@ -277,18 +313,20 @@ static void *worker(void *p) {
 
 /* Runs the job; returns the best repetition's wall time in seconds, or -1 with a Python error set. */
 static double run_job(job *j) {
-    cpu_set_t allowed;
     int ncpus = 0, cpu_ids[MAX_THREADS];
+#ifdef __linux__
+    cpu_set_t allowed;
     if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
         for (int c = 0; c < CPU_SETSIZE && ncpus < MAX_THREADS; c++)
             if (CPU_ISSET(c, &allowed)) cpu_ids[ncpus++] = c;
+#endif
     /* Pin only when every thread gets its own CPU; oversubscribed runs are left to the scheduler. */
     for (int t = 0; t < j->threads; t++) j->cpus[t] = j->threads <= ncpus ? cpu_ids[t] : -1;
 
     size_t slots = (size_t)(j->repeats + 1) * (size_t)j->threads;
     j->t_start = calloc(slots, sizeof(double));
     j->t_end = calloc(slots, sizeof(double));
-    if (!j->t_start || !j->t_end || pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads) != 0) {
+    if (!j->t_start || !j->t_end) {
         free(j->t_start);
         free(j->t_end);
         PyErr_NoMemory();
@@ -296,7 +334,9 @@ static double run_job(job *j) {
     }
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->opened, NULL);
-    j->gate = 0;
+    pthread_cond_init(&j->turn, NULL);
+    j->gate = j->arrived = 0;
+    j->generation = 0;
     pthread_t tids[MAX_THREADS];
     worker_arg args[MAX_THREADS];
     int started = 0;
@@ -312,7 +352,7 @@ static double run_job(job *j) {
     pthread_mutex_unlock(&j->lock);
     for (int t = 0; t < started; t++) pthread_join(tids[t], NULL);
     Py_END_ALLOW_THREADS
-    pthread_barrier_destroy(&j->barrier);
+    pthread_cond_destroy(&j->turn);
     pthread_cond_destroy(&j->opened);
     pthread_mutex_destroy(&j->lock);
     if (started < j->threads) {
@@ -506,7 +546,8 @@ static PyObject *py_intensity_probe(PyObject *self, PyObject *args, PyObject *kw
 }
 
 /* Cycles per second from a chain of dependent integer adds: each add waits for the previous one, so
- * the chain runs at one add per core clock on every x86 core since the Pentium Pro. */
+ * the chain runs at one add per core clock (x86 since the Pentium Pro, ARM64 alike). The empty asm
+ * statements tell the compiler x may change between adds, so it cannot fold them into one. */
 static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
     (void)self;
     long iters = 10000000;
@@ -520,8 +561,10 @@ static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
         uint64_t x = 0;
         double t0 = now_seconds();
         for (long i = 0; i < iters; i += 8)
-            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                             "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
+                x += 1;
+                __asm__ volatile("" : "+r"(x));
+            }
         double hz = (double)x / (now_seconds() - t0);
         if (r > 0 && hz > best) best = hz;
     }

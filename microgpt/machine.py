@@ -195,6 +195,8 @@ def measure(quality: str = "full", threads: list[int] | None = None, sizes: list
     cpu["measured_hz"] = c.clock_hz()
     cpu["frequency_source"] = "dependent-add chain (1 add per cycle), best of 20 runs after a warm-up"
     probes = [(dtype, isa, t) for dtype in DTYPES for isa in ISAS if c.isa_supported(isa) for t in threads]
+    if not probes:
+        raise UserError("the FMA probes need an x86-64 CPU with FMA; this CPU has none of their variants")
     best = dict.fromkeys(probes, 0.0)
     curves = {kind: {str(t): [0.0] * len(sizes) for t in threads} for kind in KINDS}
     for r in range(rounds):
