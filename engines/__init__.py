@@ -36,6 +36,8 @@ ENGINES = {
     "mlx-compile": "engines.mlx_cpu:MlxCompiledEngine",
     "cython": "engines.cython_engine:CythonEngine",
     "numpy": "engines.numpy_manual:NumpyEngine",
+    "torch": "engines.torch_eager:TorchEngine",
+    "torch-compile": "engines.torch_eager:TorchCompileEngine",
 }
 
 

@@ -1,0 +1,204 @@
+"""PyTorch engines: the model in a few lines of tensor code, gradients by autograd ("torch"), optionally
+compiled by torch.compile ("torch-compile"); on the CPU, or on a GPU with ``--device cuda`` / ``mps``.
+
+A step's B documents are padded to the longest, T tokens, and run as ONE forward and ONE backward over a
+(B, T) batch. Padding needs no mask of its own: padded positions come after every real one, so the causal
+mask already hides them from real queries, and their loss weight is zero. Each real token's loss weighs
+1 / (B n_b) (n_b = its document's length), so the weighted sum is exactly the reference's batch loss: the
+mean over documents of each document's mean token loss.
+
+Parameters live in one flat tensor in the layout of microgpt/params.py, and each named matrix is a leaf
+tensor that is a *view* into it, whose ``.grad`` is preset to a view into one flat gradient tensor:
+autograd accumulates in place into that buffer, so clipping and Adam are a few whole-buffer operations
+(written out by hand to follow train.py's formulas), and export is one copy.
+
+    python train.py --engine torch [--dtype float32] [--threads 2] [--batch-size 32] [--device cuda]
+    python train.py --engine torch-compile ...       # compile time shows as the first steps' time
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import torch
+import torch.nn.functional as F
+
+from microgpt import UserError
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, FlatParams
+
+RMS_EPS = 1e-5
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch.device, or a one-line ValueError if this machine cannot run on it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or mps (got {name!r})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name} is not available here (torch.cuda.is_available() is False)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name} is not available here (torch.backends.mps.is_available() is False)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be cpu, cuda or mps (got {name!r})")
+    return device
+
+
+def pad_batch(docs: list[list[int]], cfg: ModelConfig):
+    """Inputs, targets and per-token loss weights as (B, T) lists, T = the longest document's length."""
+    if not docs:
+        raise ValueError("a batch needs at least one document")
+    lengths = [len(d) - 1 for d in docs]
+    if min(lengths) < 1 or max(lengths) > cfg.block_size:
+        raise ValueError(f"documents must hold 2..{cfg.block_size + 1} tokens (got lengths {min(lengths) + 1}.."
+                         f"{max(lengths) + 1})")
+    if not all(0 <= tok < cfg.vocab_size for doc in docs for tok in doc):
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+    B, T = len(docs), max(lengths)
+    pad = lambda ids: ids + [0] * (T - len(ids))   # noqa: E731  padding uses token 0: any valid id will do
+    tokens = [pad(doc[:-1]) for doc in docs]
+    targets = [pad(doc[1:]) for doc in docs]
+    weights = [[1.0 / (n * B)] * n + [0.0] * (T - n) for n in lengths]
+    return tokens, targets, weights
+
+
+def rmsnorm(x):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)
+
+
+def forward(cfg: ModelConfig, w: dict, tokens):
+    """Logits (B, T, vocab) for token ids (B, T)."""
+    B, T = tokens.shape
+    x = rmsnorm(w["wte"][tokens] + w["wpe"][:T])
+    for layer in range(cfg.n_layer):
+        p = f"layer{layer}."
+        h = rmsnorm(x)
+        q, k, v = (F.linear(h, w[p + name]).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
+                   for name in ("attn_wq", "attn_wk", "attn_wv"))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q k^T / sqrt(D)) v, causal
+        x = x + F.linear(o.transpose(1, 2).reshape(B, T, cfg.n_embd), w[p + "attn_wo"])
+        u = F.relu(F.linear(rmsnorm(x), w[p + "mlp_fc1"]))
+        x = x + F.linear(u * u if cfg.mlp_act == "relu2" else u, w[p + "mlp_fc2"])
+    return F.linear(x, w["lm_head"])
+
+
+def batch_loss(cfg: ModelConfig, w: dict, tokens, targets, weights):
+    """Sum of weighted token losses = mean over documents of each document's mean loss."""
+    logits = forward(cfg, w, tokens)
+    token_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return (token_loss * weights.flatten()).sum()
+
+
+class TorchEngine:
+    """Eager PyTorch with autograd (see engines/__init__.py for the contract)."""
+
+    name = "torch"
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
+                 threads: int = 1, device: str = "cpu"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
+        self.device = resolve_device(device)
+        if self.device.type == "mps" and dtype == "float64":
+            raise ValueError("mps has no float64; use dtype float32")
+        torch.set_num_threads(threads)   # process-wide: the CPU threads of every op from here on
+        self.threads = torch.get_num_threads()
+        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
+        self.params = torch.frombuffer(params.data, dtype=torch.float64).to(self.device, self.dtype, copy=True)
+        self.grads, self.m, self.v = (torch.zeros_like(self.params) for _ in range(3))
+        self.t = 0
+        self.w = {}
+        for t in params.tensors.values():
+            weight = self.params[t.offset:t.offset + t.size].view(t.rows, t.cols).requires_grad_()
+            weight.grad = self.grads[t.offset:t.offset + t.size].view(t.rows, t.cols)
+            self.w[t.name] = weight
+        self._loss = self._make_loss()
+
+    def _make_loss(self):
+        return lambda w, tokens, targets, weights: batch_loss(self.cfg, w, tokens, targets, weights)
+
+    def _batch(self, docs):
+        tokens, targets, weights = pad_batch(docs, self.cfg)
+        as_tensor = lambda rows, dtype: torch.tensor(rows, dtype=dtype).to(self.device)   # noqa: E731
+        return as_tensor(tokens, torch.long), as_tensor(targets, torch.long), as_tensor(weights, self.dtype)
+
+    def _batch_loss(self, docs) -> torch.Tensor:
+        tokens, targets, weights = self._batch(docs)
+        # The position table is cut to T here, outside any compiled graph: torch.compile would otherwise
+        # notice that T == block_size on the first batch and recompile for every other T.
+        w = {**self.w, "wpe": self.w["wpe"][:tokens.shape[1]]}
+        return self._loss(w, tokens, targets, weights)
+
+    def _backward(self, docs) -> torch.Tensor:
+        self.grads.zero_()   # in place: the weights' .grad views must keep pointing into this buffer
+        loss = self._batch_loss(docs)
+        loss.backward()
+        return loss
+
+    def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        loss = self._backward(docs)
+        return loss.item(), array("d", self.grads.double().cpu().tolist())
+
+    def train_step(self, docs: list[list[int]], lr: float) -> float:
+        loss = self._backward(docs)
+        with torch.no_grad():
+            self._clip_grad()
+            self._adam(lr)
+        return loss.item()   # the one host sync per step: the clock stops after the GPU has finished
+
+    def _clip_grad(self) -> None:
+        """Scale by grad_clip / norm when norm > grad_clip, on the device: no sync to decide."""
+        if self.tcfg.grad_clip > 0:
+            norm = torch.linalg.vector_norm(self.grads)
+            self.grads.mul_(torch.clamp(self.tcfg.grad_clip / norm, max=1.0))
+
+    def _adam(self, lr: float) -> None:
+        c, g = self.tcfg, self.grads
+        self.t += 1
+        bc1, bc2 = 1.0 - c.beta1 ** self.t, 1.0 - c.beta2 ** self.t
+        self.m.mul_(c.beta1).add_(g, alpha=1 - c.beta1)
+        self.v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+        denom = (self.v / bc2).sqrt_().add_(c.eps)
+        self.params.addcdiv_(self.m / bc1, denom, value=-lr)
+
+    def eval_loss(self, docs: list[list[int]]) -> float:
+        with torch.no_grad():
+            return self._batch_loss(docs).item()
+
+    def logits(self, tokens: list[int]) -> list[float]:
+        if not 1 <= len(tokens) <= self.cfg.block_size:
+            raise ValueError(f"logits needs 1..{self.cfg.block_size} tokens (got {len(tokens)})")
+        if not all(0 <= tok < self.cfg.vocab_size for tok in tokens):
+            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            return forward(self.cfg, self.w, ids)[0, -1].double().cpu().tolist()
+
+    def export_params(self) -> FlatParams:
+        return FlatParams(self.cfg, array("d", self.params.double().cpu().tolist()))
+
+    def export_adam(self) -> AdamState:
+        return AdamState(array("d", self.m.double().cpu().tolist()), array("d", self.v.double().cpu().tolist()),
+                         self.t)
+
+    def import_adam(self, state: AdamState) -> None:
+        n = self.params.numel()
+        if len(state.m) != n or len(state.v) != n:
+            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        self.m.copy_(torch.frombuffer(state.m, dtype=torch.float64))
+        self.v.copy_(torch.frombuffer(state.v, dtype=torch.float64))
+        self.t = state.t
+
+
+class TorchCompileEngine(TorchEngine):
+    """The same engine with the loss (forward, and through AOTAutograd the backward) compiled by
+    torch.compile. Shapes are dynamic, so batches of any length reuse one compiled graph per mode."""
+
+    name = "torch-compile"
+
+    def _make_loss(self):
+        return torch.compile(super()._make_loss(), dynamic=True)
