@@ -3,7 +3,10 @@
 Fair timing means: every engine trains on the same batches (real names, one fixed order); the first
 steps, which include compilation, tracing and cache warm-up, are timed apart as ``warmup_s``; then
 several independent samples of ``k`` consecutive steps each are timed with ``perf_counter_ns`` and all
-samples are kept, so statistics downstream can use the spread, not just a mean. Engines return the loss
+samples are kept, so statistics downstream can use the spread, not just a mean. Each sample also records
+the process's CPU time: on a machine shared with other jobs, wall time includes the time the OS gave
+the cores to someone else, CPU time does not, so a one-thread benchmark's CPU time is the steadier
+measure of the code's own speed (benchmark.py gates on it). Engines return the loss
 as a Python float, which forces asynchronous frameworks (JAX, CUDA, MLX) to finish before the clock stops.
 An engine that offers ``train_steps(batches, lrs)`` (several steps per call, e.g. the fused C rung) is
 timed through it, which is how it is meant to be driven.
@@ -32,10 +35,15 @@ class Timing:
     samples_ms: list[float]                 # milliseconds per step, one value per sample
     warmup_s: float                         # the first ``warmup`` steps, compile/jit time included
     doc_lengths: list[list[int]] = field(default_factory=list)   # predictions per document, per timed step
+    cpu_samples_ms: list[float] = field(default_factory=list)   # process CPU milliseconds per step, per sample
 
     @property
     def ms_per_step(self) -> float:
         return statistics.median(self.samples_ms)
+
+    @property
+    def cpu_ms_per_step(self) -> float:
+        return statistics.median(self.cpu_samples_ms)
 
     @property
     def tokens_per_step(self) -> float:
@@ -46,8 +54,8 @@ class Timing:
         return self.tokens_per_step / (self.ms_per_step / 1e3)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "ms_per_step": self.ms_per_step, "tokens_per_step": self.tokens_per_step,
-                "tokens_per_s": self.tokens_per_s}
+        return {**asdict(self), "ms_per_step": self.ms_per_step, "cpu_ms_per_step": self.cpu_ms_per_step,
+                "tokens_per_step": self.tokens_per_step, "tokens_per_s": self.tokens_per_s}
 
 
 def model_dict(cfg: ModelConfig) -> dict:
@@ -83,11 +91,14 @@ def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size:
     run(next_batches(1), [LR])  # calibration step, after compilation, sets the steps per sample
     per_step_s = max((time.perf_counter_ns() - t0) / 1e9, 1e-7)
     k = max(1, min(max_steps_per_sample, round(min_sample_s / per_step_s)))
-    samples_ms, lengths = [], []
+    samples_ms, cpu_ms, lengths = [], [], []
     for _ in range(samples):
         batches = next_batches(k)
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
         run(batches, [LR] * k)
-        samples_ms.append((time.perf_counter_ns() - t0) / 1e6 / k)
+        t1, c1 = time.perf_counter_ns(), time.process_time_ns()
+        samples_ms.append((t1 - t0) / 1e6 / k)
+        cpu_ms.append((c1 - c0) / 1e6 / k)
         lengths += [[len(d) - 1 for d in b] for b in batches]
-    return Timing(engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_ns / 1e9, lengths)
+    return Timing(engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_ns / 1e9, lengths,
+                  cpu_ms)
