@@ -1,0 +1,203 @@
+"""engines/diffusion.py: masks, a finite-difference gradient check, Python vs PyTorch, learning, sampling, CLI."""
+
+import json
+import random
+from array import array
+
+import pytest
+
+from conftest import encode_names, read_names, run_cli
+from microgpt import UserError
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.params import AdamState, init_params
+from microgpt.tokenizers import CharTokenizer
+
+from engines.diffusion import (MaskedDoc, PythonDiffusion, TorchDiffusion, draw_masks, elbo_per_draw, sample_names,
+                               to_sequence)
+
+BOS, MASK = 26, 27
+
+
+@pytest.fixture
+def torch():
+    """The PyTorch tests need the framework (CI installs it; only they skip without it)."""
+    return pytest.importorskip("torch")
+
+
+def names_config(**kw) -> ModelConfig:
+    """The char tokenizer's 27 ids plus [MASK]."""
+    return ModelConfig(**{"vocab_size": 28, "n_embd": 16, "n_layer": 1, "n_head": 4, "block_size": 8, **kw}).validate()
+
+
+def assert_close(got, want, rel, floor):
+    worst = max((abs(g - w) / max(abs(w), floor), i) for i, (g, w) in enumerate(zip(got, want)))
+    assert len(got) == len(want) and worst[0] <= rel, f"element {worst[1]}: {got[worst[1]]} vs {want[worst[1]]}"
+
+
+def test_sequences_and_mask_draws():
+    cfg = names_config()
+    assert to_sequence([BOS, 4, 12, 12, 0, BOS], cfg) == [4, 12, 12, 0, BOS, BOS, BOS, BOS]
+    assert to_sequence([BOS] + [1] * 8, cfg) == [1] * 8  # a name cut at the block size has no end marker
+    with pytest.raises(ValueError, match="token ids must be in"):
+        to_sequence([BOS, MASK, BOS], cfg)
+    with pytest.raises(ValueError, match="documents must hold 2..9 tokens"):
+        to_sequence([BOS], cfg)
+    with pytest.raises(ValueError, match="at least one document"):
+        draw_masks([], cfg, random.Random(0))
+
+    docs = encode_names(read_names(400), cfg.block_size)
+    draws = draw_masks(docs, cfg, random.Random(0))
+    assert draws == draw_masks(docs, cfg, random.Random(0)), "seeded draws repeat"
+    for doc, d in zip(docs, draws):
+        assert d.targets == to_sequence(doc, cfg)
+        assert all((tok == MASK) == (i in d.masked) for i, tok in enumerate(d.inputs))
+        assert all(d.inputs[i] == d.targets[i] for i in range(cfg.block_size) if i not in d.masked)
+        t = 1 / (d.weight * (len(doc) - 1))
+        assert 0 < t <= 1
+    # t ~ U(0, 1] and P(masked) = t, so half of all positions are masked on average
+    fraction = sum(len(d.masked) for d in draws) / (len(draws) * cfg.block_size)
+    assert 0.45 < fraction < 0.55
+
+
+def test_gradient_matches_finite_differences():
+    """Every parameter of a tiny 2-layer model (4 letters + BOS + [MASK]), central differences."""
+    cfg = ModelConfig(vocab_size=6, n_embd=8, n_layer=2, n_head=2, block_size=4, init_std=0.3,
+                      zero_init_proj=False).validate()
+    tcfg = TrainConfig(num_steps=1).validate()
+    params = init_params(cfg, 3)
+    docs = [[4, 0, 1, 2, 4], [4, 3, 4], [4, 1, 1, 3, 0]]
+    draws = [MaskedDoc([0, 1, 2, 4], [5, 1, 5, 5], [0, 2, 3], 1 / (0.7 * 4)),
+             MaskedDoc([3, 4, 4, 4], [5, 5, 4, 5], [0, 1, 3], 1 / (0.9 * 2)),
+             MaskedDoc([1, 1, 3, 0], [1, 5, 3, 0], [1], 1 / (0.5 * 4))]
+    loss, grad = PythonDiffusion(cfg, tcfg, params).loss_and_grad(docs, draws)
+    h = 1e-5  # central differences: truncation ~h^2, rounding ~1e-16 / h; both well under the tolerance here
+
+    def loss_at(i, delta):
+        p = params.copy()
+        p.data[i] += delta
+        return PythonDiffusion(cfg, tcfg, p).eval_loss(docs, draws)
+
+    numeric = [(loss_at(i, h) - loss_at(i, -h)) / (2 * h) for i in range(len(params))]
+    assert loss == pytest.approx(PythonDiffusion(cfg, tcfg, params).eval_loss(docs, draws), rel=1e-15)
+    assert max(map(abs, grad)) > 0.1, "a check on vanishing gradients would prove nothing"
+    assert_close(grad, numeric, rel=1e-6, floor=1e-3)
+
+
+def test_python_and_torch_agree_on_the_same_mask_draws(torch):
+    cfg = names_config(n_layer=2, zero_init_proj=False)
+    tcfg = TrainConfig(num_steps=8, batch_size=3, grad_clip=1.0).validate()
+    params = init_params(cfg, 7)
+    docs = encode_names(read_names(24), cfg.block_size)
+    py, th = PythonDiffusion(cfg, tcfg, params.copy()), TorchDiffusion(cfg, tcfg, params.copy())
+    draws = draw_masks(docs[:3], cfg, random.Random(1))
+    loss, grad = py.loss_and_grad(docs[:3], draws)
+    want_loss, want_grad = th.loss_and_grad(docs[:3], draws)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    assert_close(grad, want_grad, rel=1e-10, floor=1e-6)
+    # the same seed gives both engines the same draws, so whole training runs agree
+    batches = [docs[3 * s:3 * s + 3] for s in range(8)]
+    assert_close([py.train_step(b, 0.01) for b in batches], [th.train_step(b, 0.01) for b in batches],
+                 rel=1e-10, floor=1e-12)
+    assert_close(py.export_params().data, th.export_params().data, rel=1e-9, floor=1e-6)
+    assert py.export_adam().t == th.export_adam().t == 8
+
+    f32 = TorchDiffusion(cfg, tcfg, params.copy(), dtype="float32")
+    assert f32.eval_loss(docs[:3], draws) == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_rng_and_adam_state_resume_exactly(torch):
+    cfg = names_config()
+    tcfg = TrainConfig(num_steps=6, batch_size=4).validate()
+    docs = encode_names(read_names(24), cfg.block_size)
+    batches = [docs[4 * s:4 * s + 4] for s in range(6)]
+    straight = TorchDiffusion(cfg, tcfg, init_params(cfg, 0))
+    want = [straight.train_step(b, 0.01) for b in batches]
+    first = TorchDiffusion(cfg, tcfg, init_params(cfg, 0))
+    got = [first.train_step(b, 0.01) for b in batches[:3]]
+    resumed = TorchDiffusion(cfg, tcfg, first.export_params())
+    resumed.import_adam(first.export_adam())
+    resumed.import_rng(first.export_rng())
+    got += [resumed.train_step(b, 0.01) for b in batches[3:]]
+    assert got == want
+    assert resumed.export_params().data == straight.export_params().data
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """300 PyTorch steps on real names, with the validation ELBO before and after."""
+    pytest.importorskip("torch")
+    cfg = names_config()
+    tcfg = TrainConfig(num_steps=300, batch_size=16, grad_clip=1.0).validate()
+    docs = encode_names(read_names(), cfg.block_size)
+    random.Random(0).shuffle(docs)  # names.txt runs from common to rare names
+    train_docs, val_docs = docs[:4800], docs[-200:]
+    engine = TorchDiffusion(cfg, tcfg, init_params(cfg, 42))
+    before = sum(elbo_per_draw(engine, val_docs, cfg, 4, seed=0)) / 4
+    losses = [engine.train_step(train_docs[16 * s:16 * s + 16], 0.01 * (1 - s / 300)) for s in range(300)]
+    after = sum(elbo_per_draw(engine, val_docs, cfg, 4, seed=0)) / 4
+    return cfg, engine, losses, before, after
+
+
+def test_loss_falls_over_a_few_hundred_steps(trained):
+    _, _, losses, before, after = trained
+    assert after < 0.8 * before, (before, after)  # about 4.2 -> 2.8 nats per token
+    assert sum(losses[-50:]) / 50 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_sampling_unmasks_into_names(trained):
+    cfg, engine, _, _, _ = trained
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
+    for remasking in ("confidence", "random"):
+        names = sample_names(engine.predict, tokenizer, cfg, 6, cfg.block_size, 0.8, remasking, seed=1)
+        assert len(names) == 6 and all(isinstance(n, str) and len(n) <= cfg.block_size for n in names)
+        assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyz") for n in names)
+        assert sum(map(len, names)) > 0
+    assert names == sample_names(engine.predict, tokenizer, cfg, 6, cfg.block_size, 0.8, "random", seed=1)
+    # one round unmasks everything at once; the pure-Python model samples the same way
+    py = PythonDiffusion(cfg, TrainConfig().validate(), engine.export_params())
+    assert sample_names(py.predict, tokenizer, cfg, 2, 2, 0.8, seed=3) == sample_names(engine.predict, tokenizer,
+                                                                                      cfg, 2, 2, 0.8, seed=3)
+    with pytest.raises(UserError, match="--remasking must be one of confidence, random"):
+        sample_names(engine.predict, tokenizer, cfg, 1, 4, remasking="greedy")
+
+
+def test_bad_engine_arguments(torch):
+    cfg, tcfg = names_config(), TrainConfig().validate()
+    params = init_params(cfg, 0)
+    with pytest.raises(ValueError, match="dtype must be one of float64, float32"):
+        TorchDiffusion(cfg, tcfg, params, dtype="float16")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or mps"):
+        TorchDiffusion(cfg, tcfg, params, device="tpu")
+    with pytest.raises(ValueError, match="float64 on one thread"):
+        PythonDiffusion(cfg, tcfg, params, threads=2)
+    with pytest.raises(TypeError, match="no next-token logits"):
+        PythonDiffusion(cfg, tcfg, params).logits([BOS])
+    with pytest.raises(UserError, match="Adam state holds"):
+        TorchDiffusion(cfg, tcfg, params).import_adam(AdamState(array("d", [0.0] * 3), array("d", [0.0] * 3), 1))
+
+
+def test_cli_trains_both_models_and_samples(torch, names_file, tmp_path):
+    log = tmp_path / "curves.json"
+    common = ["--data", names_file, "--n-embd", "8", "--n-head", "2", "--block-size", "8", "--eval-docs", "10",
+              "--eval-draws", "2", "--num-samples", "3", "--ar-engine", "python"]
+    r = run_cli("engines.diffusion", "--engine", "torch", "--num-steps", "20", "--batch-size", "4",
+                "--loss-log", log, *common, script="-m")
+    assert r.returncode == 0, r.stderr
+    assert "step 20/20 | lr" in r.stdout and "diffusion loss" in r.stdout and "autoregressive loss" in r.stdout
+    assert "training loss, nats per token" in r.stdout and "validation (10 documents): autoregressive" in r.stdout
+    assert len(r.stdout.split("temperature 0.8:")[1].strip().splitlines()) == 3
+    result = json.loads(log.read_text())
+    assert len(result["train"]["diffusion"]) == len(result["train"]["ar"]) == 20
+    assert len(result["samples"]["diffusion"]) == 3
+
+    r = run_cli("engines.diffusion", "--engine", "python", "--num-steps", "2", *common, script="-m")
+    assert r.returncode == 0, r.stderr
+    assert "diffusion engine diffusion-python (float64) vs autoregressive engine python" in r.stdout
+
+    for bad, message in ((["--remasking", "greedy"], "argument --remasking: invalid choice"),
+                         (["--engine", "python", "--device", "cuda"], "--engine python runs on the CPU only"),
+                         (["--eval-draws", "0"], "--eval-draws must be an integer >= 1"),
+                         (["--temperature", "0"], "--temperature must be > 0")):
+        r = run_cli("engines.diffusion", "--num-steps", "2", *common, *bad, script="-m")
+        assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
