@@ -24,7 +24,9 @@ with n = len(doc) - 1, the number of tokens the autoregressive model predicts fo
 (1 / t)-weighted sum is an upper bound (in expectation over t and the mask) on -log p(name) -- the padding
 after the first BOS is determined by it -- so dividing by n puts the diffusion loss in the autoregressive
 loss's units: nats per token, averaged over documents. A batch's loss is the mean of its documents'
-losses, exactly as for the autoregressive engines. The draws come from a seeded RNG owned by the engine
+losses, exactly as for the autoregressive engines; a draw that masks nothing scores zero. The softmax
+runs over the whole vocabulary: [MASK] is never a target, so training drives its probability down, and
+sampling never proposes it. The draws come from a seeded RNG owned by the engine
 (``export_rng`` / ``import_rng`` save and restore it), so a run is reproducible, and the two
 implementations draw identical masks from the same seed.
 
@@ -62,8 +64,8 @@ from dataclasses import dataclass, replace
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig, lr_at
 from microgpt.params import AdamState, FlatParams, init_params, num_params
-from train import (GPT, RMS_EPS, PythonEngine, Vec, attention, cross_entropy, embed, linear, mean, no_grad, relu_act, rmsnorm,
-                   vec_add)
+from train import (GPT, RMS_EPS, PythonEngine, Vec, attention, cross_entropy, embed, linear, mean, no_grad, relu_act,
+                   rmsnorm, vec_add)
 
 REMASKING = ("confidence", "random")
 
@@ -85,6 +87,11 @@ def to_sequence(doc: list[int], cfg: ModelConfig) -> list[int]:
     if not all(0 <= tok <= bos for tok in doc):
         raise ValueError(f"token ids must be in [0, {bos}] ({mask} is [MASK])")
     return doc[1:] + [bos] * (cfg.block_size + 1 - len(doc))
+
+
+def check_tokens(tokens: list[int], cfg: ModelConfig) -> None:
+    if not 1 <= len(tokens) <= cfg.block_size or not all(0 <= tok < cfg.vocab_size for tok in tokens):
+        raise ValueError(f"the model reads 1..{cfg.block_size} token ids in [0, {cfg.vocab_size})")
 
 
 @dataclass
@@ -156,9 +163,13 @@ class PythonDiffusion(PythonEngine):
         self.rng = _mask_rng(train_cfg.seed)
 
     def _batch_loss(self, draws: list[MaskedDoc]) -> Vec:
-        return mean([weighted_sum([cross_entropy(logits, d.targets[i]) for logits, i in
-                                   zip(bidirectional_logits(self.model, d.inputs, d.masked), d.masked)], d.weight)
-                     for d in draws])
+        """Mean over documents of weight * (the sum of the masked positions' cross-entropies)."""
+        doc_losses = []
+        for d in draws:
+            logits = bidirectional_logits(self.model, d.inputs, d.masked)
+            losses = [cross_entropy(row, d.targets[i]) for row, i in zip(logits, d.masked)]
+            doc_losses.append(weighted_sum(losses, d.weight))
+        return mean(doc_losses)
 
     def _backward(self, docs: list[list[int]], draws: list[MaskedDoc] | None = None) -> float:
         """Called by PythonEngine.train_step too: draw the masks, then the loss and its gradients."""
@@ -179,7 +190,8 @@ class PythonDiffusion(PythonEngine):
             return self._batch_loss(draws).data[0]
 
     def predict(self, tokens: list[int]) -> list[list[float]]:
-        """Logits at every position of ``tokens`` (block_size ids, [MASK] allowed)."""
+        """Logits at every position of ``tokens`` (up to block_size ids, [MASK] allowed)."""
+        check_tokens(tokens, self.cfg)
         with no_grad():
             return [node.data for node in bidirectional_logits(self.model, tokens, range(len(tokens)))]
 
@@ -195,6 +207,10 @@ class PythonDiffusion(PythonEngine):
 
 # ----------------------------------------------------------------------------------------------------
 # PyTorch
+
+
+def tensor_rmsnorm(x):
+    return x / ((x * x).mean(-1, keepdim=True) + RMS_EPS).sqrt()
 
 
 class TorchDiffusion:
@@ -215,7 +231,8 @@ class TorchDiffusion:
             raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
         if device not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be cpu, cuda or mps (got {device!r})")
-        if (device == "cuda" and not torch.cuda.is_available()) or (device == "mps" and not torch.backends.mps.is_available()):
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available[device]:
             raise ValueError(f"device {device} is not available on this machine")
         torch.set_num_threads(threads)
         self.torch, self.cfg, self.tcfg, self.device = torch, model_cfg, train_cfg, torch.device(device)
@@ -233,17 +250,16 @@ class TorchDiffusion:
         """(B, L, vocab) logits for (B, L) token ids, bidirectional attention."""
         torch, cfg, w = self.torch, self.cfg, self._weights()
         F = torch.nn.functional
-        rmsnorm = lambda x: x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)  # noqa: E731
         B, L = tokens.shape
-        x = rmsnorm(w["wte"][tokens] + w["wpe"][:L])
+        x = tensor_rmsnorm(w["wte"][tokens] + w["wpe"][:L])
         for layer in range(cfg.n_layer):
             p = f"layer{layer}."
-            h = rmsnorm(x)
+            h = tensor_rmsnorm(x)
             q, k, v = (F.linear(h, w[p + name]).view(B, L, cfg.n_head, cfg.head_dim).transpose(1, 2)
                        for name in ("attn_wq", "attn_wk", "attn_wv"))
             o = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(D)) v over ALL positions
             x = x + F.linear(o.transpose(1, 2).reshape(B, L, cfg.n_embd), w[p + "attn_wo"])
-            u = F.relu(F.linear(rmsnorm(x), w[p + "mlp_fc1"]))
+            u = F.relu(F.linear(tensor_rmsnorm(x), w[p + "mlp_fc1"]))
             x = x + F.linear(u * u if cfg.mlp_act == "relu2" else u, w[p + "mlp_fc2"])
         return F.linear(x, w["lm_head"])
 
@@ -253,7 +269,7 @@ class TorchDiffusion:
         targets = torch.tensor([d.targets for d in draws], device=self.device)
         weights = torch.zeros(targets.shape, dtype=self.flat.dtype, device=self.device)
         for b, d in enumerate(draws):
-            weights[b, d.masked] = d.weight  # zero off the masked positions: only those are scored
+            weights[b, d.masked] = d.weight  # zero elsewhere: only masked positions are scored
         logits = self._logits(inputs)
         losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         return (losses * weights.flatten()).sum() / len(draws)
@@ -290,6 +306,7 @@ class TorchDiffusion:
             return self._loss(draws or draw_masks(docs, self.cfg, self.rng)).item()
 
     def predict(self, tokens: list[int]) -> list[list[float]]:
+        check_tokens(tokens, self.cfg)
         with self.torch.no_grad():
             return self._logits(self.torch.tensor([tokens], device=self.device))[0].double().cpu().tolist()
 
@@ -349,7 +366,10 @@ def sample_names(predict, tokenizer, cfg: ModelConfig, num_samples: int, steps: 
                 total = sum(probs)
                 tok = rng.choices(range(mask), weights=probs)[0]
                 proposals.append((probs[tok] / total, i, tok))
-            chosen = sorted(proposals, reverse=True)[:keep] if remasking == "confidence" else rng.sample(proposals, keep)
+            if remasking == "confidence":
+                chosen = sorted(proposals, reverse=True)[:keep]
+            else:
+                chosen = rng.sample(proposals, keep)
             for _, i, tok in chosen:
                 seq[i] = tok
         names.append(tokenizer.decode(seq[:seq.index(bos)] if bos in seq else seq))
@@ -373,8 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("mlp_act", str, "relu2"), ("num_steps", int, 1000), ("batch_size", int, 1),
                                 ("learning_rate", float, 0.01), ("grad_clip", float, 1.0), ("seed", int, 42),
                                 ("val_fraction", float, 0.1)):
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=default, help=f"{HELP[flag]} (default: {default})")
-    p.add_argument("--data", action="append", metavar="PATH", help="text file(s), one document per line (default: names.txt)")
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=default,
+                       help=f"{HELP[flag]} (default: {default})")
+    p.add_argument("--data", action="append", metavar="PATH",
+                   help="text file(s), one document per line (default: names.txt)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
     p.add_argument("--threads", type=int, default=1, help="threads (torch)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch)")
@@ -391,13 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def elbo_per_draw(model, docs: list[list[int]], cfg: ModelConfig, draws: int, seed: int, chunk: int = 64) -> list[float]:
+def elbo_per_draw(model, docs: list[list[int]], cfg: ModelConfig, draws: int, seed: int,
+                  chunk: int = 64) -> list[float]:
     """The diffusion loss of ``docs`` under ``draws`` independent, seeded mask draws: one mean per draw."""
     rng = random.Random(f"microgpt-diffusion-eval-{seed}")
+    parts = [docs[i:i + chunk] for i in range(0, len(docs), chunk)]
     per_draw = []
     for _ in range(draws):
-        parts = [docs[i:i + chunk] for i in range(0, len(docs), chunk)]
-        per_draw.append(sum(model.eval_loss(part, draw_masks(part, cfg, rng)) * len(part) for part in parts) / len(docs))
+        total = sum(model.eval_loss(part, draw_masks(part, cfg, rng)) * len(part) for part in parts)
+        per_draw.append(total / len(docs))
     return per_draw
 
 
@@ -429,8 +453,8 @@ def run(argv: list[str], out=sys.stdout) -> dict:
         raise UserError(f"--threads must be an integer >= 1 (got {args.threads})")
     tcfg = TrainConfig(num_steps=args.num_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        grad_clip=args.grad_clip, seed=args.seed, val_fraction=args.val_fraction).validate()
-    shape = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, block_size=args.block_size,
-                 mlp_act=args.mlp_act)
+    shape = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head, "block_size": args.block_size,
+             "mlp_act": args.mlp_act}
     ModelConfig(**shape).validate()
     SampleConfig(temperature=args.temperature).validate()
     data = load_dataset(args.data, tcfg, args.block_size, "char", 0)
@@ -488,8 +512,8 @@ def run(argv: list[str], out=sys.stdout) -> dict:
         steps = args.sample_steps or cfg.block_size
         names = sample_names(model.predict, data.tokenizer, cfg, args.num_samples, steps, args.temperature,
                              args.remasking, args.sample_seed)
-        ar_names = sample(ar.logits, data.tokenizer, ar_cfg.block_size,
-                          SampleConfig(num_samples=args.num_samples, temperature=args.temperature, seed=args.sample_seed))
+        scfg = SampleConfig(num_samples=args.num_samples, temperature=args.temperature, seed=args.sample_seed)
+        ar_names = sample(ar.logits, data.tokenizer, ar_cfg.block_size, scfg)
         print(f"\nsamples (diffusion: {steps} unmasking rounds, {args.remasking} remasking | autoregressive), "
               f"temperature {args.temperature}:", file=out)
         for d, a in zip(names, ar_names):
