@@ -1,0 +1,163 @@
+"""engines.jax_jit.JaxEngine against train.PythonEngine: float64 to 1e-9, float32 to 1e-4, padding, threads, CLI."""
+
+import subprocess
+import sys
+import textwrap
+from array import array
+
+import pytest
+
+from conftest import REPO, encode_names, make_setup, read_names, run_cli
+from microgpt import UserError
+from microgpt.config import TrainConfig
+from microgpt.params import AdamState
+from train import PythonEngine
+
+pytest.importorskip("jax")
+from engines.jax_jit import JaxEngine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Two layers, clipping on (the first steps' gradient norms exceed 1), batches of 3 documents of mixed length."""
+    cfg, params = make_setup(16, 2, 4, 8)
+    tcfg = TrainConfig(num_steps=40, batch_size=3, grad_clip=1.0).validate()
+    docs = encode_names(read_names(200), cfg.block_size)
+    return cfg, tcfg, params, [docs[3 * s:3 * s + 3] for s in range(40)]
+
+
+def assert_close(got, want, rel):
+    """Elementwise, relative to the largest magnitude (gradients and weights have entries near zero)."""
+    scale = max(map(abs, want))
+    assert max(abs(a - b) for a, b in zip(got, want)) <= rel * scale
+
+
+def test_float64_matches_reference(setup):
+    cfg, tcfg, params, batches = setup
+    ref, eng = PythonEngine(cfg, tcfg, params.copy()), JaxEngine(cfg, tcfg, params.copy())
+    assert eng.name == "jax"
+    loss, grad = eng.loss_and_grad(batches[0])
+    want_loss, want_grad = ref.loss_and_grad(batches[0])
+    assert isinstance(loss, float) and isinstance(grad, array) and grad.typecode == "d"
+    assert loss == pytest.approx(want_loss, rel=1e-9)
+    assert_close(grad, want_grad, 1e-9)
+    for docs in batches[:20]:
+        got = eng.train_step(docs, 0.01)
+        assert isinstance(got, float)
+        assert got == pytest.approx(ref.train_step(docs, 0.01), rel=1e-9)
+    assert eng.eval_loss(batches[30]) == pytest.approx(ref.eval_loss(batches[30]), rel=1e-9)
+    assert_close(eng.logits([26, 1, 2]), ref.logits([26, 1, 2]), 1e-9)
+    assert_close(eng.export_params().data, ref.export_params().data, 1e-9)
+    got, want = eng.export_adam(), ref.export_adam()
+    assert got.t == want.t == 20
+    assert_close(got.m, want.m, 1e-9)
+    assert_close(got.v, want.v, 1e-9)
+
+
+def test_padding_compiles_the_step_once_per_batch_size(setup):
+    """Batches of the same size but new length patterns reuse the compiled step; the losses stay exact."""
+    cfg, tcfg, params, batches = setup
+    ref, eng = PythonEngine(cfg, tcfg, params.copy()), JaxEngine(cfg, tcfg, params.copy())
+    eng.train_step(batches[0], 0.01)
+    ref.train_step(batches[0], 0.01)
+    compiled = eng.fn["train_step"]._cache_size()
+    short, full = [26, 0, 26], [26] + [1] * 8  # 2 and 8 (= block_size) predictions
+    for docs in ([short, short, short], [full, full, full], [short, full, batches[1][0]]):
+        assert eng.train_step(docs, 0.01) == pytest.approx(ref.train_step(docs, 0.01), rel=1e-9)
+    assert eng.fn["train_step"]._cache_size() == compiled
+
+
+def test_checkpoints_move_between_the_reference_and_jax(setup):
+    """The reference trains 10 steps, JAX continues from its exported params and moments: same curve."""
+    cfg, tcfg, params, batches = setup
+    ref = PythonEngine(cfg, tcfg, params.copy())
+    want = [ref.train_step(b, 0.01) for b in batches[:20]]
+    py = PythonEngine(cfg, tcfg, params.copy())
+    got = [py.train_step(b, 0.01) for b in batches[:10]]
+    eng = JaxEngine(cfg, tcfg, py.export_params())
+    eng.import_adam(py.export_adam())
+    got += [eng.train_step(b, 0.01) for b in batches[10:20]]
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_bad_arguments(setup):
+    cfg, tcfg, params, _ = setup
+    with pytest.raises(ValueError, match="dtype must be one of float64, float32"):
+        JaxEngine(cfg, tcfg, params, dtype="float16")
+    with pytest.raises(ValueError, match="threads must be in"):
+        JaxEngine(cfg, tcfg, params, threads=0)
+    with pytest.raises(ValueError, match="device must be one of cpu, cuda"):
+        JaxEngine(cfg, tcfg, params, device="mps")
+    import jax
+    if any(d.platform == "gpu" for d in jax.devices()):
+        assert JaxEngine(cfg, tcfg, params, device="cuda").train_step([[26, 0, 26]], 0.01) > 0
+    else:
+        with pytest.raises(ValueError, match="JAX cannot use device 'cuda'"):
+            JaxEngine(cfg, tcfg, params, device="cuda")
+    eng = JaxEngine(cfg, tcfg, params)
+    with pytest.raises(ValueError, match="out of range"):
+        eng.train_step([[26, 40, 26]], 0.01)
+    with pytest.raises(ValueError, match="2..9 tokens"):
+        eng.eval_loss([[26]])
+    with pytest.raises(ValueError, match="at least one document"):
+        eng.loss_and_grad([])
+    with pytest.raises(ValueError, match="logits need 1..8 tokens"):
+        eng.logits([26] * 9)
+    with pytest.raises(UserError, match="Adam state holds 3/3 moments"):
+        eng.import_adam(AdamState(array("d", [0.0] * 3), array("d", [0.0] * 3), 1))
+
+
+def test_float32_matches_reference_to_1e_4_before_and_after_x64():
+    """In a fresh process (x64 and XLA's threads are process-wide): a float32 engine matches the reference to
+    1e-4, keeps computing in float32 after a float64 engine turns x64 on, and so does one created after;
+    the first engine fixes XLA's thread count."""
+    script = textwrap.dedent("""
+        import os, sys
+        sys.path[:0] = ["tests", "."]
+        import jax
+        from conftest import encode_names, make_setup, read_names
+        from microgpt.config import TrainConfig
+        from train import PythonEngine
+        from engines import jax_jit
+
+        def close(got, want):
+            return abs(got - want) <= 1e-4 * abs(want)
+
+        cfg, params = make_setup(16, 2, 4, 8)
+        tcfg = TrainConfig(num_steps=40, batch_size=3, grad_clip=1.0).validate()
+        docs = encode_names(read_names(200), cfg.block_size)
+        batches = [docs[3 * s:3 * s + 3] for s in range(40)]
+        ref = PythonEngine(cfg, tcfg, params.copy())
+        want_loss, want_grad = ref.loss_and_grad(batches[0])
+        want = [ref.train_step(b, 0.01) for b in batches[:20]]
+
+        early = jax_jit.JaxEngine(cfg, tcfg, params.copy(), dtype="float32")
+        assert not jax.config.jax_enable_x64
+        loss, grad = early.loss_and_grad(batches[0])
+        scale = max(map(abs, want_grad))
+        assert close(loss, want_loss) and max(abs(a - b) for a, b in zip(grad, want_grad)) <= 1e-4 * scale
+        got = [early.train_step(b, 0.01) for b in batches[:10]]
+        exact = jax_jit.JaxEngine(cfg, tcfg, params.copy())
+        assert jax.config.jax_enable_x64 and exact.params.dtype.name == "float64"
+        got += [early.train_step(b, 0.01) for b in batches[10:20]]
+        assert early.params.dtype.name == "float32"
+        assert all(map(close, got, want)), (got, want)
+        late = jax_jit.JaxEngine(cfg, tcfg, params.copy(), dtype="float32")
+        assert late.params.dtype.name == "float32" and close(late.train_step(batches[0], 0.01), want[0])
+
+        assert jax_jit.xla_threads == 1 and "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
+        try:
+            jax_jit.JaxEngine(cfg, tcfg, params.copy(), threads=2)
+        except ValueError as e:
+            print(e)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "threads must be in" in done.stdout or "cannot change" in done.stdout
+
+
+def test_cli_trains_and_samples(names_file):
+    done = run_cli("--engine", "jax", "--dtype", "float32", "--data", names_file, "--num-steps", "5",
+                   "--batch-size", "2", "--eval-every", "0", "--num-samples", "2", "--val-fraction", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert "engine jax (float32, 1 thread)" in done.stdout and "samples:" in done.stdout
