@@ -1,7 +1,7 @@
 """roofline.py: how much work a training step does, how fast this machine could do it, and how far each engine is.
 
-    python roofline.py                     # default config, every engine that imports; < 15 s
-    python roofline.py --all-configs       # the whole config grid
+    python roofline.py                     # default config, engines without a JIT framework; < 15 s
+    python roofline.py --all-configs       # the whole config grid, every engine that imports
     python roofline.py --measure           # re-measure the machine's ceilings first (full sweep, ~20 s)
     python roofline.py --ops               # the per-op FLOP/byte table of one step
     python roofline.py --results FILE      # engine timings from benchmark results instead of timing here
@@ -54,6 +54,9 @@ DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
 BOUND_FRACTION = 0.5
 #: Within 4x of the scalar roof, scalar arithmetic (dependency chains, one lane per FMA) explains the time.
 SCALAR_FRACTION = 0.25
+#: Engines built on a JIT framework spend seconds importing and compiling per config before their first
+#: step: the quick run leaves them out (and says so); --all-configs and --engines include them.
+FRAMEWORK_PREFIXES = ("torch", "jax", "mlx")
 #: Cap on timed steps per engine x config (a C step takes ~10 us: the time budget alone would allow 10^5).
 MAX_TIMED_STEPS = 5000
 
@@ -322,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in ENGINES]
         if unknown:
             raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
+        left_out = []
+        if not (args.engines or args.all_configs):
+            left_out = [n for n in names if n.startswith(FRAMEWORK_PREFIXES)]
+            names = [n for n in names if n not in left_out]
         path = machine.cache_path()
         ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
         sys.stderr.flush()
@@ -344,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                      "GFLOP/s", "roof GFLOP/s", "% roof", "verdict"])
         for line in skipped:
             print(f"skipped {line}")
+        if left_out and not args.results:
+            print(f"not timed in the quick run (JIT frameworks, seconds of compile each): {', '.join(left_out)}; "
+                  "add them with --engines or --all-configs")
         if not rows:
             print("no engine could be timed")
         if args.chart and rows:
