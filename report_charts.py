@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 
 from microgpt import machine
 
-ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                 "#7f7f7f", "#000000", "#aec7e8"]
 CONFIG_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LEVEL_COLORS = {"L1": "#4c72b0", "L2": "#55a868", "L3": "#c44e52", "DRAM": "#8172b2"}
 
