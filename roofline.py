@@ -43,12 +43,9 @@ import time
 from pathlib import Path
 
 from microgpt import UserError, machine
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import STANDARD_CONFIGS, ModelConfig, TrainConfig
 from microgpt.flops import StepCost, step_cost, step_ops
 
-#: --all-configs: (n_embd, n_layer, n_head); block size 16 throughout. The first is the default model.
-CONFIG_GRID = [(16, 1, 4), (32, 2, 4), (64, 4, 4), (128, 4, 4)]
-BLOCK_SIZE = 16
 DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
 #: A roof counts as reached at half its height: the rest is the usual gap of real code to a micro-benchmark.
 BOUND_FRACTION = 0.5
@@ -70,7 +67,7 @@ def si(x: float, unit: str = "") -> str:
 
 
 def config_label(cfg: ModelConfig) -> str:
-    return f"C{cfg.n_embd} L{cfg.n_layer} H{cfg.n_head}"
+    return f"C{cfg.n_embd} L{cfg.n_layer} H{cfg.n_head} B{cfg.block_size}"
 
 
 # --- engine timings: measured here ----------------------------------------------------------------------
@@ -308,14 +305,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        configs = [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=BLOCK_SIZE)
-                   for c, l, h in (CONFIG_GRID if args.all_configs else CONFIG_GRID[:1])]
+        grid = list(STANDARD_CONFIGS.values())
+        configs = [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=b)
+                   for c, l, h, b in (grid if args.all_configs else grid[:1])]
         if args.ops:
             texts = load_texts(args.data)
             from microgpt.tokenizers import build_tokenizer
             vocab = build_tokenizer("char", texts, texts).vocab_size
-            lengths = [min(len(t) + 1, BLOCK_SIZE) for t in random.Random(0).sample(texts, args.batch_size)]
+            sample = random.Random(0).sample(texts, args.batch_size)
             for cfg in configs:
+                lengths = [min(len(t) + 1, cfg.block_size) for t in sample]
                 print_ops(ModelConfig(**{**_config_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
                 print()
             return 0

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from microgpt import UserError
 
 MLP_ACTIVATIONS = ("relu2", "relu")
+#: The lab's standard model sizes, (n_embd, n_layer, n_head, block_size), used by every benchmark,
+#: the roofline and the notes: tiny is Karpathy's microgpt, medium the largest a pure-Python step survives.
+STANDARD_CONFIGS = {"tiny": (16, 1, 4, 8), "small": (64, 2, 4, 16), "medium": (128, 4, 4, 32)}
 LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
