@@ -479,62 +479,94 @@ static TARGET void FN(adam)(GPTObject *g, double lr, double grad_scale)
    applied to them right away, while the tile is still in registers (one pass over the weights, not two). */
 
 #ifdef FASTOPS_AVX512
-/* A register tile of MR rows x NR vectors of C; the last vector is masked to the columns that exist.
-   Inlined with constant MR, NR so that the accumulators live in registers. */
+/* A register tile of MR (<= 8) rows x NR (<= 2) vectors of C, the last vector masked to the columns that
+   exist. Inlined with constant MR, NR; the accumulators are named variables, not an array, so that
+   they stay in registers (GCC keeps a 1 KB array of vectors in memory). */
 static inline __attribute__((always_inline)) TARGET void
 FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
               const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate, VMASK last,
               const FN(AdamArgs) *adam)
 {
-    VREAL acc[8][2];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NR; v++) {
-            VMASK mask = v == NR - 1 ? last : VMASK_ALL;
-            acc[r][v] = accumulate ? VLOAD_MASKED(mask, Cm + r * ldc + v * VW) : VZERO();
-        }
+    const VMASK mask0 = NR == 1 ? last : VMASK_ALL;
+    VREAL c00 = VZERO(), c10 = VZERO(), c20 = VZERO(), c30 = VZERO(), c40 = VZERO(), c50 = VZERO(),
+          c60 = VZERO(), c70 = VZERO(), c01 = VZERO(), c11 = VZERO(), c21 = VZERO(), c31 = VZERO(),
+          c41 = VZERO(), c51 = VZERO(), c61 = VZERO(), c71 = VZERO();
+#define TILE_ROWS(DO) DO(0) DO(1) DO(2) DO(3) DO(4) DO(5) DO(6) DO(7)
+#define LOAD_ROW(r) if (MR > r && accumulate) {                                                   \
+        c##r##0 = VLOAD_MASKED(mask0, Cm + r * ldc);                                             \
+        if (NR == 2) c##r##1 = VLOAD_MASKED(last, Cm + r * ldc + VW); }
+#define FMA_ROW(r) if (MR > r) {                                                                  \
+        const VREAL ar = VSET1(a[r * a_rs]);                                                     \
+        c##r##0 = VFMA(ar, b0, c##r##0);                                                         \
+        if (NR == 2) c##r##1 = VFMA(ar, b1, c##r##1); }
+#define STORE_ROW(r) if (MR > r) {                                                                \
+        if (adam) FN(adam_vector)(adam, Cm + r * ldc - adam->g, c##r##0, mask0);                 \
+        else VSTORE_MASKED(Cm + r * ldc, mask0, c##r##0);                                        \
+        if (NR == 2) {                                                                           \
+            if (adam) FN(adam_vector)(adam, Cm + r * ldc + VW - adam->g, c##r##1, last);         \
+            else VSTORE_MASKED(Cm + r * ldc + VW, last, c##r##1); } }
+    TILE_ROWS(LOAD_ROW)
     for (ptrdiff_t k = 0; k < K; k++) {
         const real *b = B + k * ldb, *a = A + k * a_cs;
-        VREAL b0 = NR == 1 ? VLOAD_MASKED(last, b) : VLOAD(b);
-        VREAL b1 = NR == 2 ? VLOAD_MASKED(last, b + VW) : b0;
-        for (int r = 0; r < MR; r++) {
-            VREAL ar = VSET1(a[r * a_rs]);
-            acc[r][0] = VFMA(ar, b0, acc[r][0]);
-            if (NR == 2) acc[r][1] = VFMA(ar, b1, acc[r][1]);
-        }
+        const VREAL b0 = VLOAD_MASKED(mask0, b);
+        const VREAL b1 = NR == 2 ? VLOAD_MASKED(last, b + VW) : b0;
+        TILE_ROWS(FMA_ROW)
     }
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NR; v++) {
-            const VMASK mask = v == NR - 1 ? last : VMASK_ALL;
-            if (adam) FN(adam_vector)(adam, Cm + r * ldc + v * VW - adam->g, acc[r][v], mask);
-            else VSTORE_MASKED(Cm + r * ldc + v * VW, mask, acc[r][v]);
-        }
+    TILE_ROWS(STORE_ROW)
+#undef TILE_ROWS
+#undef LOAD_ROW
+#undef FMA_ROW
+#undef STORE_ROW
+}
+
+/* The tile of C at rows m0.., columns n0.. (up to 8 rows, 2 vectors), dispatched to a constant shape. */
+static TARGET void FN(gemm_block)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
+                                  ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc,
+                                  int accumulate, const FN(AdamArgs) *adam, ptrdiff_t m0, ptrdiff_t n0)
+{
+    const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
+    const int rows = M - m0 < 8 ? (int)(M - m0) : 8, NR = cols > VW ? 2 : 1;
+    const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
+    const real *a = A + m0 * a_rs, *b = B + n0;
+    real *c = Cm + m0 * ldc + n0;
+#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam)
+    switch (rows * 2 + NR - 1) {
+    case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
+    case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
+    case 6: TILE(3, 1); break;  case 7: TILE(3, 2); break;
+    case 8: TILE(4, 1); break;  case 9: TILE(4, 2); break;
+    case 10: TILE(5, 1); break; case 11: TILE(5, 2); break;
+    case 12: TILE(6, 1); break; case 13: TILE(6, 2); break;
+    case 14: TILE(7, 1); break; case 15: TILE(7, 2); break;
+    case 16: TILE(8, 1); break; default: TILE(8, 2); break;
+    }
+#undef TILE
 }
 
 static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
                             const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
                             const FN(AdamArgs) *adam)
 {
-    for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
-        const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
-        const int NR = cols > VW ? 2 : 1;
-        const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += 8) {
-            const int rows = M - m0 < 8 ? (int)(M - m0) : 8;
-            const real *a = A + m0 * a_rs;
-            const real *b = B + n0;
-            real *c = Cm + m0 * ldc + n0;
-#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam)
-            switch (rows * 2 + NR - 1) {
-            case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
-            case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
-            case 6: TILE(3, 1); break;  case 7: TILE(3, 2); break;
-            case 8: TILE(4, 1); break;  case 9: TILE(4, 2); break;
-            case 10: TILE(5, 1); break; case 11: TILE(5, 2); break;
-            case 12: TILE(6, 1); break; case 13: TILE(6, 2); break;
-            case 14: TILE(7, 1); break; case 15: TILE(7, 2); break;
-            case 16: TILE(8, 1); break; default: TILE(8, 2); break;
-            }
-#undef TILE
+    /* When A is read down its columns (W^T), a tile's k loop would touch one cache line in each of K
+       rows; blocks of 16 k keep those rows streaming. The partial sums wait in C, so every element
+       still sums its products in k order. */
+    const ptrdiff_t KB = a_cs == 1 ? K : 16;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += KB) {
+        const ptrdiff_t kb = K - k0 < KB ? K - k0 : KB;
+        const int acc = accumulate || k0 > 0;
+        const FN(AdamArgs) *upd = k0 + kb == K ? adam : NULL;
+        const real *a = A + k0 * a_cs, *b = B + k0 * ldb;
+        if (K <= 64) {
+            /* short sums (the tokens of a weight gradient): row after row, so that C and the Adam
+               moments stream through memory while A's rows and all of B stay in L1 */
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += 8)
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                    FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+        } else {
+            /* long sums: column panel after column panel, so that B's panel stays in cache */
+            for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                for (ptrdiff_t m0 = 0; m0 < M; m0 += 8)
+                    FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
         }
     }
 }
