@@ -35,7 +35,7 @@ def _kernels():
 
 
 def _zeros(code: str, *shape: int) -> memoryview:
-    """A zeroed buffer viewed with ``shape`` (memoryviews cast to N-D are what the kernels take)."""
+    """A zeroed buffer viewed with ``shape`` (the kernels take N-D memoryviews; ``.obj`` is the flat array)."""
     flat = array(code, bytes(array(code).itemsize * math.prod(shape)))
     return memoryview(flat).cast("B").cast(code, shape)
 
