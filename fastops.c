@@ -560,8 +560,18 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             /* short sums (the tokens of a weight gradient): row after row, so that C and the Adam
                moments stream through memory while A's rows and all of B stay in L1 */
             for (ptrdiff_t m0 = 0; m0 < M; m0 += 8)
-                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
+                    if (upd && M * N >= 65536)   /* big matrices: fetch the Adam state of a tile a few ahead */
+                        for (ptrdiff_t r = m0; r < m0 + 8 && r < M; r++) {
+                            const ptrdiff_t i = (Cm - upd->g) + r * ldc + n0 + 8 * VW;
+                            for (int line = 0; line < (int)(2 * VW * sizeof(real)); line += 64) {
+                                __builtin_prefetch((const char *)(upd->p + i) + line, 1);
+                                __builtin_prefetch((const char *)(upd->m + i) + line, 1);
+                                __builtin_prefetch((const char *)(upd->v + i) + line, 1);
+                            }
+                        }
                     FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+                }
         } else {
             /* long sums: column panel after column panel, so that B's panel stays in cache */
             for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
