@@ -81,7 +81,7 @@ class NumpyEngine:
             raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
         self.cfg, self.tcfg, self.dtype, self.threads = model_cfg, train_cfg, DTYPES[dtype], threads
         self.params = np.array(params.data, dtype=self.dtype)
-        self.grads, self.m, self.v = (np.zeros_like(self.params) for _ in range(3))
+        self.grads, self.m, self.v, self.scratch = (np.zeros_like(self.params) for _ in range(4))
         self.t = 0
         self.w = self._views(self.params, params)
         self.dw = self._views(self.grads, params)
@@ -145,20 +145,21 @@ class NumpyEngine:
         tokens, x0, inv0, layers, x = saved
         B, T = tokens.shape
         scale = cfg.head_dim ** -0.5
-        self.grads.fill(0.0)
-        dw["lm_head"][:] = dlogits.T @ x
+        dw["wte"].fill(0.0)   # the embeddings accumulate; every other gradient is written whole below
+        dw["wpe"].fill(0.0)
+        np.matmul(dlogits.T, x, out=dw["lm_head"])
         dx = dlogits @ w["lm_head"]
         for layer in reversed(range(cfg.n_layer)):
             p = f"layer{layer}."
             h, inv1, q, k, v, a, o, h2, inv2, u, act = layers[layer]
             # MLP: x = x + W2 act(W1 h2)
-            dw[p + "mlp_fc2"][:] = dx.T @ act
+            np.matmul(dx.T, act, out=dw[p + "mlp_fc2"])
             dact = dx @ w[p + "mlp_fc2"]
             du = np.where(u > 0, 2.0 * u * dact, 0.0) if cfg.mlp_act == "relu2" else np.where(u > 0, dact, 0.0)
-            dw[p + "mlp_fc1"][:] = du.T @ h2
+            np.matmul(du.T, h2, out=dw[p + "mlp_fc1"])
             dx = dx + rmsnorm_backward(du @ w[p + "mlp_fc1"], h2, inv2)
             # attention: x = x + Wo o, o = softmax(q k^T / sqrt(D)) v per document and head
-            dw[p + "attn_wo"][:] = dx.T @ o
+            np.matmul(dx.T, o, out=dw[p + "attn_wo"])
             do = split_heads(dx @ w[p + "attn_wo"], B, cfg.n_head)
             dv = a.transpose(0, 1, 3, 2) @ do
             da = do @ v.transpose(0, 1, 3, 2)
@@ -167,7 +168,7 @@ class NumpyEngine:
             dh = np.zeros_like(h)
             for name, d in (("attn_wq", dq), ("attn_wk", dk), ("attn_wv", dv)):
                 d = merge_heads(d)
-                dw[p + name][:] = d.T @ h
+                np.matmul(d.T, h, out=dw[p + name])
                 dh += d @ w[p + name]
             dx = dx + rmsnorm_backward(dh, h, inv1)
         de = rmsnorm_backward(dx, x0, inv0)
@@ -204,14 +205,23 @@ class NumpyEngine:
             self.grads *= self.tcfg.grad_clip / norm
 
     def _adam(self, lr: float) -> None:
-        c, g = self.tcfg, self.grads
+        """p -= lr (m / bc1) / (sqrt(v / bc2) + eps), in place through one scratch buffer: on a large model
+        this step streams the whole flat state, and fresh temporaries would cost page faults on top."""
+        c, g, tmp = self.tcfg, self.grads, self.scratch
         self.t += 1
         bc1, bc2 = 1.0 - c.beta1 ** self.t, 1.0 - c.beta2 ** self.t
         self.m *= c.beta1
-        self.m += (1 - c.beta1) * g
+        self.m += np.multiply(g, 1 - c.beta1, out=tmp)
         self.v *= c.beta2
-        self.v += (1 - c.beta2) * g * g
-        self.params -= lr * (self.m / bc1) / (np.sqrt(self.v / bc2) + c.eps)
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - c.beta2
+        self.v += tmp
+        np.divide(self.v, bc2, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += c.eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= lr / bc1
+        self.params -= tmp
 
     def eval_loss(self, docs: list[list[int]]) -> float:
         tokens, targets, weights = pad_batch(docs, self.cfg)

@@ -19,6 +19,7 @@ autograd accumulates in place into that buffer, so clipping and Adam are a few w
 from __future__ import annotations
 
 from array import array
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,7 @@ class TorchEngine:
         self.threads = torch.get_num_threads()
         self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
         self.params = torch.frombuffer(params.data, dtype=torch.float64).to(self.device, self.dtype, copy=True)
-        self.grads, self.m, self.v = (torch.zeros_like(self.params) for _ in range(3))
+        self.grads, self.m, self.v, self.scratch = (torch.zeros_like(self.params) for _ in range(4))
         self.t = 0
         self.w = {}
         for t in params.tensors.values():
@@ -119,7 +120,7 @@ class TorchEngine:
         self._loss = self._make_loss()
 
     def _make_loss(self):
-        return lambda w, tokens, targets, weights: batch_loss(self.cfg, w, tokens, targets, weights)
+        return partial(batch_loss, self.cfg)
 
     def _batch(self, docs):
         tokens, targets, weights = pad_batch(docs, self.cfg)
@@ -157,13 +158,14 @@ class TorchEngine:
             self.grads.mul_(torch.clamp(self.tcfg.grad_clip / norm, max=1.0))
 
     def _adam(self, lr: float) -> None:
-        c, g = self.tcfg, self.grads
+        """p -= lr (m / bc1) / (sqrt(v / bc2) + eps): in-place ops on the flat buffers, no temporaries."""
+        c, g, denom = self.tcfg, self.grads, self.scratch
         self.t += 1
         bc1, bc2 = 1.0 - c.beta1 ** self.t, 1.0 - c.beta2 ** self.t
         self.m.mul_(c.beta1).add_(g, alpha=1 - c.beta1)
         self.v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
-        denom = (self.v / bc2).sqrt_().add_(c.eps)
-        self.params.addcdiv_(self.m / bc1, denom, value=-lr)
+        torch.div(self.v, bc2, out=denom).sqrt_().add_(c.eps)
+        self.params.addcdiv_(self.m, denom, value=-lr / bc1)
 
     def eval_loss(self, docs: list[list[int]]) -> float:
         with torch.no_grad():
@@ -201,4 +203,8 @@ class TorchCompileEngine(TorchEngine):
     name = "torch-compile"
 
     def _make_loss(self):
+        # Dynamo keeps its compiled graphs per Python function, shared by every engine in the process: each
+        # (config, dtype, batch of one or of many, training or evaluation) is one entry. A benchmark run needs
+        # more than the default 8, past which dynamo would silently fall back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         return torch.compile(super()._make_loss(), dynamic=True)
