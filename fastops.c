@@ -736,11 +736,17 @@ typedef struct {
     real *att, *o, *dqkv, *scratch;
 } FN(AttnArgs);
 
-/* y[t] += a x[t] over n lanes, n a multiple of LANE_PAD. */
-static inline TARGET void FN(lanes_axpy)(real *restrict y, real a, const real *restrict x, ptrdiff_t n)
+/* y[t] = sum_i a[i * a_stride] x[i * ld + t] for n lanes (n a multiple of LANE_PAD), summed in i order.
+   Each group of LANE_PAD lanes is one register accumulator, so the sum never round-trips memory. */
+static inline TARGET void FN(lanes_combine)(real *restrict y, const real *a, ptrdiff_t a_stride, const real *x,
+                                            ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n)
 {
-    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD)
-        for (ptrdiff_t t = t0; t < t0 + LANE_PAD; t++) y[t] += a * x[t];
+    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD) {
+        real acc[LANE_PAD] = {0};
+        for (ptrdiff_t i = 0; i < rows; i++)
+            for (int t = 0; t < LANE_PAD; t++) acc[t] += a[i * a_stride] * x[i * ld + t0 + t];
+        memcpy(y + t0, acc, sizeof acc);
+    }
 }
 
 /* Copies rows of a feature-major array (T lanes from s0) into a tile with TP lanes, zero-padded. */
@@ -767,8 +773,7 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
     const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *top = v + C * TPb, *total = top + TPb;
-    real *acc = total + TPb;
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *acc = v + C * TPb + 3 * TPb * TPb;
     FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);   /* q, k, v tiles are consecutive */
     for (ptrdiff_t h = 0; h < H; h++) {
         const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb;
@@ -776,26 +781,27 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
         /* scores s_j[t] = q[t] . k_j / sqrt(D), -inf where j > t */
         for (ptrdiff_t j = 0; j < T; j++) {
             real *Pj = P + j * TPb;
-            for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = 0;
-            for (ptrdiff_t d = 0; d < D; d++) FN(lanes_axpy)(Pj, kh[d * TPb + j], qh + d * TPb, TP);
+            FN(lanes_combine)(Pj, kh + j, TPb, qh, TPb, D, TP);
             for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
         }
-        /* softmax over j, max-subtracted */
-        for (ptrdiff_t t = 0; t < TP; t++) { top[t] = P[t]; total[t] = 0; }
-        for (ptrdiff_t j = 1; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++) top[t] = P[j * TPb + t] > top[t] ? P[j * TPb + t] : top[t];
-        for (ptrdiff_t j = 0; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++) {
-                const real e = FN(vexp)(P[j * TPb + t] - top[t]);
-                P[j * TPb + t] = e;
-                total[t] += e;
-            }
-        for (ptrdiff_t j = 0; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++) P[j * TPb + t] /= total[t];
+        /* softmax over j, max-subtracted, lane by lane */
+        for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
+            real top[LANE_PAD], total[LANE_PAD] = {0};
+            memcpy(top, P + t0, sizeof top);
+            for (ptrdiff_t j = 1; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) top[t] = P[j * TPb + t0 + t] > top[t] ? P[j * TPb + t0 + t] : top[t];
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) {
+                    const real e = FN(vexp)(P[j * TPb + t0 + t] - top[t]);   /* 0 for the masked j > t */
+                    P[j * TPb + t0 + t] = e;
+                    total[t] += e;
+                }
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) P[j * TPb + t0 + t] /= total[t];
+        }
         /* o[t] = sum_j P_j[t] v_j */
         for (ptrdiff_t d = 0; d < D; d++) {
-            for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
-            for (ptrdiff_t j = 0; j < T; j++) FN(lanes_axpy)(acc, vh[d * TPb + j], P + j * TPb, TP);
+            FN(lanes_combine)(acc, vh + d * TPb, 1, P, TPb, T, TP);
             memcpy(a->o + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
         }
     }
@@ -814,37 +820,32 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
     for (ptrdiff_t h = 0; h < H; h++) {
         const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb, *dOh = dO + h * D * TPb;
         const real *P = a->att_saved + (s0 * H + h * T) * TPb;
-        real *dq = a->dqkv + h * D * MP + s0, *dk = a->dqkv + (C + h * D) * MP + s0;
-        real *dv = a->dqkv + (2 * C + h * D) * MP + s0;
         /* through o = sum_j P_j v_j:  dP_j[t] = dO[t] . v_j */
-        for (ptrdiff_t j = 0; j < T; j++) {
-            real *dSj = dS + j * TPb;
-            for (ptrdiff_t t = 0; t < TP; t++) dSj[t] = 0;
-            for (ptrdiff_t d = 0; d < D; d++) FN(lanes_axpy)(dSj, vh[d * TPb + j], dOh + d * TPb, TP);
-        }
+        for (ptrdiff_t j = 0; j < T; j++) FN(lanes_combine)(dS + j * TPb, vh + j, TPb, dOh, TPb, D, TP);
         /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); padding lanes t >= T get 0 */
-        for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
-        for (ptrdiff_t j = 0; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++) acc[t] += P[j * TPb + t] * dS[j * TPb + t];
-        for (ptrdiff_t j = 0; j < T; j++)
-            for (ptrdiff_t t = 0; t < TP; t++)
-                dS[j * TPb + t] = t < T ? P[j * TPb + t] * (dS[j * TPb + t] - acc[t]) * scale : 0;
-        /* dq[t] = sum_j dS_j[t] k_j */
+        for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
+            real mean[LANE_PAD] = {0};
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) mean[t] += P[j * TPb + t0 + t] * dS[j * TPb + t0 + t];
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) {
+                    const ptrdiff_t i = j * TPb + t0 + t;
+                    dS[i] = t0 + t < T ? P[i] * (dS[i] - mean[t]) * scale : 0;
+                }
+        }
+        /* through s_j = q . k_j:  dq[t] = sum_j dS_j[t] k_j */
         for (ptrdiff_t d = 0; d < D; d++) {
-            for (ptrdiff_t t = 0; t < TP; t++) acc[t] = 0;
-            for (ptrdiff_t j = 0; j < T; j++) FN(lanes_axpy)(acc, kh[d * TPb + j], dS + j * TPb, TP);
-            memcpy(dq + d * MP, acc, (size_t)T * sizeof(real));
+            FN(lanes_combine)(acc, kh + d * TPb, 1, dS, TPb, T, TP);
+            memcpy(a->dqkv + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
         }
         /* dv_j = sum_t P_j[t] dO[t] and dk_j = sum_t dS_j[t] q[t]: keys become the lanes */
         FN(transpose_tile)(PT, P, TPb, T, TP);
         FN(transpose_tile)(dST, dS, TPb, T, TP);
         for (ptrdiff_t d = 0; d < D; d++) {
-            for (ptrdiff_t j = 0; j < TP; j++) acc[j] = 0;
-            for (ptrdiff_t t = 0; t < T; t++) FN(lanes_axpy)(acc, dOh[d * TPb + t], PT + t * TPb, TP);
-            memcpy(dv + d * MP, acc, (size_t)T * sizeof(real));
-            for (ptrdiff_t j = 0; j < TP; j++) acc[j] = 0;
-            for (ptrdiff_t t = 0; t < T; t++) FN(lanes_axpy)(acc, qh[d * TPb + t], dST + t * TPb, TP);
-            memcpy(dk + d * MP, acc, (size_t)T * sizeof(real));
+            FN(lanes_combine)(acc, dOh + d * TPb, 1, PT, TPb, T, TP);
+            memcpy(a->dqkv + (2 * C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
+            FN(lanes_combine)(acc, qh + d * TPb, 1, dST, TPb, T, TP);
+            memcpy(a->dqkv + (C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
         }
     }
 }
