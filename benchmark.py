@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -185,9 +186,10 @@ class Side:
         return self.argv or [sys.executable, str(self.root / "benchmark.py"), "worker"]
 
 
-def run_worker(side: Side, cases: list[Case], settings: dict, data: str, timeout: float = 3600) -> dict:
-    """One worker process for ``cases`` on ``side``; its response (results, skipped)."""
-    with tempfile.TemporaryDirectory(prefix="microgpt-bench-") as tmp:
+def run_worker(side: Side, cases: list[Case], settings: dict, data: str, log, timeout: float = 3600) -> dict:
+    """One worker process for ``cases`` on ``side``; its response (results, skipped). A worker that dies
+    without answering is started once more (say, an extension being rebuilt under it), then it is an error."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-worker-") as tmp:
         request, response = Path(tmp) / "request.json", Path(tmp) / "response.json"
         request.write_text(json.dumps({
             "protocol": PROTOCOL, "data": data, "warmup": settings["warmup"], "samples": settings["samples"],
@@ -195,14 +197,20 @@ def run_worker(side: Side, cases: list[Case], settings: dict, data: str, timeout
             "cases": [{"id": c.id, "engine": c.engine, "config": c.config_dict(), "batch_size": c.batch_size,
                        "dtype": c.dtype, "threads": c.threads} for c in cases]}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
-        try:
-            proc = subprocess.run([*side.command(), str(request), str(response)], cwd=side.root, env=env,
-                                  capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"{side.name} worker for {cases[0].engine} did not finish in {timeout:.0f} s") from None
-        if proc.returncode != 0 or not response.exists():
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise UserError(f"{side.name} worker for {cases[0].engine} failed (exit {proc.returncode}):\n{tail}")
+        for attempt in (1, 2):
+            try:
+                proc = subprocess.run([*side.command(), str(request), str(response)], cwd=side.root, env=env,
+                                      capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise UserError(f"{side.name} worker for {cases[0].engine} did not finish in {timeout:.0f} s") from None
+            if proc.returncode == 0 and response.exists():
+                break
+            tail = "\n".join((proc.stderr.strip() + "\n" + proc.stdout.strip()).strip().splitlines()[-15:])
+            problem = f"{side.name} worker for {cases[0].engine} exited with status {proc.returncode} " \
+                      f"{'and' if response.exists() else 'without'} writing its results" + (f":\n{tail}" if tail else "")
+            if attempt == 2:
+                raise UserError(problem)
+            log(f"warning: {problem}; starting it again")
         out = json.loads(response.read_text())
     if out.get("protocol") != PROTOCOL:
         raise UserError(f"the {side.name} side's benchmark.py speaks worker protocol {out.get('protocol')!r}, "
@@ -231,7 +239,7 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                 if engine in dead[side.name]:
                     continue
                 t0 = time.perf_counter()
-                response = run_worker(side, engine_cases, settings, data)
+                response = run_worker(side, engine_cases, settings, data, log)
                 acc = out[side.name]
                 for s in response["skipped"]:
                     acc["skipped"][s["id"]] = s["reason"]
@@ -804,6 +812,26 @@ def build_extensions(root: Path, log) -> None:
         raise UserError(f"building the extensions in {root} failed:\n{tail}")
 
 
+EXTENSION_SOURCES = ["setup.py", "pyproject.toml", "*.c", "*.h", "*.pyx", "*.pxd"]
+
+
+def reuse_extensions(worktree: Path, rev: str) -> bool:
+    """Copy this checkout's built extensions into the worktree when their sources are the same at ``rev``
+    and here (most pull requests do not touch C): the binaries would be identical, the build is minutes."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    for args in (["diff", "--quiet", rev, "--"], ["diff", "--quiet", "HEAD", "--"]):
+        if subprocess.run(["git", *args, *EXTENSION_SOURCES], cwd=REPO, capture_output=True).returncode != 0:
+            return False
+    built = [p for d in (REPO, REPO / "microgpt", REPO / "engines") for p in d.iterdir()
+             if any(p.name.endswith(suffix) for suffix in EXTENSION_SUFFIXES)]
+    if not built:
+        return False
+    for path in built:
+        shutil.copy2(path, worktree / path.relative_to(REPO))
+    return True
+
+
 def interleaved(sides: list[Side], args, log) -> tuple[dict, dict, str]:
     """Measure every side interleaved; the results documents of the first two sides and the matrix name."""
     name, settings, cases, left_out = matrix_for(args)
@@ -825,9 +853,13 @@ def cmd_ab(args) -> int:
         try:
             if not (worktree / "benchmark.py").exists():
                 raise UserError(f"the base revision {args.base} ({rev[:12]}) has no benchmark.py to run")
-            build_extensions(worktree, log or (lambda m: None))
+            quiet = log or (lambda m: None)
             if args.build_head:
-                build_extensions(REPO, log or (lambda m: None))
+                build_extensions(REPO, quiet)
+            if args.rebuild or not reuse_extensions(worktree, rev):
+                build_extensions(worktree, quiet)
+            else:
+                quiet("extension sources are unchanged: the base reuses this checkout's builds")
             base, head, _ = interleaved([Side("base", worktree), Side("head", REPO)], args, log)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, capture_output=True)
@@ -992,6 +1024,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--base", required=True, help="base revision (branch, tag or commit)")
     q.add_argument("--out", default="out/ab", help="directory for base.json, head.json, comparison.md, charts")
     q.add_argument("--build-head", action="store_true", help="also rebuild this checkout's extensions first")
+    q.add_argument("--rebuild", action="store_true",
+                   help="build the base's extensions even when their sources equal the head's")
     matrix_flags(q)
     gate_flags(q)
     q = sub.add_parser("update-baseline", help="replace the checked-in baseline and append it to the history")

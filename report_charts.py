@@ -148,3 +148,199 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
                     LEVEL_COLORS.get(name, "grey"), room_above >= room_below, [flops for _, flops, _ in peaks],
                     [(r["intensity"], r["achieved"]) for r in rows])
     return _save(fig, stem)
+
+
+# --- benchmark charts (benchmark.py report) ------------------------------------------------------------
+
+VERDICT_COLORS = {"regression": "#d62728", "faster": "#2ca02c"}
+
+
+def _engine_color(name: str) -> str:
+    """The same colour for an engine in every chart: its position among the registered engines."""
+    from engines import ENGINES
+    names = list(ENGINES)
+    index = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    return ENGINE_COLORS[index % len(ENGINE_COLORS)]
+
+
+def _case_label(r: dict) -> str:
+    c = r["config"]
+    dtype = {"float64": "f64", "float32": "f32"}.get(r["dtype"], r["dtype"])
+    return (f"C{c['n_embd']} L{c['n_layer']} H{c['n_head']} · batch {r['batch_size']} · {dtype} · "
+            f"{r['threads']} thread{'s' * (r['threads'] > 1)}")
+
+
+def _grouped_bars(groups: dict[str, list[tuple[str, float, str]]], xlabel: str, title: str, stem) -> list[Path]:
+    """Horizontal log-scale bars, one block per group with its label above: (engine, value, text) each."""
+    n_bars = sum(map(len, groups.values()))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.24 * n_bars + 0.42 * len(groups)))
+    y, ticks, labels = 0.0, [], []
+    values = [v for bars in groups.values() for _, v, _ in bars]
+    for group, bars in groups.items():
+        ax.text(0.0, y - 0.25, group, transform=ax.get_yaxis_transform(), ha="left", va="bottom", fontsize=9,
+                fontweight="bold")
+        y += 0.45
+        for engine, value, text in bars:
+            ax.barh(y, value, height=0.8, color=_engine_color(engine))
+            ax.text(value * 1.06, y, text, va="center", fontsize=8)
+            ticks.append(y)
+            labels.append(engine)
+            y += 1
+        y += 0.6
+    ax.set_xscale("log")
+    ax.set_xlim(min(values) / 3, max(values) * 12)
+    ax.set_ylim(y - 0.4, -0.6)
+    ax.set_yticks(ticks, labels, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, axis="x", which="major", color="#dddddd", lw=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def _si(x: float) -> str:
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g}{prefix}"
+    return f"{x:.3g}"
+
+
+def _by_case(records: list[dict]) -> dict[str, list[dict]]:
+    order = sorted(records, key=lambda r: (r["config"]["n_embd"], r["config"]["n_layer"], r["batch_size"],
+                                           r["dtype"] != "float64", r["threads"]))
+    groups: dict[str, list[dict]] = {}
+    for r in order:
+        groups.setdefault(_case_label(r), []).append(r)
+    return groups
+
+
+def throughput_chart(records: list[dict], stem: str | Path) -> list[Path]:
+    """Training throughput (tokens/s, median wall time) of every engine, grouped by model, batch, dtype, threads."""
+    groups = {label: [(r["engine"], r["tokens_per_s"], f"{_si(r['tokens_per_s'])} tok/s")
+                      for r in sorted(rs, key=lambda r: -r["tokens_per_s"])] for label, rs in _by_case(records).items()}
+    return _grouped_bars(groups, "training throughput, tokens/s (median wall time per step; log scale)",
+                         "Throughput of one training step per engine", stem)
+
+
+def speedup_chart(records: list[dict], stem: str | Path) -> list[Path]:
+    """Each engine's speedup over train.py (engine python, float64, one thread) on the same model and batch
+    size; nothing is drawn (and [] returned) when no record has such a reference."""
+    def key(r):
+        return tuple(sorted((k, v) for k, v in r["config"].items())), r["batch_size"]
+    reference = {key(r): r for r in records if r["engine"] == "python" and r["dtype"] == "float64" and r["threads"] == 1}
+    groups = {}
+    for label, rs in _by_case(records).items():
+        bars = [(r["engine"], reference[key(r)]["ms_per_step"] / r["ms_per_step"]) for r in rs
+                if key(r) in reference and r["engine"] != "python"]
+        if bars:
+            groups[label] = [(e, s, f"{s:,.3g}x") for e, s in sorted(bars, key=lambda b: -b[1])]
+    if not groups:
+        return []
+    return _grouped_bars(groups, "speedup over train.py (python engine, float64, 1 thread; log scale)",
+                         "Speedup over the reference trainer", stem)
+
+
+def distribution_chart(verdicts: list, stem: str | Path) -> list[Path]:
+    """Every sample of a comparison relative to the base median, base (grey) above current (coloured by
+    verdict) for each benchmark, with the effect floor shaded: what the rank test and the ratio saw."""
+    rows = [v for v in verdicts if v.base_samples and v.cur_samples and v.base_ms]
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.42 * max(len(rows), 1)))
+    jitter = [((i * 0.618) % 1 - 0.5) * 0.18 for i in range(1000)]
+    all_x = []
+    for y, v in enumerate(rows):
+        color = VERDICT_COLORS.get(v.verdict, "#1f77b4")
+        base = [x / v.base_ms for x in v.base_samples]
+        cur = [x / v.base_ms for x in v.cur_samples]
+        all_x += base + cur
+        ax.scatter(base, [y - 0.17 + jitter[i % 1000] for i in range(len(base))], s=9, color="#999999", lw=0)
+        ax.scatter(cur, [y + 0.17 + jitter[i % 1000] for i in range(len(cur))], s=9, color=color, lw=0)
+        ax.plot([1, 1], [y - 0.35, y + 0.01], color="black", lw=1.5)
+        ax.plot([v.ratio] * 2, [y - 0.01, y + 0.35], color=color, lw=1.5)
+        ax.axhspan(y - 0.5, y + 0.5, color="#f6f6f6" if y % 2 else "white", zorder=-2)
+        ax.fill_betweenx([y - 0.5, y + 0.5], 1 / (1 + v.threshold), 1 + v.threshold, color="#e4e4e4", zorder=-1, lw=0)
+    lo = max(0.5, min(all_x, default=0.9) * 0.97)
+    hi = min(2.0, max(all_x, default=1.1) * 1.03)
+    ax.set_xlim(min(lo, 0.9), max(hi, 1.1))
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_yticks(range(len(rows)), [f"{v.id} [{v.metric}]" for v in rows], fontsize=8.5)
+    for tick, v in zip(ax.get_yticklabels(), rows):
+        tick.set_color(VERDICT_COLORS.get(v.verdict, "black"))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{(x - 1) * 100:+.0f}%"))
+    ax.set_xlabel("time per step vs the base median (shaded: the effect floor)")
+    ax.set_title("Every sample: base grey (upper), current below (red: regression, green: faster)", fontsize=10)
+    ax.grid(True, axis="x", color="#dddddd", lw=0.6)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def trend_chart(entries: list[dict], stem: str | Path) -> list[Path]:
+    """Each benchmark's time per step over the baseline history, relative to its first appearance (thin
+    lines), and each engine's geometric mean (thick): CPU time where recorded, else wall time."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ids = list(dict.fromkeys(i for e in entries for i in e["benchmarks"]))
+    by_engine: dict[str, list[list[float]]] = {}
+    for bench_id in ids:
+        points = [(x, b.get("cpu_ms_per_step") or b.get("ms_per_step"), b.get("engine") or bench_id.split()[0])
+                  for x, e in enumerate(entries) if (b := e["benchmarks"].get(bench_id))]
+        points = [p for p in points if p[1]]
+        if not points:
+            continue
+        first = points[0][1]
+        xs, ys = [p[0] for p in points], [p[1] / first for p in points]
+        engine = points[0][2]
+        ax.plot(xs, ys, color=_engine_color(engine), lw=0.7, alpha=0.45)
+        series = by_engine.setdefault(engine, [[] for _ in entries])
+        for x, y in zip(xs, ys):
+            series[x].append(y)
+    for engine, series in by_engine.items():
+        xs = [x for x, ys in enumerate(series) if ys]
+        means = [math.exp(sum(map(math.log, series[x])) / len(series[x])) for x in xs]
+        ax.plot(xs, means, color=_engine_color(engine), lw=2.2, marker="o", ms=4, label=engine)
+    ax.axhline(1, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:.2g}x"))
+    ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    labels = [f"{(e.get('created') or '?')[:10]}\n{(e.get('commit') or '?')[:7]}" for e in entries]
+    step = max(1, len(entries) // 8)
+    ax.set_xticks(range(0, len(entries), step), labels[::step], fontsize=8)
+    ax.set_ylabel("time per step vs first baseline (log)")
+    ax.set_title("Trend over the baseline history (thin: benchmarks, thick: engine geometric mean)", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(5, len(by_engine)), loc="upper left", framealpha=0.9)
+    ax.grid(True, color="#dddddd", lw=0.6)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def loss_chart(logs: list[dict], stem: str | Path) -> list[Path]:
+    """Training loss of every engine from their --loss-log files (moving average, validation as dots) and,
+    below, each engine's per-step distance from the first log's curve: the engines compute one model."""
+    fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    reference = next((g for g in logs if g.get("engine") == "python"), logs[0])
+    styles = ["-", "--", ":", "-."]
+    for i, log in enumerate(logs):
+        losses, start = log["train"], log.get("start_step", 0)
+        window = max(1, len(losses) // 25)
+        smooth = [sum(losses[max(0, j - window + 1):j + 1]) / len(losses[max(0, j - window + 1):j + 1])
+                  for j in range(len(losses))]
+        steps = range(start + 1, start + len(losses) + 1)
+        color = _engine_color(log.get("engine", "?"))
+        ax.plot(steps, smooth, color=color, lw=2.4 - 1.6 * i / max(1, len(logs) - 1), ls=styles[i % len(styles)],
+                label=log.get("engine", f"log {i + 1}"))
+        if log.get("val"):
+            ax.plot([s for s, _ in log["val"]], [v for _, v in log["val"]], "o", color=color, ms=5, mec="black", mew=0.5)
+        if log is not reference:
+            diffs = [abs(a - b) or 1e-17 for a, b in zip(losses, reference["train"])]
+            ax_diff.plot(steps[:len(diffs)], diffs, color=color, lw=0.8, alpha=0.8)
+    ax.set_ylabel("training loss (moving average)")
+    ax.set_title("Loss curves of the engines side by side (dots: validation)", fontsize=11)
+    ax.legend(fontsize=8, ncol=min(4, len(logs)), framealpha=0.9)
+    ax.grid(True, color="#dddddd", lw=0.6)
+    ax_diff.set_yscale("log")
+    ax_diff.set_ylabel(f"|loss - {reference.get('engine', 'first')}|")
+    ax_diff.set_xlabel("step")
+    ax_diff.grid(True, color="#dddddd", lw=0.6)
+    fig.tight_layout()
+    return _save(fig, stem)

@@ -45,7 +45,8 @@ def slow_worker(request: str, response: str) -> None:
 
 def comparison(sides: list[benchmark.Side], settings: dict, cases: list[benchmark.Case], data: str,
                data_info: dict) -> dict:
-    measured = benchmark.measure(sides, cases, settings, data)
+    warn = lambda message: message.startswith("warning") and print(message, file=sys.stderr, flush=True)
+    measured = benchmark.measure(sides, cases, settings, data, log=warn)
     docs = [benchmark.results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
     out = {}
     for metric in ("auto", "wall"):
