@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engines.torch_eager import pad_batch
+from engines.torch_eager import pack_batch
 from microgpt import UserError, checkpoint
 from microgpt.config import SampleConfig
 from microgpt.params import FlatParams
@@ -64,33 +64,36 @@ class GPT(nn.Module):
     def linear(self, name: str, x):
         return self.linears[name.replace(".", "_")](x)
 
-    def forward(self, tokens):
-        """Logits (B, T, vocab) for token ids (B, T)."""
-        cfg = self.cfg
-        B, T = tokens.shape
-        x = rmsnorm(self.wte[tokens] + self.wpe[:T])
-        for layer in range(cfg.n_layer):
+    def forward(self, tokens, positions, slots, B: int, T: int):
+        """Logits (N, vocab) for the N rows of a packed batch (see engines/torch_eager.py ``Batch``)."""
+        C, H, D = self.cfg.n_embd, self.cfg.n_head, self.cfg.head_dim
+
+        def heads(rows):   # (N, C) rows -> (B, H, T, D), zero padding hidden by the causal mask
+            return rows.new_zeros(B * T, C).index_copy(0, slots, rows).view(B, T, H, D).transpose(1, 2)
+
+        x = rmsnorm(self.wte[tokens] + self.wpe[positions])
+        for layer in range(self.cfg.n_layer):
             p = f"layer{layer}."
             h = rmsnorm(x)
-            q, k, v = (self.linear(p + name, h).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
-                       for name in ("attn_wq", "attn_wk", "attn_wv"))
+            q, k, v = (heads(self.linear(p + name, h)) for name in ("attn_wq", "attn_wk", "attn_wv"))
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.linear(p + "attn_wo", o.transpose(1, 2).reshape(B, T, cfg.n_embd))
+            x = x + self.linear(p + "attn_wo", o.transpose(1, 2).reshape(B * T, C)[slots])
             u = F.relu(self.linear(p + "mlp_fc1", rmsnorm(x)))
-            x = x + self.linear(p + "mlp_fc2", u * u if cfg.mlp_act == "relu2" else u)
+            x = x + self.linear(p + "mlp_fc2", u * u if self.cfg.mlp_act == "relu2" else u)
         return self.linear("lm_head", x)
 
     @torch.inference_mode()
     def eval_loss(self, docs: list[list[int]]) -> float:
         """Mean over documents of each document's mean token loss (the engines' batch loss)."""
-        tokens, targets, weights = pad_batch(docs, self.cfg)
-        logits = self(torch.tensor(tokens))
-        token_loss = F.cross_entropy(logits.flatten(0, 1), torch.tensor(targets).flatten(), reduction="none")
-        return float((token_loss * torch.tensor(weights).flatten()).sum())
+        b = pack_batch(docs, self.cfg)
+        logits = self(torch.tensor(b.tokens), torch.tensor(b.positions), torch.tensor(b.slots), b.B, b.T)
+        token_loss = F.cross_entropy(logits, torch.tensor(b.targets), reduction="none")
+        return float((token_loss * torch.tensor(b.weights)).sum())
 
     @torch.inference_mode()
     def logits(self, tokens: list[int]) -> list[float]:
-        return self(torch.tensor([tokens]))[0, -1].tolist()
+        positions = torch.arange(len(tokens))
+        return self(torch.tensor(tokens), positions, positions, 1, len(tokens))[-1].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """PyTorch engines: the model in a few lines of tensor code, gradients by autograd ("torch"), optionally
 compiled by torch.compile ("torch-compile"); on the CPU, or on a GPU with ``--device cuda`` / ``mps``.
 
-A step's B documents are padded to the longest, T tokens, and run as ONE forward and ONE backward over a
-(B, T) batch. Padding needs no mask of its own: padded positions come after every real one, so the causal
-mask already hides them from real queries, and their loss weight is zero. Each real token's loss weighs
-1 / (B n_b) (n_b = its document's length), so the weighted sum is exactly the reference's batch loss: the
-mean over documents of each document's mean token loss.
+A step's B documents run as ONE forward and ONE backward. Every position of every document is one row
+(N rows in all, no padding), so the linear layers, which do nearly all the work, compute real tokens only;
+attention alone needs a (B, T) grid, T = the longest document's length: the rows are scattered into it,
+padded with zeros, and gathered back. The padding needs no mask of its own: padded slots come after
+every real position, so the causal mask already hides them. Each row's loss weighs 1 / (B n_b) (n_b = its
+document's length), so the weighted sum is exactly the reference's batch loss: the mean over documents of
+each document's mean token loss.
 
 Parameters live in one flat tensor in the layout of microgpt/params.py, and each named matrix is a leaf
 tensor that is a *view* into it, whose ``.grad`` is preset to a view into one flat gradient tensor:
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from array import array
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +50,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def pad_batch(docs: list[list[int]], cfg: ModelConfig):
-    """Inputs, targets and per-token loss weights as (B, T) lists, T = the longest document's length."""
+class Batch(NamedTuple):
+    """A step's documents as rows, one per real position, document after document (no padding)."""
+
+    tokens: list      # (N,) input ids
+    positions: list   # (N,) position of each row in its document
+    targets: list     # (N,) next-token ids
+    weights: list     # (N,) loss weight 1 / (B n_b)
+    slots: list       # (N,) b T + p: where each row sits in the (B, T) grid attention runs on
+    B: int
+    T: int            # the longest document's length
+
+
+def pack_batch(docs: list[list[int]], cfg: ModelConfig) -> Batch:
     if not docs:
         raise ValueError("a batch needs at least one document")
     lengths = [len(d) - 1 for d in docs]
@@ -58,38 +72,40 @@ def pad_batch(docs: list[list[int]], cfg: ModelConfig):
     if not all(0 <= tok < cfg.vocab_size for doc in docs for tok in doc):
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
     B, T = len(docs), max(lengths)
-    pad = lambda ids: ids + [0] * (T - len(ids))   # noqa: E731  padding uses token 0: any valid id will do
-    tokens = [pad(doc[:-1]) for doc in docs]
-    targets = [pad(doc[1:]) for doc in docs]
-    weights = [[1.0 / (n * B)] * n + [0.0] * (T - n) for n in lengths]
-    return tokens, targets, weights
+    return Batch(tokens=[tok for doc in docs for tok in doc[:-1]],
+                 positions=[p for n in lengths for p in range(n)],
+                 targets=[tok for doc in docs for tok in doc[1:]],
+                 weights=[1.0 / (n * B) for n in lengths for _ in range(n)],
+                 slots=[b * T + p for b, n in enumerate(lengths) for p in range(n)], B=B, T=T)
 
 
 def rmsnorm(x):
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)
 
 
-def forward(cfg: ModelConfig, w: dict, tokens):
-    """Logits (B, T, vocab) for token ids (B, T)."""
-    B, T = tokens.shape
-    x = rmsnorm(w["wte"][tokens] + w["wpe"][:T])
+def forward(cfg: ModelConfig, w: dict, tokens, positions, slots, B: int, T: int):
+    """Logits (N, vocab) for the N rows of a packed batch (see ``Batch``)."""
+    C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
+
+    def heads(rows):   # (N, C) rows -> (B, H, T, D), padded with zeros that the causal mask hides
+        return rows.new_zeros(B * T, C).index_copy(0, slots, rows).view(B, T, H, D).transpose(1, 2)
+
+    x = rmsnorm(w["wte"][tokens] + w["wpe"][positions])
     for layer in range(cfg.n_layer):
         p = f"layer{layer}."
         h = rmsnorm(x)
-        q, k, v = (F.linear(h, w[p + name]).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
-                   for name in ("attn_wq", "attn_wk", "attn_wv"))
+        q, k, v = (heads(F.linear(h, w[p + name])) for name in ("attn_wq", "attn_wk", "attn_wv"))
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q k^T / sqrt(D)) v, causal
-        x = x + F.linear(o.transpose(1, 2).reshape(B, T, cfg.n_embd), w[p + "attn_wo"])
+        x = x + F.linear(o.transpose(1, 2).reshape(B * T, C)[slots], w[p + "attn_wo"])
         u = F.relu(F.linear(rmsnorm(x), w[p + "mlp_fc1"]))
         x = x + F.linear(u * u if cfg.mlp_act == "relu2" else u, w[p + "mlp_fc2"])
     return F.linear(x, w["lm_head"])
 
 
-def batch_loss(cfg: ModelConfig, w: dict, tokens, targets, weights):
+def batch_loss(cfg: ModelConfig, w: dict, tokens, positions, targets, weights, slots, B: int, T: int):
     """Sum of weighted token losses = mean over documents of each document's mean loss."""
-    logits = forward(cfg, w, tokens)
-    token_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    return (token_loss * weights.flatten()).sum()
+    logits = forward(cfg, w, tokens, positions, slots, B, T)
+    return (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
 
 
 class TorchEngine:
@@ -122,17 +138,11 @@ class TorchEngine:
     def _make_loss(self):
         return partial(batch_loss, self.cfg)
 
-    def _batch(self, docs):
-        tokens, targets, weights = pad_batch(docs, self.cfg)
-        as_tensor = lambda rows, dtype: torch.tensor(rows, dtype=dtype).to(self.device)   # noqa: E731
-        return as_tensor(tokens, torch.long), as_tensor(targets, torch.long), as_tensor(weights, self.dtype)
-
     def _batch_loss(self, docs) -> torch.Tensor:
-        tokens, targets, weights = self._batch(docs)
-        # The position table is cut to T here, outside any compiled graph: torch.compile would otherwise
-        # notice that T == block_size on the first batch and recompile for every other T.
-        w = {**self.w, "wpe": self.w["wpe"][:tokens.shape[1]]}
-        return self._loss(w, tokens, targets, weights)
+        batch = pack_batch(docs, self.cfg)
+        as_tensor = lambda rows, dtype=torch.long: torch.tensor(rows, dtype=dtype).to(self.device)   # noqa: E731
+        return self._loss(self.w, as_tensor(batch.tokens), as_tensor(batch.positions), as_tensor(batch.targets),
+                          as_tensor(batch.weights, self.dtype), as_tensor(batch.slots), batch.B, batch.T)
 
     def _backward(self, docs) -> torch.Tensor:
         self.grads.zero_()   # in place: the weights' .grad views must keep pointing into this buffer
@@ -176,9 +186,9 @@ class TorchEngine:
             raise ValueError(f"logits needs 1..{self.cfg.block_size} tokens (got {len(tokens)})")
         if not all(0 <= tok < self.cfg.vocab_size for tok in tokens):
             raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        ids, positions = torch.tensor(tokens, device=self.device), torch.arange(len(tokens), device=self.device)
         with torch.no_grad():
-            return forward(self.cfg, self.w, ids)[0, -1].double().cpu().tolist()
+            return forward(self.cfg, self.w, ids, positions, positions, 1, len(tokens))[-1].double().cpu().tolist()
 
     def export_params(self) -> FlatParams:
         return FlatParams(self.cfg, array("d", self.params.double().cpu().tolist()))
