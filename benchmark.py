@@ -615,7 +615,8 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         key = "cpu_samples_ms" if m == "cpu" else "samples_ms"
         if not b.get(key) or not c.get(key):
             raise UserError(f"--metric {m}: {bench_id} has no {key} in both files (use --metric wall)")
-        verdicts.append(judge(bench_id, b[key], c[key], threshold, alpha, m))
+        label = (c.get("timer") or m).rsplit(".", 1)[-1]       # pytest-benchmark names its timer
+        verdicts.append(judge(bench_id, b[key], c[key], threshold, alpha, label))
     return verdicts
 
 
@@ -798,7 +799,8 @@ def cmd_compare(args) -> int:
 def git(args: list[str], cwd: Path = REPO) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"git {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise UserError(f"git {' '.join(args)} failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
     return proc.stdout.strip()
 
 
@@ -843,7 +845,9 @@ def interleaved(sides: list[Side], args, log) -> tuple[dict, dict, str]:
 
 def cmd_ab(args) -> int:
     log = None if args.quiet else log_stderr
-    rev = git(["rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"]) if args.base else ""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"], cwd=REPO,
+                           capture_output=True, text=True)
+    rev = found.stdout.strip() if found.returncode == 0 else ""
     if not rev:
         raise UserError(f"--base {args.base!r} is not a commit in this repository")
     out = Path(args.out)

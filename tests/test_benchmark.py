@@ -1,0 +1,363 @@
+"""benchmark.py: the gate's statistics on synthetic samples, its files and errors, run / compare / ab /
+update-baseline end to end on tiny matrices, and pytest-benchmark JSON as compare's input."""
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+import benchmark
+from benchmark import Case, compare_results, judge, mann_whitney_u
+from microgpt import UserError
+from microgpt.timing import time_engine
+
+from conftest import REPO, encode_names, make_setup, read_names
+
+TINY_MATRIX = {"tiny": {"rounds": 2, "samples": 3, "min_sample_s": 0.005, "warmup": 1, "groups": [
+    {"engines": ["python"], "configs": ["C8L1H2T8"], "batch_sizes": [2], "dtypes": ["float64", "float32"]},
+    {"engines": ["c"], "configs": ["C8L1H2T8"], "batch_sizes": [4], "dtypes": ["float32"], "threads": [1, 2]}]}}
+
+
+def noisy(n, center, spread, seed):
+    rng = random.Random(seed)
+    return [center * (1 + rng.gauss(0, spread)) for _ in range(n)]
+
+
+def doc(samples: dict, model="Test CPU", cpus=2, threads=1, cpu=True) -> dict:
+    """A results document holding ``samples`` (id -> list of ms) as both wall and CPU samples."""
+    return {"schema": benchmark.SCHEMA, "created": "2024-01-01T00:00:00Z", "matrix": "test",
+            "environment": {"machine": {"model": model, "cpus": cpus, "arch": "x86_64"},
+                            "python": {"version": "3.11.7"}, "git": {"commit": "abc", "dirty": False}},
+            "results": [{"id": i, "engine": i.split()[0], "threads": threads, "samples_ms": s,
+                         **({"cpu_samples_ms": s} if cpu else {})} for i, s in samples.items()],
+            "skipped": []}
+
+
+def cli(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, str(REPO / "benchmark.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,n,seed", [(3, 4, 0), (7, 7, 1), (12, 20, 2), (30, 25, 3)])
+def test_mann_whitney_exact_matches_scipy(m, n, seed):
+    rng = random.Random(seed)
+    x, y = [rng.random() for _ in range(m)], [rng.random() + 0.2 for _ in range(n)]
+    u, p = mann_whitney_u(x, y)
+    ref = stats.mannwhitneyu(x, y, alternative="greater", method="exact")
+    assert u == ref.statistic
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("m,n,seed", [(8, 9, 0), (40, 30, 1), (150, 120, 2)])
+def test_mann_whitney_with_ties_matches_scipy_asymptotic(m, n, seed):
+    rng = random.Random(seed)
+    x, y = [rng.randint(0, 6) for _ in range(m)], [rng.randint(1, 7) for _ in range(n)]
+    u, p = mann_whitney_u(x, y)
+    ref = stats.mannwhitneyu(x, y, alternative="greater", method="asymptotic", use_continuity=True)
+    assert u == ref.statistic
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_mann_whitney_large_samples_without_ties_use_the_normal_approximation():
+    rng = random.Random(5)
+    x, y = [rng.random() for _ in range(200)], [rng.random() for _ in range(100)]
+    ref = stats.mannwhitneyu(x, y, alternative="greater", method="asymptotic")
+    assert mann_whitney_u(x, y)[1] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_mann_whitney_identical_values_are_no_evidence():
+    assert mann_whitney_u([1.0] * 5, [1.0] * 7)[1] == 1.0
+    with pytest.raises(ValueError):
+        mann_whitney_u([], [1.0])
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_bootstrap_median_has_the_distribution_of_a_resampled_median(n):
+    """The O(1) draw matches brute-force resampling (odd and even n), quantile by quantile."""
+    sample = sorted(noisy(n, 10, 0.2, seed=n))
+    rng_fast, rng_slow = random.Random(1), random.Random(2)
+    fast = sorted(benchmark.bootstrap_median(sample, rng_fast) for _ in range(20000))
+    slow = sorted(sorted_median(rng_slow.choices(sample, k=n)) for _ in range(20000))
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert fast[int(q * 19999)] == pytest.approx(slow[int(q * 19999)], rel=0.02)
+
+
+def sorted_median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def test_a_real_shift_is_a_regression_and_noise_is_not():
+    base = noisy(20, 1.0, 0.03, seed=1)
+    slow = judge("x", base, noisy(20, 1.10, 0.03, seed=2))
+    assert slow.verdict == "regression" and slow.p < 0.001 and 1.05 < slow.ratio < 1.15
+    assert slow.ci[0] < slow.ratio < slow.ci[1]
+    fast = judge("x", base, noisy(20, 0.85, 0.03, seed=3))
+    assert fast.verdict == "faster"
+    same = [judge("x", noisy(20, 1.0, 0.05, seed=s), noisy(20, 1.0, 0.05, seed=100 + s)).verdict for s in range(30)]
+    assert "regression" not in same
+
+
+def test_a_regression_needs_both_the_rank_test_and_the_floor():
+    base = noisy(50, 1.0, 0.002, seed=1)
+    tiny_but_certain = judge("x", base, noisy(50, 1.02, 0.002, seed=2))
+    assert tiny_but_certain.p < 1e-6 and tiny_but_certain.verdict == "no change"
+    big_but_noisy = judge("x", [1.0, 2.0, 0.5], [2.2, 0.6, 1.3])
+    assert big_but_noisy.ratio > 1.2 and big_but_noisy.verdict == "no change"
+    assert judge("x", base, noisy(50, 1.02, 0.002, seed=2), threshold=0.01).verdict == "regression"
+
+
+@pytest.mark.parametrize("base,cur,note", [
+    ([1.0], [1.0, 1.1], "needs >= 2 finite samples"),
+    ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], "median of zero"),
+    ([math.nan, math.nan], [1.0, 1.0], "2 non-finite"),
+])
+def test_edge_cases_are_untestable_with_a_reason(base, cur, note):
+    v = judge("x", base, cur)
+    assert v.verdict == "untestable" and note in v.note
+
+
+def test_identical_samples_and_dropped_nans():
+    v = judge("x", [2.0] * 6, [2.0] * 6)
+    assert (v.verdict, v.ratio, v.p) == ("no change", 1.0, 1.0)
+    v = judge("x", [1.0, 1.01, 0.99, math.nan] * 5, [1.0, 1.01, 0.99, math.inf] * 5)
+    assert v.verdict == "no change" and v.n == (15, 15) and "10 non-finite" in v.note
+
+
+def test_zeros_rank_like_any_value_but_a_zero_median_is_a_timer_failure():
+    assert judge("x", [1.0, 1.1, 0.9, 1.0, 1.05] * 4, [0.0, 2.0, 2.1, 1.9, 2.2] * 4).verdict == "regression"
+    assert judge("x", [1.0, 1.1, 0.9, 1.0, 1.05] * 2, [0.0] * 10).verdict == "untestable"
+
+
+# --- comparing files --------------------------------------------------------------------------------------
+
+def test_compare_results_ids_metrics_and_thresholds():
+    base = doc({"python a": noisy(12, 1.0, 0.01, 1), "c b": noisy(12, 1.0, 0.01, 2), "gone": [1.0, 1.0]})
+    cur = doc({"python a": noisy(12, 1.08, 0.01, 3), "c b": noisy(12, 1.08, 0.01, 4), "new": [1.0, 1.0]})
+    verdicts = {v.id: v for v in compare_results(base, cur)}
+    assert verdicts["python a"].verdict == verdicts["c b"].verdict == "regression"
+    assert verdicts["python a"].metric == "cpu"
+    assert (verdicts["gone"].verdict, verdicts["new"].verdict) == ("only in base", "only in current")
+    verdicts = {v.id: v for v in compare_results(base, cur, thresholds=["0.05", "python *=0.1"])}
+    assert verdicts["python a"].verdict == "no change" and verdicts["python a"].threshold == 0.1
+    assert verdicts["c b"].verdict == "regression"
+    cur["results"][1]["threshold"] = 0.2           # a threshold the matrix recorded with the result
+    assert {v.id: v for v in compare_results(base, cur)}["c b"].verdict == "no change"
+
+
+def test_metric_auto_uses_wall_time_for_several_threads_or_missing_cpu_samples():
+    assert compare_results(doc({"a": [1.0, 2.0]}, threads=2), doc({"a": [1.0, 2.0]}, threads=2))[0].metric == "wall"
+    assert compare_results(doc({"a": [1.0, 2.0]}, cpu=False), doc({"a": [1.0, 2.0]}))[0].metric == "wall"
+    with pytest.raises(UserError, match="no cpu_samples_ms"):
+        compare_results(doc({"a": [1.0, 2.0]}, cpu=False), doc({"a": [1.0, 2.0]}), metric="cpu")
+
+
+def test_compare_errors():
+    with pytest.raises(UserError, match="no benchmark in common"):
+        compare_results(doc({"a": [1.0, 2.0]}), doc({"b": [1.0, 2.0]}))
+    with pytest.raises(UserError, match="--threshold"):
+        compare_results(doc({"a": [1.0, 2.0]}), doc({"a": [1.0, 2.0]}), thresholds=["x=abc"])
+    with pytest.raises(UserError, match="--metric"):
+        compare_results(doc({"a": [1.0, 2.0]}), doc({"a": [1.0, 2.0]}), metric="fastest")
+
+
+def test_compare_cli_exit_codes_markdown_and_machine_warning(tmp_path):
+    base, same, slow = tmp_path / "base.json", tmp_path / "same.json", tmp_path / "slow.json"
+    base.write_text(json.dumps(doc({"python x": noisy(15, 1.0, 0.01, 1)})))
+    same.write_text(json.dumps(doc({"python x": noisy(15, 1.0, 0.01, 2)})))
+    slow.write_text(json.dumps(doc({"python x": noisy(15, 1.2, 0.01, 3)}, model="Other CPU", cpus=64)))
+    r = cli("compare", base, same)
+    assert r.returncode == 0 and "no change" in r.stdout and "WARNING" not in r.stderr
+    md = tmp_path / "out" / "cmp.md"
+    r = cli("compare", base, slow, "--md", md)
+    assert r.returncode == 1 and "REGRESSION" in r.stdout
+    assert "DIFFERENT MACHINES" in r.stderr and "'Test CPU' vs 'Other CPU'" in r.stderr
+    text = md.read_text()
+    assert "**1 regression**" in text and "| `python x` | cpu |" in text and "DIFFERENT MACHINES" in text
+    assert cli("compare", base, slow, "--no-fail").returncode == 0
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"),
+    ("{not json", "is not valid JSON"),
+    ('{"results": []}', "no 'schema' key"),
+    ('{"schema": "microgpt-lab/benchmark/0", "results": []}', "has schema"),
+    ('{"schema": "microgpt-lab/benchmark/1", "results": [{"id": "a", "samples_ms": ["x"]}]}', "list of numbers"),
+])
+def test_compare_cli_bad_files_are_one_line_errors(tmp_path, content, message):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(doc({"a": [1.0, 2.0]})))
+    if content is not None:
+        bad.write_text(content)
+    r = cli("compare", good, bad)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pytest_benchmark_json_is_readable_by_compare(tmp_path):
+    out = tmp_path / "kernels.json"
+    r = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "benchmarks" / "test_kernels.py"), "-q", "-k",
+                        "train_step or logits", f"--benchmark-json={out}", "--benchmark-min-rounds=3",
+                        "--benchmark-max-time=0.005", "--benchmark-timer=time.process_time", "-p", "no:cacheprovider"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    loaded = benchmark.load_results(out)
+    assert any("train_step" in x["id"] for x in loaded["results"])
+    r = cli("compare", out, out)
+    assert r.returncode == 0 and "test_kernel[" in r.stdout and "process_time" in r.stdout
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+
+def test_time_engine_records_cpu_time_next_to_wall_time():
+    from engines import load_engine
+    cfg, _ = make_setup(block_size=8)
+    t = time_engine(load_engine("c"), cfg, encode_names(read_names(64), 8), batch_size=2, samples=3, min_sample_s=0.01)
+    assert len(t.cpu_samples_ms) == len(t.samples_ms) == 3 and all(x > 0 for x in t.cpu_samples_ms)
+    assert t.to_dict()["cpu_ms_per_step"] == t.cpu_ms_per_step
+
+
+def test_matrix_expansion_and_errors(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"m": {"groups": [{"engines": "*", "exclude": ["scalar"], "configs": ["C16L1H4"]}],
+                                      "left_out": {"scalar": "too slow"}},
+                                "bad": {"groups": [{"engines": ["c"], "configs": ["16x1"]}]}}))
+    settings, cases, left_out = benchmark.load_matrix("m", path)
+    from engines import ENGINES
+    assert [c.engine for c in cases] == [e for e in ENGINES if e != "scalar"]
+    assert cases[0].id == "python C16L1H4 b1 f64 t1" and settings["rounds"] == 3
+    assert left_out == [{"engine": "scalar", "reason": "too slow"}]
+    assert Case("c", benchmark.parse_config("C32L2H4T8-relu"), 8, "float32", 2).id == "c C32L2H4T8-relu b8 f32 t2"
+    with pytest.raises(UserError, match="bad config"):
+        benchmark.load_matrix("bad", path)
+    with pytest.raises(UserError, match="no matrix 'nope'"):
+        benchmark.load_matrix("nope", path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real ``run`` of a tiny matrix (python and c engines, 2 rounds)."""
+    tmp = tmp_path_factory.mktemp("run")
+    (tmp / "matrix.json").write_text(json.dumps(TINY_MATRIX))
+    (tmp / "names.txt").write_text("\n".join(read_names(200)) + "\n")
+    out = tmp / "results.json"
+    r = cli("run", "--matrix", "tiny", "--matrix-file", tmp / "matrix.json", "--data", tmp / "names.txt", "-o", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, out, r
+
+
+def test_run_writes_every_sample_and_the_environment(tiny_run):
+    tmp, out, r = tiny_run
+    d = benchmark.load_results(out)
+    ids = {x["id"]: x for x in d["results"]}
+    assert set(ids) == {"python C8L1H2T8 b2 f64 t1", "c C8L1H2T8 b4 f32 t1", "c C8L1H2T8 b4 f32 t2"}
+    for x in ids.values():
+        assert len(x["samples_ms"]) == len(x["cpu_samples_ms"]) == 6 and x["sample_rounds"] == [0] * 3 + [1] * 3
+        assert x["tokens_per_s"] > 0 and x["gflops"] > 0 and x["flops_per_step"] > 0
+    skipped = {s["id"]: s["reason"] for s in d["skipped"]}
+    assert skipped["python C8L1H2T8 b2 f32 t1"].startswith("ValueError: ")        # the engine refuses float32
+    env = d["environment"]
+    assert env["machine"]["cpus"] >= 1 and env["python"]["version"] and env["git"]["commit"]
+    assert isinstance(env["git"]["dirty"], bool) and "numpy" in env["packages"] and "cc" in env["compiler"]
+    assert d["settings"]["data"]["sha256"] and "c C8L1H2T8 b4 f32 t2" in r.stdout
+    assert cli("compare", out, out).returncode == 0
+
+
+def test_roofline_reads_run_results(tiny_run):
+    import roofline
+    records = roofline.load_results(str(tiny_run[1]))
+    assert {r["engine"] for r in records} == {"python", "c"}
+
+
+def test_update_baseline_is_atomic_and_keeps_history(tiny_run, tmp_path):
+    _, out, _ = tiny_run
+    baseline, history = tmp_path / "b" / "baseline.json", tmp_path / "b" / "history.json"
+    for _ in range(2):
+        r = cli("update-baseline", out, "--baseline", baseline, "--history", history)
+        assert r.returncode == 0, r.stderr
+    assert json.loads(baseline.read_text()) == json.loads(out.read_text())
+    entries = json.loads(history.read_text())["entries"]
+    assert len(entries) == 2 and entries[0]["benchmarks"]["c C8L1H2T8 b4 f32 t1"]["cpu_ms_per_step"] > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    before = baseline.read_bytes()
+    r = cli("update-baseline", bad, "--baseline", baseline, "--history", history)
+    assert r.returncode == 2 and baseline.read_bytes() == before
+    assert not [p for p in baseline.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_run_arguments(tmp_path):
+    r = cli("run", "--matrix", "nope")
+    assert r.returncode == 2 and "no matrix 'nope'" in r.stderr
+    r = cli("run", "--quick", "--engines", "warp-drive", "--data", REPO / "README.md")
+    assert r.returncode == 2 and "warp-drive" in r.stderr
+    r = cli("run", "--quick", "--rounds", "0", "--data", REPO / "README.md")
+    assert r.returncode == 2 and "--rounds" in r.stderr
+    r = cli("run", "--quick", "--data", tmp_path / "missing.txt")
+    assert r.returncode == 2 and "is not a file" in r.stderr
+
+
+# --- ab -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scratch_repo(tmp_path_factory):
+    """A copy of this checkout (tracked files and built extensions) as a git repository of two commits:
+    the first without benchmark.py, the second with it."""
+    root = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    from importlib.machinery import EXTENSION_SUFFIXES
+    files += [str(p.relative_to(REPO)) for d in (REPO, REPO / "microgpt", REPO / "engines") for p in d.iterdir()
+              if any(p.name.endswith(s) for s in EXTENSION_SUFFIXES)]
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    (root / ".gitignore").write_text("*.so\n*.pyd\nout/\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, env=env, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "-A", ".")
+    git("rm", "-q", "--cached", "benchmark.py")
+    git("commit", "-q", "-m", "without benchmark.py")
+    git("add", "benchmark.py")
+    git("commit", "-q", "-m", "with benchmark.py")
+    (root / "tiny.json").write_text(json.dumps(TINY_MATRIX))
+    (root / "names.txt").write_text("\n".join(read_names(200)) + "\n")
+    return root
+
+
+def ab(root, *args):
+    return subprocess.run([sys.executable, str(root / "benchmark.py"), "ab", "--matrix", "tiny", "--matrix-file",
+                           root / "tiny.json", "--data", root / "names.txt", *map(str, args)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_ab_interleaves_base_and_head_and_compares(scratch_repo):
+    out = scratch_repo / "out" / "ab"
+    r = ab(scratch_repo, "--base", "HEAD", "--engines", "c", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reuses this checkout's builds" in r.stderr
+    order = [line.split()[2] for line in r.stderr.splitlines() if line.startswith("round ")]
+    assert order == ["base", "head", "head", "base"]          # A B, then B A
+    base, head = (benchmark.load_results(out / f"{s}.json") for s in ("base", "head"))
+    assert {x["id"] for x in base["results"]} == {x["id"] for x in head["results"]} == {
+        "c C8L1H2T8 b4 f32 t1", "c C8L1H2T8 b4 f32 t2"}
+    assert "No regression" in (out / "comparison.md").read_text() or "regression" in (out / "comparison.md").read_text()
+    assert (out / "distributions.png").stat().st_size > 0
+    assert "base" not in subprocess.run(["git", "worktree", "list"], cwd=scratch_repo, capture_output=True,
+                                        text=True).stdout.split("\n", 1)[-1]
+
+
+def test_ab_errors(scratch_repo):
+    r = ab(scratch_repo, "--base", "no-such-branch")
+    assert r.returncode == 2 and "is not a commit" in r.stderr
+    r = ab(scratch_repo, "--base", "HEAD~1")
+    assert r.returncode == 2 and "has no benchmark.py" in r.stderr
