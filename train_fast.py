@@ -11,16 +11,18 @@ the shared code in microgpt/trainer.py, so checkpoints move freely between train
 
     python train_fast.py --num-steps 1000            # fused C engine ("c")
     python train_fast.py --dtype float32 --threads 2 --batch-size 32
+    python train_fast.py --engine c-ops              # per-op rung: train.py's graph, each op in C
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
-from microgpt.params import AdamState, FlatParams
+from microgpt.params import AdamState, FlatParams, layout
 
 TYPECODES = {"float64": "d", "float32": "f"}
 
@@ -33,25 +35,55 @@ def _fastops():
     return fastops
 
 
-class FastEngine:
+class _FlatEngine:
+    """Parameters, gradients and Adam moments as four flat arrays of one dtype, shared with C."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str):
+        if dtype not in TYPECODES:
+            raise ValueError(f"dtype must be one of {', '.join(TYPECODES)} (got {dtype!r})")
+        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, dtype
+        code, n = TYPECODES[dtype], len(params)
+        self.params = array(code, params.data)
+        self.grads, self.m, self.v = (array(code, bytes(array(code).itemsize * n)) for _ in range(3))
+
+    def export_params(self) -> FlatParams:
+        return FlatParams(self.cfg, array("d", self.params))
+
+    def export_adam(self) -> AdamState:
+        return AdamState(array("d", self.m), array("d", self.v), self.step)
+
+    def import_adam(self, state: AdamState) -> None:
+        n = len(self.params)
+        if len(state.m) != n or len(state.v) != n:
+            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        # Slice assignment writes in place: the C side keeps pointing at the same memory.
+        code = TYPECODES[self.dtype]
+        self.m[:] = array(code, state.m)
+        self.v[:] = array(code, state.v)
+        self.step = state.t
+
+
+class FastEngine(_FlatEngine):
     """The fused rung: one C call per optimizer step (see engines/__init__.py for the contract)."""
 
     name = "c"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
                  threads: int = 1):
-        if dtype not in TYPECODES:
-            raise ValueError(f"dtype must be one of {', '.join(TYPECODES)} (got {dtype!r})")
-        fastops = _fastops()
-        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, dtype
-        code, n = TYPECODES[dtype], len(params)
-        self.params = array(code, params.data)
-        self.grads, self.m, self.v = (array(code, bytes(array(code).itemsize * n)) for _ in range(3))
+        super().__init__(model_cfg, train_cfg, params, dtype)
         c = model_cfg
-        self.model = fastops.GPT(self.params, self.grads, self.m, self.v, c.vocab_size, c.n_embd, c.n_layer,
-                                 c.n_head, c.block_size, mlp_act=c.mlp_act, beta1=train_cfg.beta1,
-                                 beta2=train_cfg.beta2, eps=train_cfg.eps, grad_clip=train_cfg.grad_clip,
-                                 threads=threads)
+        self.model = _fastops().GPT(self.params, self.grads, self.m, self.v, c.vocab_size, c.n_embd, c.n_layer,
+                                    c.n_head, c.block_size, mlp_act=c.mlp_act, beta1=train_cfg.beta1,
+                                    beta2=train_cfg.beta2, eps=train_cfg.eps, grad_clip=train_cfg.grad_clip,
+                                    threads=threads)
+
+    @property
+    def step(self) -> int:
+        return self.model.step
+
+    @step.setter
+    def step(self, t: int) -> None:
+        self.model.step = t
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
         loss = self.model.loss_and_grad(docs)
@@ -70,21 +102,199 @@ class FastEngine:
     def logits(self, tokens: list[int]) -> list[float]:
         return self.model.logits(tokens)
 
-    def export_params(self) -> FlatParams:
-        return FlatParams(self.cfg, array("d", self.params))
 
-    def export_adam(self) -> AdamState:
-        return AdamState(array("d", self.m), array("d", self.v), self.model.step)
+# ----------------------------------------------------------------------------------------------------
+# The per-op rung: train.py's graph, op for op, each op one C kernel on array('d') vectors.
 
-    def import_adam(self, state: AdamState) -> None:
-        n = len(self.params)
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
-        # Slice assignment writes in place: the C side keeps pointing at the same memory.
-        code = TYPECODES[self.dtype]
-        self.m[:] = array(code, state.m)
-        self.v[:] = array(code, state.v)
-        self.model.step = state.t
+
+def zeros(n: int) -> array:
+    return array("d", bytes(8 * n))
+
+
+class Node:
+    """train.py's Vec, holding array('d') data and gradient so that the C kernels can work in place."""
+
+    __slots__ = ("data", "grad", "parents", "backward_fn")
+
+    def __init__(self, data, parents: tuple = (), backward_fn=None, grad=None):
+        self.data, self.grad, self.parents, self.backward_fn = data, grad, parents, backward_fn
+
+    def backward(self) -> None:
+        """Topological order (iterative depth-first search), then each node's closure in reverse."""
+        order, seen, stack = [], set(), [(self, False)]
+        while stack:
+            node, parents_done = stack.pop()
+            if parents_done:
+                order.append(node)
+            elif id(node) not in seen:
+                seen.add(id(node))
+                stack.append((node, True))
+                stack.extend((p, False) for p in node.parents)
+        for node in order:
+            if node.grad is None:  # the KV cache rows come with views into the cache's gradient
+                node.grad = zeros(len(node.data))
+        self.grad[0] = 1.0
+        for node in reversed(order):
+            if node.backward_fn is not None:
+                node.backward_fn(node.grad)
+
+
+class OpsGPT:
+    """train.py's GPT with every op a fastops kernel on the flat params and grads buffers."""
+
+    def __init__(self, cfg: ModelConfig, params: array, grads: array):
+        self.cfg, self.p, self.g = cfg, params, grads
+        self.ops = _fastops()
+        self.off = {t.name: t.offset for t in layout(cfg)}
+        self.record = True  # False: evaluation, no graph
+
+    def node(self, data, parents, backward_fn, grad=None) -> Node:
+        return Node(data, parents, backward_fn, grad) if self.record else Node(data, grad=grad)
+
+    def embed(self, tok: int, pos: int) -> Node:
+        c = self.cfg
+        where = (self.off["wte"], c.vocab_size, self.off["wpe"], c.block_size, tok, pos)
+        out = zeros(c.n_embd)
+        self.ops.embedding(self.p, *where, out)
+        return self.node(out, (), lambda g: self.ops.embedding_backward(self.g, *where, g))
+
+    def rmsnorm(self, x: Node) -> Node:
+        out = zeros(len(x.data))
+        inv = self.ops.rmsnorm(x.data, out)
+        return self.node(out, (x,), lambda g: self.ops.rmsnorm_backward(x.data, inv, g, x.grad))
+
+    def linear(self, x: Node, name: str, rows: int, out=None, grad=None) -> Node:
+        off = self.off[name]
+        out = zeros(rows) if out is None else out
+        self.ops.linear(self.p, off, x.data, out)
+        return self.node(out, (x,), lambda g: self.ops.linear_backward(self.p, self.g, off, x.data, g, x.grad), grad)
+
+    def relu_act(self, x: Node) -> Node:
+        squared = self.cfg.mlp_act == "relu2"
+        out = zeros(len(x.data))
+        self.ops.relu_act(x.data, out, squared)
+        return self.node(out, (x,), lambda g: self.ops.relu_act_backward(x.data, g, x.grad, squared))
+
+    def attention(self, q: Node, cache, keys: list[Node], values: list[Node]) -> Node:
+        K, V, dK, dV = cache
+        n, n_head = len(keys), self.cfg.n_head
+        out, weights = zeros(len(q.data)), zeros(n_head * n)
+        self.ops.attention(q.data, K, V, n, n_head, out, weights)
+        return self.node(out, (q, *keys, *values),
+                         lambda g: self.ops.attention_backward(q.data, K, V, n, n_head, weights, g, q.grad, dK, dV))
+
+    def vec_add(self, a: Node, b: Node) -> Node:
+        out = zeros(len(a.data))
+        self.ops.add(a.data, b.data, out)
+
+        def backward(g):
+            self.ops.axpy(1.0, g, a.grad)
+            self.ops.axpy(1.0, g, b.grad)
+        return self.node(out, (a, b), backward)
+
+    def cross_entropy(self, logits: Node, target: int) -> Node:
+        exps = zeros(len(logits.data))
+        loss, total = self.ops.cross_entropy(logits.data, target, exps)
+        return self.node(array("d", [loss]), (logits,),
+                         lambda g: self.ops.cross_entropy_backward(exps, total, target, g[0], logits.grad))
+
+    def mean(self, nodes: list[Node]) -> Node:
+        n = len(nodes)
+
+        def backward(g):
+            for node in nodes:
+                node.grad[0] += g[0] / n
+        return self.node(array("d", [sum(node.data[0] for node in nodes) / n]), tuple(nodes), backward)
+
+    def forward(self, tokens: list[int], targets: list[int] | None = None) -> Node:
+        """train.py's forward: one position at a time, keys and values cached per layer."""
+        c = self.cfg
+        C = c.n_embd
+        caches = [[memoryview(zeros(c.block_size * C)) for _ in range(4)] for _ in range(c.n_layer)]
+        keys = [[] for _ in range(c.n_layer)]
+        values = [[] for _ in range(c.n_layer)]
+        losses = []
+        for pos, tok in enumerate(tokens):
+            row = slice(pos * C, (pos + 1) * C)
+            x = self.rmsnorm(self.embed(tok, pos))
+            for layer in range(c.n_layer):
+                p = f"layer{layer}."
+                K, V, dK, dV = caches[layer]
+                h = self.rmsnorm(x)
+                keys[layer].append(self.linear(h, p + "attn_wk", C, K[row], dK[row]))
+                values[layer].append(self.linear(h, p + "attn_wv", C, V[row], dV[row]))
+                o = self.attention(self.linear(h, p + "attn_wq", C), caches[layer], keys[layer], values[layer])
+                x = self.vec_add(x, self.linear(o, p + "attn_wo", C))
+                h = self.relu_act(self.linear(self.rmsnorm(x), p + "mlp_fc1", 4 * C))
+                x = self.vec_add(x, self.linear(h, p + "mlp_fc2", C))
+            logits = self.linear(x, "lm_head", c.vocab_size)
+            if targets is not None:
+                losses.append(self.cross_entropy(logits, targets[pos]))
+        return self.mean(losses) if targets is not None else logits
+
+    def batch_loss(self, docs: list[list[int]]) -> Node:
+        return self.mean([self.forward(doc[:-1], doc[1:]) for doc in docs])
+
+
+class OpsEngine(_FlatEngine):
+    """The per-op rung ("c-ops"): Python walks the graph as train.py does, C computes each op. float64."""
+
+    name = "c-ops"
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
+                 threads: int = 1):
+        if dtype != "float64" or threads != 1:
+            raise ValueError("the per-op C engine computes in float64 on one thread only")
+        super().__init__(model_cfg, train_cfg, params, dtype)
+        self.model = OpsGPT(model_cfg, self.params, self.grads)
+        self.step = 0
+
+    def _check(self, docs: list[list[int]]) -> None:
+        """The fused engine's checks, before any op runs (the kernels check again, one op at a time)."""
+        if not docs:
+            raise ValueError("a batch needs at least one document")
+        for i, doc in enumerate(docs):
+            if not 2 <= len(doc) <= self.cfg.block_size + 1:
+                raise ValueError(f"document {i} has {len(doc)} token ids; each needs 2 to block_size + 1 = "
+                                 f"{self.cfg.block_size + 1}")
+            bad = [t for t in doc if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise ValueError(f"document {i}: id {bad[0]} is out of range for vocab_size {self.cfg.vocab_size}")
+
+    def _backward(self, docs: list[list[int]]) -> float:
+        self._check(docs)
+        self.grads[:] = zeros(len(self.grads))
+        self.model.record = True
+        loss = self.model.batch_loss(docs)
+        loss.backward()
+        return loss.data[0]
+
+    def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        loss = self._backward(docs)
+        return loss, array("d", self.grads)
+
+    def train_step(self, docs: list[list[int]], lr: float) -> float:
+        loss = self._backward(docs)
+        c = self.tcfg
+        scale = 1.0
+        if c.grad_clip > 0:
+            norm = math.sqrt(self.model.ops.sum_squares(self.grads))
+            if norm > c.grad_clip:
+                scale = c.grad_clip / norm
+        self.step += 1
+        self.model.ops.adam(self.params, self.grads, self.m, self.v, lr, c.beta1, c.beta2, c.eps, self.step, scale)
+        return loss
+
+    def eval_loss(self, docs: list[list[int]]) -> float:
+        self._check(docs)
+        self.model.record = False
+        return self.model.batch_loss(docs).data[0]
+
+    def logits(self, tokens: list[int]) -> list[float]:
+        if not 1 <= len(tokens) <= self.cfg.block_size:
+            raise ValueError(f"logits needs 1 to block_size = {self.cfg.block_size} token ids, got {len(tokens)}")
+        self.model.record = False
+        return self.model.forward(tokens).data.tolist()
 
 
 if __name__ == "__main__":
