@@ -85,9 +85,14 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
     def logsumexp(x):
         return mx.stop_gradient(mx.max(x, axis=-1)) + mx.log(mx.sum(shifted_exp(x), axis=-1))
 
-    def forward(flat, inputs):
+    def unflatten(flat):
+        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
+
+    def flatten(w):
+        return mx.concatenate([w[t.name].reshape(-1) for t in tensors])
+
+    def forward(w, inputs):
         """Logits (documents, block_size, vocab) of a padded batch."""
-        w = {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
         docs, n = inputs.shape
         x = rmsnorm(w["wte"][inputs] + w["wpe"][:n])
         for layer in range(cfg.n_layer):
@@ -104,12 +109,16 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
             x = x + u @ w[p + "mlp_fc2"].T
         return x @ w["lm_head"].T
 
-    def batch_loss(flat, inputs, targets, mask):
-        logits = forward(flat, inputs)
+    def batch_loss(w, inputs, targets, mask):
+        logits = forward(w, inputs)
         losses = logsumexp(logits) - mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         return mx.mean(mx.sum(losses * mask, axis=-1) / mx.sum(mask, axis=-1))
 
-    loss_and_grad = mx.value_and_grad(batch_loss)
+    def loss_and_grad(flat, inputs, targets, mask):
+        """The gradient is taken per matrix and concatenated once; the gradient of each slice of the flat
+        vector would be a zero-padded full-length vector, one per matrix, all summed."""
+        loss, grads = mx.value_and_grad(batch_loss)(unflatten(flat), inputs, targets, mask)
+        return loss, flatten(grads)
 
     def train_step(flat, m, v, inputs, targets, mask, hyper):
         """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
@@ -123,8 +132,9 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
         flat = flat - lr * (m / bias1) / (mx.sqrt(v / bias2) + tcfg.eps)
         return flat, m, v, loss
 
-    return {"train_step": train_step, "loss_and_grad": loss_and_grad, "eval_loss": batch_loss,
-            "logits": lambda flat, inputs: forward(flat, inputs)[0]}
+    return {"train_step": train_step, "loss_and_grad": loss_and_grad,
+            "eval_loss": lambda flat, inputs, targets, mask: batch_loss(unflatten(flat), inputs, targets, mask),
+            "logits": lambda flat, inputs: forward(unflatten(flat), inputs)[0]}
 
 
 class MlxEngine:
