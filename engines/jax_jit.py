@@ -1,9 +1,9 @@
 """JAX engine ("jax"): the whole training step -- forward, gradient, clipping, Adam -- as one jax.jit function.
 
 The weights and Adam's two moments live on the device as three flat vectors in the layout of
-microgpt/params.py; the model reads its matrices out of the parameter vector with static slices, so
-``jax.grad`` of the loss *is* the flat gradient, and the Adam update happens inside the same compiled
-program: a step moves only the batch's token ids in and one loss out.
+microgpt/params.py. Inside the compiled step the matrices are static slices of the parameter vector,
+their gradients are concatenated back into the flat layout, and the Adam update runs in the same program:
+a step moves only the batch's token ids in and one loss out.
 
 Batching and padding. ``jax.vmap`` maps the one-document loss over the batch. jit compiles one program
 per input shape, and documents have 1..block_size predictions, so every document is padded to

@@ -4,8 +4,8 @@ MLX is lazy: each operation only records a node, and the graph runs when a resul
 "mlx" builds and runs that graph afresh every step; "mlx-compile" wraps the very same step function in
 ``mx.compile``, which traces it once per input shape and fuses chains of elementwise operations into
 single kernels. Both keep the weights and Adam's moments as three flat vectors in the layout of
-microgpt/params.py and read the matrices out with static slices, so the gradient of the loss with respect
-to the parameter vector is the flat gradient, and the Adam update is part of the same graph.
+microgpt/params.py: the matrices are static slices of the parameter vector, their gradients are
+concatenated back into the flat layout, and the Adam update is part of the same graph.
 
 Batching and padding: the batch is computed as (documents, positions, n_embd) arrays, every document
 padded to block_size with a mask that zeroes the padded positions' losses (causal attention already keeps
