@@ -300,15 +300,17 @@ def trend_chart(entries: list[dict], stem: str | Path) -> list[Path]:
         means = [math.exp(sum(map(math.log, series[x])) / len(series[x])) for x in xs]
         ax.plot(xs, means, color=_engine_color(engine), lw=2.2, marker="o", ms=4, label=engine)
     ax.axhline(1, color="black", lw=0.8)
-    ax.set_yscale("log")
+    ratios = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if max(ratios) / min(ratios) > 3:        # log only when the range needs it: its ticks are sparse
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:.2g}x"))
-    ax.yaxis.set_minor_formatter(plt.NullFormatter())
     labels = [f"{(e.get('created') or '?')[:10]}\n{(e.get('commit') or '?')[:7]}" for e in entries]
     step = max(1, len(entries) // 8)
     ax.set_xticks(range(0, len(entries), step), labels[::step], fontsize=8)
-    ax.set_ylabel("time per step vs first baseline (log)")
+    ax.set_ylabel("time per step vs the first baseline")
     ax.set_title("Trend over the baseline history (thin: benchmarks, thick: engine geometric mean)", fontsize=10)
-    ax.legend(fontsize=8, ncol=min(5, len(by_engine)), loc="upper left", framealpha=0.9)
+    ax.legend(fontsize=8, ncol=min(5, len(by_engine)), loc="best", framealpha=0.9)
     ax.grid(True, color="#dddddd", lw=0.6)
     fig.tight_layout()
     return _save(fig, stem)
