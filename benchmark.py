@@ -94,7 +94,7 @@ def config_label(config: tuple) -> str:
             + (f"-{mlp_act}" if mlp_act != "relu2" else ""))
 
 
-CONFIG_RE = re.compile(r"C(\d+)L(\d+)H(\d+)(?:T(\d+))?(?:-(relu2?|relu))?$")
+CONFIG_RE = re.compile(r"C(\d+)L(\d+)H(\d+)(?:T(\d+))?(?:-(relu2?))?$")
 
 
 def parse_config(text: str) -> tuple:
@@ -104,6 +104,30 @@ def parse_config(text: str) -> tuple:
         raise UserError(f"bad config {text!r} in the matrix; write e.g. C16L1H4, C32L2H4T8 or C16L1H4-relu")
     n_embd, n_layer, n_head = map(int, m.group(1, 2, 3))
     return n_embd, n_layer, n_head, int(m.group(4) or 16), m.group(5) or "relu2"
+
+
+GROUP_KEYS = {"engines", "exclude", "configs", "batch_sizes", "dtypes", "threads", "threshold"}
+
+
+def check_group(group, where: str) -> None:
+    """One-line errors for a malformed group of the matrix file."""
+    if not isinstance(group, dict):
+        raise UserError(f"{where}: must be an object")
+    unknown = sorted(set(group) - GROUP_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(GROUP_KEYS))})")
+    positive = lambda xs: isinstance(xs, list) and xs and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                              for x in xs)
+    for key in ("batch_sizes", "threads"):
+        if key in group and not positive(group[key]):
+            raise UserError(f"{where}: {key} must be a non-empty list of integers >= 1")
+    if "dtypes" in group and not (isinstance(group["dtypes"], list) and set(group["dtypes"]) <= set(DTYPE_SHORT)):
+        raise UserError(f"{where}: dtypes must be a list of {', '.join(DTYPE_SHORT)}")
+    if not (group.get("engines") == "*" or isinstance(group.get("engines"), list)):
+        raise UserError(f"{where}: engines must be \"*\" or a list of engine names")
+    threshold = group.get("threshold", 0.0)
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 10:
+        raise UserError(f"{where}: threshold must be a fraction in [0, 10)")
 
 
 def load_matrix(name: str, path: Path = MATRIX) -> tuple[dict, list[Case], list[dict]]:
@@ -116,7 +140,8 @@ def load_matrix(name: str, path: Path = MATRIX) -> tuple[dict, list[Case], list[
     spec = data[name]
     settings = {k: spec.get(k, d) for k, d in (("rounds", 3), ("samples", 5), ("min_sample_s", 0.05), ("warmup", 2))}
     cases, seen = [], set()
-    for group in spec.get("groups", []):
+    for i, group in enumerate(spec.get("groups", [])):
+        check_group(group, f"{path}, matrix {name!r}, group {i}")
         names = list(ENGINES) if group.get("engines") == "*" else group.get("engines", [])
         names = [n for n in names if n not in group.get("exclude", [])]
         for engine in names:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -361,3 +362,18 @@ def test_ab_errors(scratch_repo):
     assert r.returncode == 2 and "is not a commit" in r.stderr
     r = ab(scratch_repo, "--base", "HEAD~1")
     assert r.returncode == 2 and "has no benchmark.py" in r.stderr
+
+
+@pytest.mark.parametrize("group,message", [
+    ({"engines": ["c"], "dtypes": ["float16"]}, "dtypes must be a list of float64, float32"),
+    ({"engines": ["c"], "batch_sizes": [0]}, "batch_sizes must be a non-empty list of integers >= 1"),
+    ({"engines": ["c"], "threads": "2"}, "threads must be"),
+    ({"engine": ["c"]}, "unknown key(s) engine"),
+    ({"engines": "c"}, 'engines must be "*" or a list'),
+    ({"engines": ["c"], "threshold": -1}, "threshold must be a fraction"),
+])
+def test_malformed_matrix_groups_are_one_line_errors(tmp_path, group, message):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"m": {"groups": [group]}}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        benchmark.load_matrix("m", path)
