@@ -1,0 +1,192 @@
+"""The C trainer's speed table (issue 3): every rung and dtype against train.py, measured side by side.
+
+    python benchmarks/bench_fastops.py                 # the table, the batch throughput, int8 (~5 min)
+    python benchmarks/bench_fastops.py --quick         # fewer repeats
+    pytest benchmarks/bench_fastops.py --benchmark-timer=time.process_time   # the same steps, pytest-benchmark
+
+One document per step unless noted (names average ~7 tokens). Each case times a call that runs many
+steps (the fused rung takes them all in one C call), repeated; the table shows medians, of wall time and
+of this process's CPU time (the machine may be shared: CPU time excludes the waits, not the cache
+contention). tokens/s counts predicted positions; speedups are against train.py in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import fastops  # noqa: E402
+from conftest import encode_names, read_names  # noqa: E402
+from microgpt.config import ModelConfig, TrainConfig  # noqa: E402
+from microgpt.flops import step_cost  # noqa: E402
+from microgpt.params import init_params  # noqa: E402
+from train import PythonEngine  # noqa: E402
+from train_fast import FastEngine, OpsEngine  # noqa: E402
+
+CONFIGS = {"(16,1,8)": (16, 1, 8), "(64,2,16)": (64, 2, 16), "(128,4,32)": (128, 4, 32)}
+RUNGS = {  # name -> (engine class, dtype)
+    "train.py": (PythonEngine, "float64"),
+    "c-ops": (OpsEngine, "float64"),
+    "c float64": (FastEngine, "float64"),
+    "c float32": (FastEngine, "float32"),
+}
+
+
+def model_cfg(shape) -> ModelConfig:
+    C, L, B = shape
+    return ModelConfig(vocab_size=27, n_embd=C, n_layer=L, n_head=4, block_size=B).validate()
+
+
+def make_engine(rung: str, shape, threads: int = 1):
+    cls, dtype = RUNGS[rung]
+    cfg = model_cfg(shape)
+    return cls(cfg, TrainConfig(num_steps=10 ** 6).validate(), init_params(cfg, 42), dtype=dtype, threads=threads)
+
+
+def batches_for(shape, n_steps: int, batch_size: int = 1):
+    docs = encode_names(read_names(), shape[2])
+    return [docs[(i * batch_size) % len(docs):(i * batch_size) % len(docs) + batch_size] for i in range(n_steps)]
+
+
+def run_steps(engine, batches, lr: float = 1e-3):
+    if hasattr(engine, "train_steps"):
+        return engine.train_steps(batches, [lr] * len(batches))
+    return [engine.train_step(b, lr) for b in batches]
+
+
+def time_steps(engine, batches, repeats: int) -> tuple[float, float]:
+    """Median seconds per step (wall, CPU) over `repeats` calls of len(batches) steps, after a warm-up."""
+    run_steps(engine, batches[:2])
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        run_steps(engine, batches)
+        wall.append((time.perf_counter() - w) / len(batches))
+        cpu.append((time.process_time() - c) / len(batches))
+    return statistics.median(wall), statistics.median(cpu)
+
+
+#: steps per timed call: ~0.1-1 s for each rung and config
+STEPS = {"train.py": (50, 5, 2), "c-ops": (500, 50, 10), "c float64": (20000, 1000, 100), "c float32": (20000, 1000, 100)}
+
+
+def speed_table(repeats: int, out=sys.stdout) -> None:
+    print("| config | rung | ms/step (wall) | ms/step (cpu) | tokens/s (cpu) | speedup vs train.py |", file=out)
+    print("|---|---|---:|---:|---:|---:|", file=out)
+    for i, (label, shape) in enumerate(CONFIGS.items()):
+        reference = None
+        for rung in RUNGS:
+            batches = batches_for(shape, STEPS[rung][i])
+            tokens = sum(len(d) - 1 for b in batches for d in b) / len(batches)
+            wall, cpu = time_steps(make_engine(rung, shape), batches, repeats if rung != "train.py" else 1)
+            reference = reference or cpu
+            print(f"| {label} | {rung} | {wall * 1e3:.4f} | {cpu * 1e3:.4f} | {tokens / cpu:,.0f} | "
+                  f"{reference / cpu:,.0f}x |", file=out, flush=True)
+
+
+def batch_throughput(repeats: int, out=sys.stdout) -> None:
+    """(128,4,32) with 32 documents per step: GFLOP/s from the actual tokens, against the measured peak."""
+    from microgpt import machine
+    record = machine.ceilings(quality="quick")
+    shape, batch = CONFIGS["(128,4,32)"], 32
+    batches = batches_for(shape, 20, batch)
+    cfg = model_cfg(shape)
+    print("\n| (128,4,32), 32 docs/step | threads | ms/step (wall) | GFLOP/s (wall) | % of 1-thread peak |",
+          file=out)
+    print("|---|---:|---:|---:|---:|", file=out)
+    for rung in ("c float64", "c float32"):
+        dtype = RUNGS[rung][1]
+        flops = statistics.mean(step_cost(cfg, [len(d) - 1 for d in b], 8 if dtype == "float64" else 4).flops
+                                for b in batches)
+        peak = machine.peak(record, "f64" if dtype == "float64" else "f32", 1)
+        for threads in (1, 2):
+            wall, _ = time_steps(make_engine(rung, shape, threads), batches, repeats)
+            print(f"| {rung} | {threads} | {wall * 1e3:.2f} | {flops / wall / 1e9:.1f} | "
+                  f"{100 * flops / wall / peak:.0f}% |", file=out, flush=True)
+    print(f"(peaks measured by microgpt.machine: fp64 {machine.peak(record, 'f64', 1) / 1e9:.1f}, "
+          f"fp32 {machine.peak(record, 'f32', 1) / 1e9:.1f} GFLOP/s on one thread)", file=out)
+
+
+def int8_report(out=sys.stdout, steps: int = 2000) -> None:
+    """Train (64,2,16) for `steps` steps, then compare float32 and int8 InferenceGPT on the held-out names."""
+    from microgpt.sampling import sample
+    from microgpt.config import SampleConfig
+    from microgpt.tokenizers import CharTokenizer
+
+    shape = CONFIGS["(64,2,16)"]
+    cfg = model_cfg(shape)
+    docs = encode_names(read_names(), cfg.block_size)
+    random.Random(42).shuffle(docs)
+    train, val = docs[:-2000], docs[-2000:]
+    engine = FastEngine(cfg, TrainConfig(num_steps=steps).validate(), init_params(cfg, 42), dtype="float32")
+    engine.train_steps([train[4 * s:4 * s + 4] for s in range(steps)], [0.01 * (1 - s / steps) for s in range(steps)])
+    params = engine.export_params().data
+    models = {int8: fastops.InferenceGPT(params, 27, *shape[:2], 4, shape[2], int8=int8) for int8 in (False, True)}
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
+    scfg = SampleConfig(num_samples=500, temperature=1.0).validate()
+    rows = {}
+    for int8, model in models.items():
+        loss = model.eval_loss(val)
+        best = []
+        for _ in range(5):
+            t = time.process_time()
+            sample(model.logits, tokenizer, cfg.block_size, scfg)
+            best.append(time.process_time() - t)
+        rows[int8] = (model.weight_bytes, loss, statistics.median(best))
+    (b32, l32, t32), (b8, l8, t8) = rows[False], rows[True]
+    print(f"\nint8 inference, (64,2,16) after {steps} steps of batch 4 (float32), {len(val)} held-out names:", file=out)
+    print("| weights | bytes | validation loss | 500 samples, CPU s |\n|---|---:|---:|---:|", file=out)
+    print(f"| float32 | {b32:,} | {l32:.4f} | {t32:.3f} |", file=out)
+    print(f"| int8 (per-row scales) | {b8:,} | {l8:.4f} | {t8:.3f} |", file=out)
+    print(f"size {b32 / b8:.2f}x smaller, sampling {t32 / t8:.2f}x faster, validation loss "
+          f"{l8 - l32:+.4f} (isa {models[True].isa})", file=out)
+
+
+# ---- the same cases for pytest-benchmark ----
+
+try:
+    import pytest
+except ImportError:  # the script runs without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("label", list(CONFIGS))
+    @pytest.mark.parametrize("rung", ["c-ops", "c float64", "c float32"])
+    def test_step(benchmark, rung, label):
+        shape = CONFIGS[label]
+        engine = make_engine(rung, shape)
+        batches = batches_for(shape, 50)
+        benchmark(run_steps, engine, batches)
+
+    @pytest.mark.parametrize("int8", [False, True])
+    def test_sampling_logits(benchmark, int8):
+        shape = CONFIGS["(64,2,16)"]
+        model = fastops.InferenceGPT(init_params(model_cfg(shape), 42).data, 27, 64, 2, 4, 16, int8=int8)
+        seq = [26] + [random.Random(0).randrange(26) for _ in range(15)]
+        benchmark(lambda: [model.logits(seq[:n]) for n in range(1, 17)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    p.add_argument("--only", choices=("steps", "batch", "int8"), help="one section only")
+    args = p.parse_args(argv)
+    repeats = 3 if args.quick else 7
+    print(f"fastops instruction sets: {', '.join(fastops.available_isas())}; {len(read_names())} names")
+    if args.only in (None, "steps"):
+        speed_table(repeats)
+    if args.only in (None, "batch"):
+        batch_throughput(repeats)
+    if args.only in (None, "int8"):
+        int8_report()
+
+
+if __name__ == "__main__":
+    main()
