@@ -2172,8 +2172,12 @@ static float quantize_input(const float *x, int cols, uint8_t *xq, int groups)
 {
     float amax = 0.0f;
     for (int c = 0; c < cols; c++) amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;
-    const float s = amax / 127.0f;
-    for (int c = 0; c < groups * 4; c++) xq[c] = (uint8_t)(c < cols && s > 0 ? lrintf(x[c] / s) + 128 : 128);
+    const float s = amax / 127.0f, inv = s > 0 ? 1.0f / s : 0.0f;
+    for (int c = 0; c < cols; c++) {
+        const float v = x[c] * inv;   /* in [-127, 127]; rounded half away from zero, in plain arithmetic */
+        xq[c] = (uint8_t)((int)(v + (v >= 0 ? 0.5f : -0.5f)) + 128);
+    }
+    for (int c = cols; c < groups * 4; c++) xq[c] = 128;
     return s;
 }
 
