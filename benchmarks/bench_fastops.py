@@ -142,11 +142,31 @@ def int8_report(out=sys.stdout, steps: int = 2000) -> None:
         rows[int8] = (model.weight_bytes, loss, statistics.median(best))
     (b32, l32, t32), (b8, l8, t8) = rows[False], rows[True]
     print(f"\nint8 inference, (64,2,16) after {steps} steps of batch 4 (float32), {len(val)} held-out names:", file=out)
-    print("| weights | bytes | validation loss | 500 samples, CPU s |\n|---|---:|---:|---:|", file=out)
+    print("| weights | bytes | validation loss | 500 samples (sampling.py), CPU s |\n|---|---:|---:|---:|", file=out)
     print(f"| float32 | {b32:,} | {l32:.4f} | {t32:.3f} |", file=out)
     print(f"| int8 (per-row scales) | {b8:,} | {l8:.4f} | {t8:.3f} |", file=out)
-    print(f"size {b32 / b8:.2f}x smaller, sampling {t32 / t8:.2f}x faster, validation loss "
+    print(f"size {b32 / b8:.2f}x smaller, sampling {t32 / t8:.2f}x faster end to end, validation loss "
           f"{l8 - l32:+.4f} (isa {models[True].isa})", file=out)
+    # The model alone: logits() as sampling calls it (one token longer each call, KV cache reused).
+    print("\n| config | float32 us/token | int8 us/token | int8 speedup | float32 bytes | int8 bytes |", file=out)
+    print("|---|---:|---:|---:|---:|---:|", file=out)
+    rng = random.Random(0)
+    for label, shape in CONFIGS.items():
+        params = init_params(model_cfg(shape), 1).data
+        seqs = [[26] + [rng.randrange(26) for _ in range(shape[2] - 1)] for _ in range(100)]
+        per_token, size = {}, {}
+        for int8 in (False, True):
+            model = fastops.InferenceGPT(params, 27, shape[0], shape[1], 4, shape[2], int8=int8)
+            times = []
+            for _ in range(5):
+                t = time.process_time()
+                for seq in seqs:
+                    for n in range(1, len(seq) + 1):
+                        model.logits(seq[:n])
+                times.append((time.process_time() - t) / (len(seqs) * shape[2]))
+            per_token[int8], size[int8] = statistics.median(times), model.weight_bytes
+        print(f"| {label} | {per_token[False] * 1e6:.2f} | {per_token[True] * 1e6:.2f} | "
+              f"{per_token[False] / per_token[True]:.2f}x | {size[False]:,} | {size[True]:,} |", file=out, flush=True)
 
 
 # ---- the same cases for pytest-benchmark ----
