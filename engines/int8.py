@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engines.torch_eager import pack_batch
+from engines.torch_eager import pack_batch, rmsnorm
 from microgpt import UserError, checkpoint
 from microgpt.config import SampleConfig
 from microgpt.params import FlatParams
@@ -35,13 +35,8 @@ from microgpt.sampling import sample
 from microgpt.trainer import evaluate, load_dataset
 from microgpt.tokenizers import tokenizer_from_dict
 
-RMS_EPS = 1e-5
 SCHEMES = ("dynamic", "weight-only")
 QUANTIZERS = ("auto", "torchao", "quantize_dynamic")
-
-
-def rmsnorm(x):
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)
 
 
 class GPT(nn.Module):
@@ -50,7 +45,7 @@ class GPT(nn.Module):
 
     def __init__(self, params: FlatParams):
         super().__init__()
-        cfg = self.cfg = params.cfg
+        self.cfg = params.cfg
         flat = torch.frombuffer(params.data, dtype=torch.float64)
         matrix = lambda t: flat[t.offset:t.offset + t.size].view(t.rows, t.cols).float()   # noqa: E731
         self.wte = nn.Parameter(matrix(params.tensors["wte"]), requires_grad=False)

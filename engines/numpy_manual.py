@@ -43,13 +43,12 @@ def pack_batch(docs: list[list[int]], cfg: ModelConfig):
     ids = np.concatenate([np.asarray(doc, dtype=np.intp) for doc in docs])
     if ids.min() < 0 or ids.max() >= cfg.vocab_size:
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size}) (got {ids.min()}..{ids.max()})")
-    ends = np.cumsum([n + 1 for n in lengths])   # doc b occupies ids[ends[b] - n_b - 1 : ends[b]]
     is_input = np.ones(len(ids), dtype=bool)
-    is_input[ends - 1] = False                    # a document's last token is only a target
+    is_input[np.cumsum([n + 1 for n in lengths]) - 1] = False   # a document's last token is only a target
+    is_target = np.roll(is_input, 1)                             # every token after an input
     positions = np.concatenate([np.arange(n) for n in lengths])
     weights = np.repeat([1.0 / (n * B) for n in lengths], lengths)
     slots = np.repeat(np.arange(B) * T, lengths) + positions
-    is_target = np.roll(is_input, 1)              # every token after an input: all but a document's first
     return ids[is_input], positions, ids[is_target], weights, slots, B, T
 
 
@@ -104,8 +103,8 @@ class NumpyEngine:
         return {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in params.tensors.values()}
 
     # ------------------------------------------------------------------------------------------------
-    # forward: activations are (N, n) row matrices, as 2-D as possible (a (B, T, n) array times a matrix
-    # would be B small products, several times slower than one large one)
+    # forward: activations are (N, n) matrices, one row per real position, so each linear layer is one
+    # large matrix product (B small (T, n) products would be several times slower)
 
     def _forward(self, tokens, positions, slots, B, T):
         """Logits (N, V) for the rows of a packed batch, and the activations backward needs."""
@@ -118,7 +117,8 @@ class NumpyEngine:
         for layer in range(cfg.n_layer):
             p = f"layer{layer}."
             h, inv1 = rmsnorm(x)
-            q, k, v = (to_grid(h @ w[p + name].T, slots, B, T, cfg.n_head) for name in ("attn_wq", "attn_wk", "attn_wv"))
+            q, k, v = (to_grid(h @ w[p + name].T, slots, B, T, cfg.n_head)
+                       for name in ("attn_wq", "attn_wk", "attn_wv"))
             s = (q @ k.transpose(0, 1, 3, 2)) * scale
             s[..., causal] = -np.inf
             a = np.exp(s - s.max(-1, keepdims=True))

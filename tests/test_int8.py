@@ -33,8 +33,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     names, ckpt = root / "names.txt", root / "tiny.ckpt"
     names.write_text("\n".join(read_names(300)) + "\n")
-    train_run(["--engine", "numpy", "--data", str(names), "--num-steps", "300", "--batch-size", "8", "--block-size", "8",
-               "--eval-every", "0", "--num-samples", "0", "--quiet", "--save", str(ckpt)],
+    train_run(["--engine", "numpy", "--data", str(names), "--num-steps", "300", "--batch-size", "8",
+               "--block-size", "8", "--eval-every", "0", "--num-samples", "0", "--quiet", "--save", str(ckpt)],
               default_engine="numpy", description="", out=io.StringIO())
     return ckpt, names
 
