@@ -20,7 +20,9 @@
  *   2. the kernels, written once for a scalar type `real` and included six times:
  *      {float64, float32} x {AVX-512, AVX2+FMA, portable C}; the best one the CPU supports is picked
  *      at run time (x86 only; other platforms build the portable version),
- *   3. the Python bindings: argument validation, the `GPT` type, the module.
+ *   3. the Python bindings: argument validation and the `GPT` type; then the per-op rung (one kernel
+ *      per op of train.py, driven from Python by train_fast.OpsEngine) and `InferenceGPT` (sampling
+ *      with int8 weights), which are small and float64/float32-only, so they stand outside the template.
  */
 
 #ifndef FASTOPS_INSTANCE

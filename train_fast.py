@@ -9,6 +9,12 @@ per layer. One C call runs a whole optimizer step (forward, backward, clipping, 
 Everything else -- the command line, data order, progress line, validation, checkpoints, sampling -- is
 the shared code in microgpt/trainer.py, so checkpoints move freely between train.py and this file.
 
+Two rungs, both kept and both measured (benchmarks/bench_fastops.py):
+  * FastEngine ("c"): the fused rung above;
+  * OpsEngine ("c-ops"): train.py's graph walked in Python op by op, each op one fastops kernel -- what
+    moving the kernels alone to C buys, and what the Python between them still costs.
+Inference with int8 weights is fastops.InferenceGPT (per-row quantisation, VNNI where the CPU has it).
+
     python train_fast.py --num-steps 1000            # fused C engine ("c")
     python train_fast.py --dtype float32 --threads 2 --batch-size 32
     python train_fast.py --engine c-ops              # per-op rung: train.py's graph, each op in C
