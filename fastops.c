@@ -1425,7 +1425,8 @@ static double train_one(GPTObject *g, const Batch *b, double lr)
 PyDoc_STRVAR(train_steps_doc,
 "train_steps(batches, lrs) -> list[float]\n\n"
 "One optimizer step per batch (a list of documents), with learning rate lrs[i]; returns each step's\n"
-"loss. Every batch is validated before the first step runs.");
+"loss. Every batch is validated before the first step runs. Without clipping the update is fused into\n"
+"the backward pass and the grads buffer is not written (use loss_and_grad for gradients).");
 
 static PyObject *GPT_train_steps(GPTObject *g, PyObject *args)
 {
