@@ -31,6 +31,7 @@ ENGINES = {
     "python": "train:PythonEngine",
     "scalar": "engines.scalar:ScalarEngine",
     "c": "train_fast:FastEngine",
+    "c-ops": "train_fast:OpsEngine",
     "jax": "engines.jax_jit:JaxEngine",
     "mlx": "engines.mlx_cpu:MlxEngine",
     "mlx-compile": "engines.mlx_cpu:MlxCompiledEngine",
