@@ -156,6 +156,7 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
 
 
 def jitted(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    """The functions of ``build_functions``, built once per model shape and optimiser in this process."""
     key = (tuple(cfg.to_dict().items()), tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.grad_clip)
     if key not in _JITTED:
         _JITTED[key] = build_functions(cfg, tcfg)
@@ -195,14 +196,14 @@ class JaxEngine:
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
         loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
-        return float(loss), array("d", np.asarray(grad, np.float64).tobytes())
+        return float(loss), self._host(grad)
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
+        batch = self._batch(docs)  # bad documents raise before the step count moves
         self.t += 1
         c = self.tcfg
         hyper = np.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], self.dtype)
-        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *self._batch(docs),
-                                                                  hyper)
+        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *batch, hyper)
         return float(loss)  # waits for the device: the step is finished when the loss is known
 
     def eval_loss(self, docs: list[list[int]]) -> float:

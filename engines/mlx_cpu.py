@@ -179,12 +179,12 @@ class MlxEngine:
         return loss.item(), self._host(grad)
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
+        batch = self._batch(docs)  # bad documents raise before the step count moves
         self.t += 1
         c = self.tcfg
         hyper = mx.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], dtype=self.dtype)
         with mx.stream(self.device):
-            self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v,
-                                                                      *self._batch(docs), hyper)
+            self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *batch, hyper)
             mx.eval(self.params, self.m, self.v, loss)  # the step is finished before the loss is returned
         return loss.item()
 

@@ -98,6 +98,7 @@ def test_bad_arguments(setup):
     eng = MlxEngine(cfg, tcfg, params)
     with pytest.raises(ValueError, match="out of range"):
         eng.train_step([[26, 40, 26]], 0.01)
+    assert eng.export_adam().t == 0, "a rejected batch is not a step"
     with pytest.raises(ValueError, match="2..9 tokens"):
         eng.eval_loss([[26]])
     with pytest.raises(ValueError, match="at least one document"):
