@@ -10,19 +10,21 @@
 
 Measuring. The matrix (benchmarks/matrix.json: engines x configs x batch sizes x dtypes x threads) is
 timed with microgpt/timing.py in fresh worker processes: each round starts one process per engine, so
-a process's luck (memory layout, import order, a noisy neighbour) is one round's, not the result's; the
-order of the engines rotates from round to round. Every sample is kept, in wall and in CPU time.
+a process's luck (memory layout, import order) is one round's, not the result's; the order of the
+engines rotates from round to round. Every sample is kept, in wall and in CPU time.
 
-Deciding. ``compare`` calls a benchmark a regression only when both hold: a one-sided Mann-Whitney U
-test says the current samples are slower (p < alpha, default 0.01) *and* the ratio of medians exceeds
-the effect floor (default 5%, per benchmark overridable). The rank test keeps noise from being called a
-change; the floor keeps a real but negligible change from failing a pull request. The 95% confidence
-interval of the ratio comes from a bootstrap of both medians. One-thread benchmarks are judged on CPU
-time, because on a shared machine wall time mostly measures the neighbours (see ``--metric``).
+Deciding. ``compare`` calls a benchmark a regression only when both hold: a one-sided rank test says the
+current samples are slower (p < alpha, default 0.01) *and* the ratio exceeds the effect floor (default
+5%, per benchmark overridable). The rank test keeps noise from being called a change; the floor keeps a
+real but negligible change from failing a pull request. For two separate runs the ratio is that of the
+medians and the test Mann-Whitney U; the 95% confidence interval comes from a bootstrap of both medians.
+One-thread benchmarks are judged on CPU time, because on a shared machine wall time mostly measures the
+neighbours (see ``--metric``).
 
 ``ab`` is the robust mode: it checks the base revision out into a temporary git worktree, builds its
-extensions there, and runs base and head workers interleaved (A B B A A B ...) so both see the same
-machine at the same time; then it compares them like ``compare``.
+extensions there, and runs a base and a head worker side by side that take turns sample by sample
+(A B, B A, ...) on the same batches, so a burst of load from another job lands on both halves of a pair.
+Its verdicts use the pairs: the ratio is the median of the pairs' ratios, the test Wilcoxon's signed rank.
 """
 
 from __future__ import annotations
@@ -158,45 +160,63 @@ def load_matrix(name: str, path: Path = MATRIX) -> tuple[dict, list[Case], list[
 
 
 # ----------------------------------------------------------------------------------------------------
-# The worker: one process timing one engine's cases (``python benchmark.py worker REQUEST RESPONSE``)
+# The worker: one process per engine and side, timing one sample per request (``benchmark.py worker``)
 
 
-def worker(request_path: str, response_path: str) -> None:
-    """Time the request's cases with microgpt.timing and write the samples; an engine that cannot be
-    imported, or a case it refuses (dtype, threads), is reported as skipped with the reason."""
+def worker() -> None:
+    """Serve ``measure`` over stdin/stdout, one JSON object per line: ``setup`` a case (engine, warm-up,
+    calibration), then time one ``sample`` at a time, so that the samples of two processes can alternate.
+    An engine that cannot be imported, or a case it refuses (dtype, threads), is answered with the reason."""
     from engines import load_engine
     from microgpt.config import ModelConfig
     from microgpt.data import load_documents
-    from microgpt.timing import time_engine
+    from microgpt.timing import EngineTimer
     from microgpt.tokenizers import build_tokenizer, wrap
 
-    req = json.loads(Path(request_path).read_text())
-    texts = load_documents([req["data"]])
-    tokenizer = build_tokenizer("char", texts, texts)
-    results, skipped = [], []
-    for case in req["cases"]:
-        try:
-            engine_cls = load_engine(case["engine"])
-        except (UserError, ImportError) as e:
-            skipped.append({"id": case["id"], "reason": f"engine cannot be loaded: {e}", "whole_engine": True})
-            continue
-        try:
-            cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **case["config"]).validate()
-            docs = [wrap(tokenizer, text, cfg.block_size) for text in texts]
-            t = time_engine(engine_cls, cfg, docs, batch_size=case["batch_size"], dtype=case["dtype"],
-                            threads=case["threads"], warmup=req["warmup"], samples=req["samples"],
-                            min_sample_s=req["min_sample_s"])
-        except (ValueError, TypeError, NotImplementedError, UserError) as e:    # a case the engine refuses
-            skipped.append({"id": case["id"], "reason": f"{type(e).__name__}: {e}"})
-            continue
-        except Exception as e:      # an engine that crashes is reported, not allowed to stop the others
-            skipped.append({"id": case["id"], "reason": f"FAILED with {type(e).__name__}: {e}"})
-            continue
-        steps = Counter(tuple(sorted(lengths)) for lengths in t.doc_lengths)
-        results.append({"id": case["id"], "vocab_size": cfg.vocab_size, "samples_ms": t.samples_ms,
-                        "cpu_samples_ms": t.cpu_samples_ms, "steps_per_sample": t.steps_per_sample,
-                        "warmup_s": t.warmup_s, "step_lengths": [[list(k), n] for k, n in steps.items()]})
-    write_json_atomic(Path(response_path), {"protocol": PROTOCOL, "results": results, "skipped": skipped})
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)                   # whatever the engines print goes to stderr, not into the protocol
+    sys.stdout = sys.stderr
+    timers, texts = {}, {}
+
+    def answer(obj) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["cmd"] == "hello":
+            answer({"protocol": PROTOCOL})
+        elif req["cmd"] == "setup":
+            case = req["case"]
+            if req["data"] not in texts:
+                docs = load_documents([req["data"]])
+                texts[req["data"]] = (docs, build_tokenizer("char", docs, docs))
+            docs, tokenizer = texts[req["data"]]
+            try:
+                engine_cls = load_engine(case["engine"])
+            except (UserError, ImportError) as e:
+                answer({"skipped": f"engine cannot be loaded: {e}", "whole_engine": True})
+                continue
+            try:
+                cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **case["config"]).validate()
+                timer = EngineTimer(engine_cls, cfg, [wrap(tokenizer, t, cfg.block_size) for t in docs],
+                                    case["batch_size"], case["dtype"], case["threads"])
+                warmup_s = timer.warm_up(req["warmup"])
+                steps = timer.steps_for(req["min_sample_s"])
+            except (ValueError, TypeError, NotImplementedError, UserError) as e:     # a case the engine refuses
+                answer({"skipped": f"{type(e).__name__}: {e}"})
+                continue
+            except Exception as e:      # an engine that crashes is reported, not allowed to stop the others
+                answer({"skipped": f"FAILED with {type(e).__name__}: {e}"})
+                continue
+            timers[case["id"]] = timer
+            answer({"vocab_size": cfg.vocab_size, "warmup_s": warmup_s, "steps": steps})
+        elif req["cmd"] == "sample":
+            wall_ms, cpu_ms, lengths = timers[req["id"]].sample(req["steps"])
+            steps = Counter(tuple(sorted(x)) for x in lengths)
+            answer({"wall_ms": wall_ms, "cpu_ms": cpu_ms, "step_lengths": [[list(k), n] for k, n in steps.items()]})
+        elif req["cmd"] == "quit":
+            return
 
 
 @dataclass
@@ -211,44 +231,57 @@ class Side:
         return self.argv or [sys.executable, str(self.root / "benchmark.py"), "worker"]
 
 
-def run_worker(side: Side, cases: list[Case], settings: dict, data: str, log, timeout: float = 3600) -> dict:
-    """One worker process for ``cases`` on ``side``; its response (results, skipped). A worker that dies
-    without answering is started once more (say, an extension being rebuilt under it), then it is an error."""
-    with tempfile.TemporaryDirectory(prefix="benchmark-worker-") as tmp:
-        request, response = Path(tmp) / "request.json", Path(tmp) / "response.json"
-        request.write_text(json.dumps({
-            "protocol": PROTOCOL, "data": data, "warmup": settings["warmup"], "samples": settings["samples"],
-            "min_sample_s": settings["min_sample_s"],
-            "cases": [{"id": c.id, "engine": c.engine, "config": c.config_dict(), "batch_size": c.batch_size,
-                       "dtype": c.dtype, "threads": c.threads} for c in cases]}))
+class WorkerProcess:
+    """A running worker of one side; ``call`` sends a request and waits for its one-line answer."""
+
+    def __init__(self, side: Side):
+        self.side = side
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
-        for attempt in (1, 2):
+        self.proc = subprocess.Popen([*side.command()], cwd=side.root, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        hello = self.call({"cmd": "hello"})
+        if hello.get("protocol") != PROTOCOL:
+            self.close()
+            raise UserError(f"the {side.name} side's benchmark.py speaks worker protocol {hello.get('protocol')!r}, "
+                            f"this one {PROTOCOL}: they cannot be compared")
+
+    def call(self, request: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            tail = "\n".join(self.stderr.read().strip().splitlines()[-15:])
+            raise UserError(f"the {self.side.name} worker died (exit status {self.proc.returncode}) during "
+                            f"{request['cmd']} {request.get('id') or request.get('case', {}).get('id', '')}"
+                            + (f":\n{tail}" if tail else ""))
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
             try:
-                proc = subprocess.run([*side.command(), str(request), str(response)], cwd=side.root, env=env,
-                                      capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise UserError(f"{side.name} worker for {cases[0].engine} did not finish in {timeout:.0f} s") from None
-            if proc.returncode == 0 and response.exists():
-                break
-            tail = "\n".join((proc.stderr.strip() + "\n" + proc.stdout.strip()).strip().splitlines()[-15:])
-            problem = f"{side.name} worker for {cases[0].engine} exited with status {proc.returncode} " \
-                      f"{'and' if response.exists() else 'without'} writing its results" + (f":\n{tail}" if tail else "")
-            if attempt == 2:
-                raise UserError(problem)
-            log(f"warning: {problem}; starting it again")
-        out = json.loads(response.read_text())
-    if out.get("protocol") != PROTOCOL:
-        raise UserError(f"the {side.name} side's benchmark.py speaks worker protocol {out.get('protocol')!r}, "
-                        f"this one {PROTOCOL}: they cannot be compared")
-    return out
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
 
 
 def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log=None) -> dict[str, dict]:
-    """Time ``cases`` on every side, ``settings['rounds']`` rounds of one process per engine and side.
+    """Time ``cases`` on every side: ``settings['rounds']`` rounds, each a fresh worker process per engine
+    and side, taking ``settings['samples']`` samples of every case.
 
-    Sides alternate A B, then B A (so neither always goes first), engine by engine, so the sides of one
-    engine run seconds apart and see the same machine; the engine order rotates every round. Returns,
-    per side, {"samples": {id: {...accumulated...}}, "skipped": {id or engine: reason}}.
+    The sides' workers run side by side and take turns sample by sample (A B, then B A), all with the
+    same steps per sample, so the n-th samples of two sides time the same batches moments apart: a burst
+    of load from another job hits both. The engine order rotates every round. Returns, per side,
+    {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and the ``session`` that pairs them.
     """
     log = log or (lambda message: None)
     engines = list(dict.fromkeys(c.engine for c in cases))
@@ -256,34 +289,61 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     dead = {s.name: set() for s in sides}       # engines that could not be imported on that side
     started = time.perf_counter()
     for r in range(settings["rounds"]):
-        order = engines[r % len(engines):] + engines[:r % len(engines)]
-        for engine in order:
+        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
             engine_cases = [c for c in cases if c.engine == engine]
             engine_cases = engine_cases[r % len(engine_cases):] + engine_cases[:r % len(engine_cases)]
-            for side in (sides if r % 2 == 0 else sides[::-1]):
-                if engine in dead[side.name]:
-                    continue
-                t0 = time.perf_counter()
-                response = run_worker(side, engine_cases, settings, data, log)
-                acc = out[side.name]
-                for s in response["skipped"]:
-                    acc["skipped"][s["id"]] = s["reason"]
-                    if s.get("whole_engine"):
-                        dead[side.name].add(engine)
-                for res in response["results"]:
-                    rec = acc["samples"].setdefault(res["id"], {"vocab_size": res["vocab_size"],
-                                                                "samples_ms": [], "cpu_samples_ms": [],
-                                                                "sample_rounds": [], "steps_per_sample": [],
-                                                                "warmup_s": [], "step_lengths": Counter()})
-                    rec["samples_ms"] += res["samples_ms"]
-                    rec["cpu_samples_ms"] += res["cpu_samples_ms"]
-                    rec["sample_rounds"] += [r] * len(res["samples_ms"])
-                    rec["steps_per_sample"].append(res["steps_per_sample"])
-                    rec["warmup_s"].append(round(res["warmup_s"], 4))
-                    for lengths, n in res["step_lengths"]:
-                        rec["step_lengths"][tuple(lengths)] += n
-                log(f"round {r + 1}/{settings['rounds']} {side.name:>4} {engine}: {len(response['results'])} "
-                    f"case(s) in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - started:.0f} s so far)")
+            live = [s for s in sides if engine not in dead[s.name]]
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            workers = {}
+            try:
+                for s in live:
+                    workers[s.name] = WorkerProcess(s)
+                ready = {}                                  # case id -> {side: setup answer}
+                for case in engine_cases:
+                    for s in live:
+                        if engine in dead[s.name]:
+                            continue
+                        answer = workers[s.name].call({
+                            "cmd": "setup", "data": data, "warmup": settings["warmup"],
+                            "min_sample_s": settings["min_sample_s"],
+                            "case": {"id": case.id, "engine": case.engine, "config": case.config_dict(),
+                                     "batch_size": case.batch_size, "dtype": case.dtype, "threads": case.threads}})
+                        if "skipped" in answer:
+                            out[s.name]["skipped"][case.id] = answer["skipped"]
+                            if answer.get("whole_engine"):
+                                dead[s.name].add(engine)
+                        else:
+                            ready.setdefault(case.id, {})[s.name] = answer
+                for j in range(settings["samples"]):
+                    for case in engine_cases:
+                        answers = ready.get(case.id, {})
+                        steps = min((a["steps"] for a in answers.values()), default=0)
+                        for s in (live if (r + j) % 2 == 0 else live[::-1]):
+                            if s.name not in answers:
+                                continue
+                            sample = workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
+                            rec = out[s.name]["samples"].setdefault(case.id, {
+                                "vocab_size": answers[s.name]["vocab_size"], "samples_ms": [], "cpu_samples_ms": [],
+                                "sample_rounds": [], "steps_per_sample": [], "warmup_s": [], "step_lengths": Counter()})
+                            rec["samples_ms"].append(sample["wall_ms"])
+                            rec["cpu_samples_ms"].append(sample["cpu_ms"])
+                            rec["sample_rounds"].append(r)
+                            if j == 0:
+                                rec["steps_per_sample"].append(steps)
+                                rec["warmup_s"].append(round(answers[s.name]["warmup_s"], 4))
+                            for lengths, n in sample["step_lengths"]:
+                                rec["step_lengths"][tuple(lengths)] += n
+            finally:
+                for w in workers.values():
+                    w.close()
+            log(f"round {r + 1}/{settings['rounds']} {engine}: {' '.join(s.name for s in live)}, "
+                f"{len(engine_cases)} case(s) in {time.perf_counter() - t0:.1f} s "
+                f"({time.perf_counter() - started:.0f} s so far)")
+    session = f"{os.getpid()}-{time.time_ns()}"
+    for side in out.values():
+        side["session"] = session
     return out
 
 
@@ -317,7 +377,7 @@ def results_document(side: dict, cases: list[Case], settings: dict, data_info: d
     skipped = [{"id": i, "reason": reason} for i, reason in side["skipped"].items()]
     skipped += [{"id": f"{x['engine']} *", "reason": x["reason"]} for x in left_out]
     return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "matrix": matrix, "settings": {**settings, "data": data_info},
+            "matrix": matrix, "settings": {**settings, "data": data_info, "session": side["session"]},
             "environment": environment(root),
             "results": [summarise(by_id[i], acc) for i, acc in side["samples"].items()],
             "skipped": skipped}
@@ -510,6 +570,46 @@ def mann_whitney_u(x: list[float], y: list[float]) -> tuple[float, float]:
     return u, _normal_sf((u - m * n / 2 - 0.5) / math.sqrt(variance))
 
 
+def _signed_rank_distribution(n: int) -> list[int]:
+    """Number of sign patterns of ranks 1..n for each value of W+ (the sum of the positive ranks)."""
+    counts = [1] + [0] * (n * (n + 1) // 2)
+    for rank in range(1, n + 1):
+        for w in range(len(counts) - 1, rank - 1, -1):
+            counts[w] += counts[w - rank]
+    return counts
+
+
+def wilcoxon_signed_rank(d: list[float]) -> tuple[float, float]:
+    """W+ of the differences ``d`` and the one-sided p-value for "d tends to be positive".
+
+    Zero differences are dropped (Wilcoxon's convention); exact without ties for n <= 50, otherwise the
+    normal approximation with the tie correction and a continuity correction (as scipy.stats.wilcoxon).
+    """
+    d = [x for x in d if x != 0]
+    n = len(d)
+    if not n:
+        return 0.0, 1.0
+    order = sorted(range(n), key=lambda i: abs(d[i]))
+    ranks, tie_term, i = [0.0] * n, 0, 0
+    while i < n:
+        j = i
+        while j + 1 < n and abs(d[order[j + 1]]) == abs(d[order[i]]):
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        tie_term += (j - i + 1) ** 3 - (j - i + 1)
+        i = j + 1
+    w = sum(r for r, x in zip(ranks, d) if x > 0)
+    if tie_term == 0 and n <= 50:
+        counts = _signed_rank_distribution(n)
+        return w, sum(counts[math.ceil(w):]) / 2 ** n
+    mean = n * (n + 1) / 4
+    variance = n * (n + 1) * (2 * n + 1) / 24 - tie_term / 48
+    if variance <= 0:
+        return w, 1.0
+    return w, 0.5 * math.erfc((w - mean - 0.5) / math.sqrt(variance) / math.sqrt(2))
+
+
 def bootstrap_median(sorted_x: list[float], rng: random.Random) -> float:
     """The median of one bootstrap resample of ``sorted_x``, drawn in O(1) however long the sample.
 
@@ -541,6 +641,16 @@ def ratio_ci(base: list[float], cur: list[float], seed: str, level: float = 0.95
     return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
 
 
+def paired_ci(log_ratios: list[float], seed: str, level: float = 0.95,
+              resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of exp(median(log_ratios)), the paired ratio."""
+    rng = random.Random(seed)
+    d = sorted(log_ratios)
+    ratios = sorted(math.exp(bootstrap_median(d, rng)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
+
+
 @dataclass
 class Verdict:
     id: str
@@ -553,30 +663,51 @@ class Verdict:
     ci: tuple[float, float] | None = None
     p: float | None = None        # one-sided, in the direction of the observed change
     n: tuple[int, int] = (0, 0)
+    paired: bool = False          # samples taken in interleaved pairs (ab): Wilcoxon on the pairs' ratios
     note: str = ""
     base_samples: list[float] = field(default_factory=list, repr=False)
     cur_samples: list[float] = field(default_factory=list, repr=False)
 
 
 def judge(bench_id: str, base: list[float], cur: list[float], threshold: float = DEFAULT_THRESHOLD,
-          alpha: float = DEFAULT_ALPHA, metric: str = "wall") -> Verdict:
-    """Is ``cur`` slower than ``base``? A regression needs the rank test *and* the effect floor."""
-    clean_b = [x for x in base if math.isfinite(x)]
-    clean_c = [x for x in cur if math.isfinite(x)]
+          alpha: float = DEFAULT_ALPHA, metric: str = "wall", paired: bool = False) -> Verdict:
+    """Is ``cur`` slower than ``base``? A regression needs the rank test *and* the effect floor.
+
+    Unpaired (two separate runs): the ratio of the medians, Mann-Whitney U on all samples. Paired (``ab``:
+    ``base[i]`` and ``cur[i]`` timed the same batches moments apart): the ratio is the median of the pairs'
+    ratios and the test is Wilcoxon's signed-rank test on their logarithms, so load that comes and goes
+    cancels within each pair instead of adding to the spread.
+    """
+    if paired:
+        if len(base) != len(cur):
+            raise ValueError(f"{bench_id}: paired samples need equal lengths ({len(base)} and {len(cur)})")
+        kept = [(b, c) for b, c in zip(base, cur) if math.isfinite(b) and math.isfinite(c)]
+        clean_b, clean_c = [b for b, _ in kept], [c for _, c in kept]
+    else:
+        clean_b = [x for x in base if math.isfinite(x)]
+        clean_c = [x for x in cur if math.isfinite(x)]
     dropped = len(base) + len(cur) - len(clean_b) - len(clean_c)
-    v = Verdict(bench_id, metric, "untestable", threshold, n=(len(clean_b), len(clean_c)),
+    v = Verdict(bench_id, metric, "untestable", threshold, n=(len(clean_b), len(clean_c)), paired=paired,
                 note=f"{dropped} non-finite sample(s) dropped" if dropped else "", base_samples=clean_b, cur_samples=clean_c)
     if min(v.n) < 2:
         v.note = "; ".join(filter(None, [v.note, f"needs >= 2 finite samples per side (has {v.n[0]} and {v.n[1]})"]))
         return v
     v.base_ms, v.cur_ms = statistics.median(clean_b), statistics.median(clean_c)
-    if v.base_ms <= 0 or v.cur_ms <= 0:
-        v.note = "; ".join(filter(None, [v.note, "a median of zero time cannot be compared"]))
+    if min(clean_b + clean_c if paired else [v.base_ms, v.cur_ms]) <= 0:
+        v.note = "; ".join(filter(None, [v.note, "a time of zero cannot be compared" if paired
+                                         else "a median of zero time cannot be compared"]))
         return v
-    v.ratio = v.cur_ms / v.base_ms
-    v.ci = ratio_ci(clean_b, clean_c, seed=bench_id)
-    _, p_slower = mann_whitney_u(clean_c, clean_b)
-    _, p_faster = mann_whitney_u(clean_b, clean_c)
+    if paired:
+        d = [math.log(c / b) for b, c in zip(clean_b, clean_c)]
+        v.ratio = math.exp(statistics.median(d))
+        v.ci = paired_ci(d, seed=bench_id)
+        p_slower = wilcoxon_signed_rank(d)[1]
+        p_faster = wilcoxon_signed_rank([-x for x in d])[1]
+    else:
+        v.ratio = v.cur_ms / v.base_ms
+        v.ci = ratio_ci(clean_b, clean_c, seed=bench_id)
+        p_slower = mann_whitney_u(clean_c, clean_b)[1]
+        p_faster = mann_whitney_u(clean_b, clean_c)[1]
     v.p = p_slower if v.ratio >= 1 else p_faster
     if p_slower < alpha and v.ratio > 1 + threshold:
         v.verdict = "regression"
@@ -585,6 +716,22 @@ def judge(bench_id: str, base: list[float], cur: list[float], threshold: float =
     else:
         v.verdict = "no change"
     return v
+
+
+def paired_samples(b: dict, c: dict, key: str) -> tuple[list[float], list[float]]:
+    """The samples two sides took in turns (same round, same position in it), as two aligned lists."""
+    def by_round(rec):
+        rounds = {}
+        for x, r in zip(rec[key], rec.get("sample_rounds") or [0] * len(rec[key])):
+            rounds.setdefault(r, []).append(x)
+        return rounds
+    rb, rc = by_round(b), by_round(c)
+    base, cur = [], []
+    for r in sorted(set(rb) & set(rc)):
+        n = min(len(rb[r]), len(rc[r]))
+        base += rb[r][:n]
+        cur += rc[r][:n]
+    return base, cur
 
 
 def pick_metric(metric: str, b: dict, c: dict) -> str:
@@ -622,6 +769,8 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1) (got {alpha})")
     default, patterns = thresholds_from(thresholds or [])
+    session = (base.get("settings") or {}).get("session")
+    paired = session is not None and session == (cur.get("settings") or {}).get("session")
     b_by_id = {r["id"]: r for r in base["results"]}
     c_by_id = {r["id"]: r for r in cur["results"]}
     if not set(b_by_id) & set(c_by_id):
@@ -641,7 +790,10 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         if not b.get(key) or not c.get(key):
             raise UserError(f"--metric {m}: {bench_id} has no {key} in both files (use --metric wall)")
         label = (c.get("timer") or m).rsplit(".", 1)[-1]       # pytest-benchmark names its timer
-        verdicts.append(judge(bench_id, b[key], c[key], threshold, alpha, label))
+        if paired:
+            verdicts.append(judge(bench_id, *paired_samples(b, c, key), threshold, alpha, label, paired=True))
+        else:
+            verdicts.append(judge(bench_id, b[key], c[key], threshold, alpha, label))
     return verdicts
 
 
@@ -665,13 +817,14 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
         ci = f"[{_fmt_pct(v.ci[0])}, {_fmt_pct(v.ci[1])}]" if v.ci else "-"
         p = "-" if v.p is None else ("<0.001" if v.p < 0.001 else f"{v.p:.3f}")
         label = v.verdict.upper() if v.verdict == "regression" else v.verdict
-        rows.append([v.id, v.metric, _fmt_ms(v.base_ms), _fmt_ms(v.cur_ms),
+        n = f"{v.n[0]} pairs" if v.paired else f"{v.n[0]}+{v.n[1]}"
+        rows.append([v.id, v.metric, n, _fmt_ms(v.base_ms), _fmt_ms(v.cur_ms),
                      _fmt_pct(v.ratio) if v.ratio else "-", ci, p, f"{v.threshold:.0%}",
                      label + (f" ({v.note})" if v.note else "")])
     return rows
 
 
-HEADER = ["benchmark", "metric", "base ms", "current ms", "change", "95% CI", "p", "floor", "verdict"]
+HEADER = ["benchmark", "metric", "samples", "base ms", "current ms", "change", "95% CI", "p", "floor", "verdict"]
 
 
 def summary_line(verdicts: list[Verdict]) -> str:
@@ -692,8 +845,10 @@ def markdown(verdicts: list[Verdict], warnings: list[str], title: str, alpha: fl
     regressions = [v for v in verdicts if v.verdict == "regression"]
     head = (f"**{len(regressions)} regression{'s' * (len(regressions) != 1)}**" if regressions
             else "**No regression**")
-    lines = [f"### {title}", "", f"{head} — {summary_line(verdicts)}. A regression needs a one-sided "
-             f"Mann-Whitney U p < {alpha:g} *and* a slowdown above the floor; `cpu` = process CPU time "
+    test = ("Wilcoxon signed-rank test on the interleaved pairs" if any(v.paired for v in verdicts)
+            else "Mann-Whitney U test")
+    lines = [f"### {title}", "", f"{head} — {summary_line(verdicts)}. A regression needs a one-sided {test} "
+             f"with p < {alpha:g} *and* a slowdown above the floor; `cpu` = process CPU time "
              f"(one-thread benchmarks), `wall` = elapsed time.", ""]
     lines += [f"> :warning: {w}" for w in warnings] + ([""] if warnings else [])
     lines.append("| " + " | ".join(HEADER) + " |")
@@ -1072,9 +1227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--data", help="documents for --loss-steps (default: names.txt)")
     q.add_argument("--no-roofline", action="store_true", help="skip the roofline (it may measure the machine first)")
     stats_flags(q)
-    q = sub.add_parser("worker")        # internal: one process of ``measure``
-    q.add_argument("request")
-    q.add_argument("response")
+    sub.add_parser("worker")            # internal: one process of ``measure``
     args = p.parse_args(argv)
     if args.command == "update-baseline" and not args.results:
         args.output = str(Path(tempfile.gettempdir()) / f"microgpt-baseline-{os.getpid()}.json")
@@ -1087,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if args.command == "worker":
-            worker(args.request, args.response)
+            worker()
             return 0
         return {"run": cmd_run, "compare": cmd_compare, "ab": cmd_ab, "update-baseline": cmd_update_baseline,
                 "report": cmd_report}[args.command](args)

@@ -3,10 +3,11 @@
     python benchmarks/experiment.py aa         # 20 comparisons of identical code: expect 0 regressions
     python benchmarks/experiment.py slowdown   # 20 comparisons against a ~10% slower variant: expect >= 19 flagged
 
-Each comparison is exactly what ``benchmark.py ab`` does on a pull request: worker processes of side A and
-side B interleaved (A B, B A, ...) over the "experiment" matrix of benchmarks/matrix.json (the python
-and c engines), then ``benchmark.compare_results`` with the default gate (metric auto, alpha 0.01,
-floor 5%). The summary goes to stdout and, with every verdict, to ``--out`` as JSON.
+Each comparison is exactly what ``benchmark.py ab`` does on a pull request: ``benchmark.measure`` with a
+side A and a side B whose workers take turns sample by sample, over the "experiment" matrix of
+benchmarks/matrix.json (the python and c engines), then ``benchmark.compare_results`` with the default
+gate (metric auto, alpha 0.01, floor 5%). The summary goes to stdout and, with every verdict and sample,
+to ``--out`` as JSON.
 
 The slow variant (side B of ``slowdown``) is the reference engine train.py with its dot product
 materialising the products in a list before summing them, ``sum(list(map(mul, a, b)))`` instead of
@@ -37,10 +38,10 @@ def slow_dot(a: list[float], b: list[float]) -> float:
     return sum(list(map(mul, a, b)))
 
 
-def slow_worker(request: str, response: str) -> None:
+def slow_worker() -> None:
     import train
     train.dot = slow_dot        # every op of train.py looks dot up at call time
-    benchmark.worker(request, response)
+    benchmark.worker()
 
 
 def comparison(sides: list[benchmark.Side], settings: dict, cases: list[benchmark.Case], data: str,
@@ -48,7 +49,8 @@ def comparison(sides: list[benchmark.Side], settings: dict, cases: list[benchmar
     warn = lambda message: message.startswith("warning") and print(message, file=sys.stderr, flush=True)
     measured = benchmark.measure(sides, cases, settings, data, log=warn)
     docs = [benchmark.results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
-    out = {}
+    out = {"samples": {s.name: {r["id"]: {k: r[k] for k in ("samples_ms", "cpu_samples_ms", "sample_rounds")}
+                                for r in d["results"]} for s, d in zip(sides, docs)}}
     for metric in ("auto", "wall"):
         verdicts = benchmark.compare_results(docs[0], docs[1], metric=metric)
         out[metric] = [{"id": v.id, "metric": v.metric, "verdict": v.verdict, "ratio": v.ratio, "p": v.p,
@@ -89,21 +91,22 @@ def print_summary(s: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=("aa", "slowdown", "slow-worker"))
-    p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)      # slow-worker: REQUEST RESPONSE
     p.add_argument("--comparisons", type=int, default=20)
     p.add_argument("--rounds", type=int, help="worker processes per engine and side (default: the matrix's)")
+    p.add_argument("--samples", type=int, help="samples per process and benchmark (default: the matrix's)")
     p.add_argument("--data", help="documents (default: names.txt)")
     p.add_argument("--out", help="JSON with every verdict (default: out/experiment-<name>.json)")
     args = p.parse_args(argv)
     if args.experiment == "slow-worker":
-        slow_worker(*args.paths)
+        slow_worker()
         return 0
     try:
         if args.comparisons < 1:
             raise UserError(f"--comparisons must be >= 1 (got {args.comparisons})")
         settings, cases, _ = benchmark.load_matrix("experiment")
-        if args.rounds:
-            settings["rounds"] = args.rounds
+        for key in ("rounds", "samples"):
+            if getattr(args, key):
+                settings[key] = getattr(args, key)
         data, data_info = benchmark.resolve_data(args.data)
         b_argv = [sys.executable, str(Path(__file__).resolve()), "slow-worker"] if args.experiment == "slowdown" else []
         sides = [benchmark.Side("A", REPO), benchmark.Side("B", REPO, b_argv)]

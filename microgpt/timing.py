@@ -62,43 +62,69 @@ def model_dict(cfg: ModelConfig) -> dict:
     return {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "vocab_size", "mlp_act")}
 
 
+class EngineTimer:
+    """One engine, warmed up and ready to be timed sample by sample.
+
+    ``time_engine`` takes all its samples in a row; benchmark.py's A/B mode instead alternates samples of
+    two processes (base and head), so it drives this object one sample at a time. Every sample continues
+    the same fixed batch order, so two timers given the same ``steps`` per sample time the same batches.
+    """
+
+    def __init__(self, engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int = 1,
+                 dtype: str = "float64", threads: int = 1, seed: int = 0):
+        self.engine = engine_cls(cfg, TrainConfig(batch_size=batch_size, num_steps=10**9), init_params(cfg, seed),
+                                 dtype=dtype, threads=threads)
+        self.cfg, self.docs, self.batch_size, self.dtype, self.threads = cfg, docs, batch_size, dtype, threads
+        self.cursor = 0
+        engine = self.engine
+        self.run = getattr(engine, "train_steps", None) or (lambda batches, lrs: [engine.train_step(b, lr)
+                                                                                  for b, lr in zip(batches, lrs)])
+
+    def next_batches(self, k: int) -> list[list[list[int]]]:
+        out = []
+        for _ in range(k):
+            out.append([self.docs[(self.cursor + j) % len(self.docs)] for j in range(self.batch_size)])
+            self.cursor += self.batch_size
+        return out
+
+    def warm_up(self, steps: int) -> float:
+        """Run the first ``steps`` steps (compilation, tracing, caches); their seconds."""
+        t0 = time.perf_counter_ns()
+        self.run(self.next_batches(steps), [LR] * steps)
+        return (time.perf_counter_ns() - t0) / 1e9
+
+    def steps_for(self, min_sample_s: float, max_steps: int = 1000) -> int:
+        """Steps per sample so that a sample lasts about ``min_sample_s``, from one timed calibration step."""
+        t0 = time.perf_counter_ns()
+        self.run(self.next_batches(1), [LR])
+        per_step_s = max((time.perf_counter_ns() - t0) / 1e9, 1e-7)
+        return max(1, min(max_steps, round(min_sample_s / per_step_s)))
+
+    def sample(self, k: int) -> tuple[float, float, list[list[int]]]:
+        """Time ``k`` steps: wall and CPU milliseconds per step, and the predictions of each step's documents."""
+        batches = self.next_batches(k)
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+        self.run(batches, [LR] * k)
+        t1, c1 = time.perf_counter_ns(), time.process_time_ns()
+        return (t1 - t0) / 1e6 / k, (c1 - c0) / 1e6 / k, [[len(d) - 1 for d in b] for b in batches]
+
+
 def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int = 1, dtype: str = "float64",
                 threads: int = 1, warmup: int = 2, samples: int = 5, min_sample_s: float = 0.05,
                 max_steps_per_sample: int = 1000, seed: int = 0) -> Timing:
     """Time ``engine_cls`` training ``cfg`` on ``docs`` (wrapped token lists), ``batch_size`` per step.
 
-    Steps per sample are chosen from the warm-up so each sample lasts about ``min_sample_s`` (at least one
+    Steps per sample are chosen after the warm-up so each sample lasts about ``min_sample_s`` (at least one
     step): fast engines get many steps per sample, and timer resolution never dominates.
     """
-    engine = engine_cls(cfg, TrainConfig(batch_size=batch_size, num_steps=10**9), init_params(cfg, seed),
-                        dtype=dtype, threads=threads)
-    cursor = 0
-
-    def next_batches(k: int) -> list[list[list[int]]]:
-        nonlocal cursor
-        out = []
-        for _ in range(k):
-            out.append([docs[(cursor + j) % len(docs)] for j in range(batch_size)])
-            cursor += batch_size
-        return out
-
-    run = getattr(engine, "train_steps", None) or (lambda batches, lrs: [engine.train_step(b, lr)
-                                                                         for b, lr in zip(batches, lrs)])
-    t0 = time.perf_counter_ns()
-    run(next_batches(warmup), [LR] * warmup)
-    warmup_ns = time.perf_counter_ns() - t0
-    t0 = time.perf_counter_ns()
-    run(next_batches(1), [LR])  # calibration step, after compilation, sets the steps per sample
-    per_step_s = max((time.perf_counter_ns() - t0) / 1e9, 1e-7)
-    k = max(1, min(max_steps_per_sample, round(min_sample_s / per_step_s)))
+    timer = EngineTimer(engine_cls, cfg, docs, batch_size, dtype, threads, seed)
+    warmup_s = timer.warm_up(warmup)
+    k = timer.steps_for(min_sample_s, max_steps_per_sample)
     samples_ms, cpu_ms, lengths = [], [], []
     for _ in range(samples):
-        batches = next_batches(k)
-        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
-        run(batches, [LR] * k)
-        t1, c1 = time.perf_counter_ns(), time.process_time_ns()
-        samples_ms.append((t1 - t0) / 1e6 / k)
-        cpu_ms.append((c1 - c0) / 1e6 / k)
-        lengths += [[len(d) - 1 for d in b] for b in batches]
-    return Timing(engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_ns / 1e9, lengths,
+        wall, cpu, step_lengths = timer.sample(k)
+        samples_ms.append(wall)
+        cpu_ms.append(cpu)
+        lengths += step_lengths
+    return Timing(timer.engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_s, lengths,
                   cpu_ms)

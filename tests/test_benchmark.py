@@ -138,6 +138,59 @@ def test_zeros_rank_like_any_value_but_a_zero_median_is_a_timer_failure():
     assert judge("x", [1.0, 1.1, 0.9, 1.0, 1.05] * 2, [0.0] * 10).verdict == "untestable"
 
 
+@pytest.mark.parametrize("n,seed,ties", [(5, 0, False), (9, 1, False), (16, 2, False), (60, 3, False), (12, 4, True)])
+def test_wilcoxon_signed_rank_matches_scipy(n, seed, ties):
+    rng = random.Random(seed)
+    d = [round(rng.gauss(0.3, 1)) if ties else rng.gauss(0.3, 1) for _ in range(n)]
+    w, p = benchmark.wilcoxon_signed_rank(d)
+    exact = not ties and n <= 50
+    ref = stats.wilcoxon(d, alternative="greater", method="exact" if exact else "approx", zero_method="wilcox",
+                         correction=True)
+    assert w == ref.statistic
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert benchmark.wilcoxon_signed_rank([0.0, 0.0]) == (0.0, 1.0)
+
+
+def bursty_pairs(n, slowdown, seed):
+    """Pairs timed moments apart: each pair shares its moment's load (x1 to x1.6), plus 2% own noise."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        load = 1.6 if rng.random() < 0.3 else 1.0
+        pairs.append((load * rng.gauss(1, 0.02), load * slowdown * rng.gauss(1, 0.02)))
+    return [b for b, _ in pairs], [c for _, c in pairs]
+
+
+def test_paired_samples_see_through_load_that_unpaired_ones_cannot():
+    base, cur = bursty_pairs(24, 1.10, seed=1)
+    paired = judge("x", base, cur, paired=True)
+    assert paired.verdict == "regression" and paired.paired and 1.07 < paired.ratio < 1.13
+    assert paired.ci[0] < paired.ratio < paired.ci[1]
+    assert judge("x", base, cur).p > paired.p                   # unpaired, the bursts drown the shift
+    same = [judge("x", *bursty_pairs(24, 1.0, seed=s), paired=True).verdict for s in range(30)]
+    assert "regression" not in same
+    with pytest.raises(ValueError, match="equal lengths"):
+        judge("x", [1.0, 2.0], [1.0], paired=True)
+    assert "a time of zero" in judge("x", [1.0, 0.0, 1.0], [1.0, 1.0, 1.0], paired=True).note
+
+
+def test_pairs_are_formed_within_rounds():
+    b = {"samples_ms": [1, 2, 3, 4, 5], "sample_rounds": [0, 0, 1, 1, 2]}
+    c = {"samples_ms": [10, 20, 30, 40, 50, 60], "sample_rounds": [0, 0, 0, 1, 1, 3]}
+    assert benchmark.paired_samples(b, c, "samples_ms") == ([1, 2, 3, 4], [10, 20, 40, 50])
+
+
+def test_compare_pairs_only_results_of_one_interleaved_session():
+    base = doc({"a": noisy(8, 1.0, 0.01, 1)})
+    cur = doc({"a": noisy(8, 1.2, 0.01, 2)})
+    assert not compare_results(base, cur)[0].paired
+    for d in (base, cur):
+        d["settings"] = {"session": "s1"}
+        d["results"][0]["sample_rounds"] = [0] * 4 + [1] * 4
+    v = compare_results(base, cur)[0]
+    assert v.paired and v.n == (8, 8) and v.verdict == "regression"
+
+
 # --- comparing files --------------------------------------------------------------------------------------
 
 def test_compare_results_ids_metrics_and_thresholds():
@@ -346,12 +399,16 @@ def test_ab_interleaves_base_and_head_and_compares(scratch_repo):
     r = ab(scratch_repo, "--base", "HEAD", "--engines", "c", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "reuses this checkout's builds" in r.stderr
-    order = [line.split()[2] for line in r.stderr.splitlines() if line.startswith("round ")]
-    assert order == ["base", "head", "head", "base"]          # A B, then B A
+    assert [line.split()[1:4] for line in r.stderr.splitlines() if line.startswith("round ")] == [
+        ["1/2", "c:", "base"], ["2/2", "c:", "base"]]                 # both sides' workers, every round
     base, head = (benchmark.load_results(out / f"{s}.json") for s in ("base", "head"))
     assert {x["id"] for x in base["results"]} == {x["id"] for x in head["results"]} == {
         "c C8L1H2T8 b4 f32 t1", "c C8L1H2T8 b4 f32 t2"}
-    assert "No regression" in (out / "comparison.md").read_text() or "regression" in (out / "comparison.md").read_text()
+    assert base["settings"]["session"] == head["settings"]["session"]
+    for b, h in zip(base["results"], head["results"]):       # the same batches, sample for sample
+        assert b["steps_per_sample"] == h["steps_per_sample"] and b["sample_rounds"] == h["sample_rounds"]
+        assert b["tokens_per_step"] == h["tokens_per_step"]
+    assert "6 pairs" in r.stdout and "Wilcoxon signed-rank" in (out / "comparison.md").read_text()
     assert (out / "distributions.png").stat().st_size > 0
     assert "base" not in subprocess.run(["git", "worktree", "list"], cwd=scratch_repo, capture_output=True,
                                         text=True).stdout.split("\n", 1)[-1]
