@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engines.torch_eager import pack_batch, rmsnorm
+from engines.batching import pack_batch
+from engines.torch_eager import rmsnorm
 from microgpt import UserError, checkpoint
 from microgpt.config import SampleConfig
 from microgpt.params import FlatParams

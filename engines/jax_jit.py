@@ -36,6 +36,7 @@ import numpy as np
 from jax._src import xla_bridge  # backends_are_initialized(): JAX has no public way to ask if XLA started
 
 from microgpt import UserError
+from engines.batching import pad_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
 
@@ -66,24 +67,6 @@ def _start_xla(threads: int) -> None:
     elif threads != xla_threads:
         raise ValueError(f"XLA was started with {xla_threads} thread(s) in this process and cannot change; "
                          f"run threads={threads} in a new process")
-
-
-def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs and targets (batch, block_size) int32, and a mask of the real predictions in ``dtype``."""
-    if not docs:
-        raise ValueError("a batch needs at least one document")
-    size = cfg.block_size
-    tokens = np.zeros((len(docs), size + 1), np.int64)
-    mask = np.zeros((len(docs), size), dtype)
-    for i, doc in enumerate(docs):
-        if not 2 <= len(doc) <= size + 1:
-            raise ValueError(f"a document must hold 2..{size + 1} tokens (got {len(doc)})")
-        tokens[i, :len(doc)] = doc
-        mask[i, :len(doc) - 1] = 1
-    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); found one out of range")
-    tokens = tokens.astype(np.int32)
-    return tokens[:, :-1], tokens[:, 1:], mask
 
 
 def build_functions(cfg: ModelConfig, tcfg: TrainConfig) -> dict:

@@ -34,30 +34,13 @@ import mlx.core as mx
 import numpy as np
 
 from microgpt import UserError
+from engines.batching import pad_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
 
 RMS_EPS = 1e-5
 DTYPES = {"float64": (mx.float64, np.float64), "float32": (mx.float32, np.float32)}
 DEVICES = {"cpu": mx.cpu, "mps": mx.gpu, "cuda": mx.gpu}  # --device name -> MLX device
-
-
-def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs and targets (batch, block_size) int32, and a mask of the real predictions in ``dtype``."""
-    if not docs:
-        raise ValueError("a batch needs at least one document")
-    size = cfg.block_size
-    tokens = np.zeros((len(docs), size + 1), np.int64)
-    mask = np.zeros((len(docs), size), dtype)
-    for i, doc in enumerate(docs):
-        if not 2 <= len(doc) <= size + 1:
-            raise ValueError(f"a document must hold 2..{size + 1} tokens (got {len(doc)})")
-        tokens[i, :len(doc)] = doc
-        mask[i, :len(doc) - 1] = 1
-    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); found one out of range")
-    tokens = tokens.astype(np.int32)
-    return tokens[:, :-1], tokens[:, 1:], mask
 
 
 def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:

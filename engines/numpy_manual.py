@@ -23,33 +23,12 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from microgpt import UserError
+from engines.batching import pack_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
 RMS_EPS = 1e-5
 DTYPES = {"float64": np.float64, "float32": np.float32}
-
-
-def pack_batch(docs: list[list[int]], cfg: ModelConfig):
-    """A batch as rows, one per real position, document after document: input ids, positions, targets,
-    loss weights 1 / (B n_b), and each row's slot b T + p in the (B, T) attention grid; then B and T."""
-    if not docs:
-        raise ValueError("a batch needs at least one document")
-    lengths = [len(d) - 1 for d in docs]
-    if min(lengths) < 1 or max(lengths) > cfg.block_size:
-        raise ValueError(f"documents must hold 2..{cfg.block_size + 1} tokens (got lengths {min(lengths) + 1}.."
-                         f"{max(lengths) + 1})")
-    B, T = len(docs), max(lengths)
-    ids = np.concatenate([np.asarray(doc, dtype=np.intp) for doc in docs])
-    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}) (got {ids.min()}..{ids.max()})")
-    is_input = np.ones(len(ids), dtype=bool)
-    is_input[np.cumsum([n + 1 for n in lengths]) - 1] = False   # a document's last token is only a target
-    is_target = np.roll(is_input, 1)                             # every token after an input
-    positions = np.concatenate([np.arange(n) for n in lengths])
-    weights = np.repeat([1.0 / (n * B) for n in lengths], lengths)
-    slots = np.repeat(np.arange(B) * T, lengths) + positions
-    return ids[is_input], positions, ids[is_target], weights, slots, B, T
 
 
 def rmsnorm(x):
@@ -184,8 +163,13 @@ class NumpyEngine:
     # ------------------------------------------------------------------------------------------------
     # the contract
 
+    def _pack(self, docs):
+        b = pack_batch(docs, self.cfg)
+        ints = (np.asarray(a, dtype=np.intp) for a in (b.tokens, b.positions, b.targets))
+        return (*ints, np.asarray(b.weights), np.asarray(b.slots, dtype=np.intp), b.B, b.T)
+
     def _loss_and_grad(self, docs) -> float:
-        tokens, positions, targets, weights, slots, B, T = pack_batch(docs, self.cfg)
+        tokens, positions, targets, weights, slots, B, T = self._pack(docs)
         logits, saved = self._forward(tokens, positions, slots, B, T)
         loss, dlogits = self._loss(logits, targets, weights)
         self._backward(dlogits, saved)
@@ -230,7 +214,7 @@ class NumpyEngine:
         self.params -= tmp
 
     def eval_loss(self, docs: list[list[int]]) -> float:
-        tokens, positions, targets, weights, slots, B, T = pack_batch(docs, self.cfg)
+        tokens, positions, targets, weights, slots, B, T = self._pack(docs)
         with self._blas_threads():
             logits, _ = self._forward(tokens, positions, slots, B, T)
         return self._loss(logits, targets, weights)[0]

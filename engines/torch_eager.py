@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from array import array
 from functools import partial
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from microgpt import UserError
+from engines.batching import pack_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
@@ -48,35 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device must be cpu, cuda or mps (got {name!r})")
     return device
-
-
-class Batch(NamedTuple):
-    """A step's documents as rows, one per real position, document after document (no padding)."""
-
-    tokens: list      # (N,) input ids
-    positions: list   # (N,) position of each row in its document
-    targets: list     # (N,) next-token ids
-    weights: list     # (N,) loss weight 1 / (B n_b)
-    slots: list       # (N,) b T + p: where each row sits in the (B, T) grid attention runs on
-    B: int
-    T: int            # the longest document's length
-
-
-def pack_batch(docs: list[list[int]], cfg: ModelConfig) -> Batch:
-    if not docs:
-        raise ValueError("a batch needs at least one document")
-    lengths = [len(d) - 1 for d in docs]
-    if min(lengths) < 1 or max(lengths) > cfg.block_size:
-        raise ValueError(f"documents must hold 2..{cfg.block_size + 1} tokens (got lengths {min(lengths) + 1}.."
-                         f"{max(lengths) + 1})")
-    if not all(0 <= tok < cfg.vocab_size for doc in docs for tok in doc):
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
-    B, T = len(docs), max(lengths)
-    return Batch(tokens=[tok for doc in docs for tok in doc[:-1]],
-                 positions=[p for n in lengths for p in range(n)],
-                 targets=[tok for doc in docs for tok in doc[1:]],
-                 weights=[1.0 / (n * B) for n in lengths for _ in range(n)],
-                 slots=[b * T + p for b, n in enumerate(lengths) for p in range(n)], B=B, T=T)
 
 
 def rmsnorm(x):
