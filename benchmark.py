@@ -234,12 +234,16 @@ class Side:
 class WorkerProcess:
     """A running worker of one side; ``call`` sends a request and waits for its one-line answer."""
 
-    def __init__(self, side: Side):
+    def __init__(self, side: Side, cpus: list[int] | None = None):
         self.side = side
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
+        # a fixed hash seed: two processes of the same code lay out their dicts and sets alike
+        env = {**os.environ, "PYTHONHASHSEED": "0",
+               "PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen([*side.command()], cwd=side.root, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)      # before it starts any thread; they inherit it
         hello = self.call({"cmd": "hello"})
         if hello.get("protocol") != PROTOCOL:
             self.close()
@@ -274,32 +278,43 @@ class WorkerProcess:
         self.stderr.close()
 
 
-def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log=None) -> dict[str, dict]:
-    """Time ``cases`` on every side: ``settings['rounds']`` rounds, each a fresh worker process per engine
-    and side, taking ``settings['samples']`` samples of every case.
+def pinned_cpus(threads: int) -> list[int] | None:
+    """The CPUs the workers of ``threads``-thread cases are pinned to: the last ``threads`` this process
+    may use, the same for every side, so that no side gets the core a neighbouring job keeps busy.
+    None where the OS cannot pin (macOS) or there are not that many CPUs."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-threads:] if threads < len(allowed) else None
 
-    The sides' workers run side by side and take turns sample by sample (A B, then B A), all with the
-    same steps per sample, so the n-th samples of two sides time the same batches moments apart: a burst
-    of load from another job hits both. The engine order rotates every round. Returns, per side,
-    {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and the ``session`` that pairs them.
+
+def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log=None) -> dict[str, dict]:
+    """Time ``cases`` on every side: ``settings['rounds']`` rounds, each a fresh worker process per engine,
+    thread count and side, taking ``settings['samples']`` samples of every case.
+
+    The sides' workers run side by side, pinned to the same CPUs, and take turns sample by sample (A B,
+    then B A), all with the same steps per sample, so the n-th samples of two sides time the same batches
+    on the same core moments apart: a burst of load from another job hits both. The engine order rotates
+    every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
+    the ``session`` that pairs them.
     """
     log = log or (lambda message: None)
-    engines = list(dict.fromkeys(c.engine for c in cases))
+    groups = list(dict.fromkeys((c.engine, c.threads) for c in cases))
     out = {s.name: {"samples": {}, "skipped": {}} for s in sides}
     dead = {s.name: set() for s in sides}       # engines that could not be imported on that side
     started = time.perf_counter()
     for r in range(settings["rounds"]):
-        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
-            engine_cases = [c for c in cases if c.engine == engine]
+        for engine, threads in groups[r % len(groups):] + groups[:r % len(groups)]:
+            engine_cases = [c for c in cases if (c.engine, c.threads) == (engine, threads)]
             engine_cases = engine_cases[r % len(engine_cases):] + engine_cases[:r % len(engine_cases)]
             live = [s for s in sides if engine not in dead[s.name]]
             if not live:
                 continue
             t0 = time.perf_counter()
-            workers = {}
+            workers, cpus = {}, pinned_cpus(threads)
             try:
                 for s in live:
-                    workers[s.name] = WorkerProcess(s)
+                    workers[s.name] = WorkerProcess(s, cpus)
                 ready = {}                                  # case id -> {side: setup answer}
                 for case in engine_cases:
                     for s in live:
@@ -339,8 +354,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                 for w in workers.values():
                     w.close()
             log(f"round {r + 1}/{settings['rounds']} {engine}: {' '.join(s.name for s in live)}, "
-                f"{len(engine_cases)} case(s) in {time.perf_counter() - t0:.1f} s "
-                f"({time.perf_counter() - started:.0f} s so far)")
+                f"{len(engine_cases)} case(s) on CPU {','.join(map(str, cpus)) if cpus else 'any'} in "
+                f"{time.perf_counter() - t0:.1f} s ({time.perf_counter() - started:.0f} s so far)")
     session = f"{os.getpid()}-{time.time_ns()}"
     for side in out.values():
         side["session"] = session
@@ -1082,8 +1097,9 @@ def cmd_update_baseline(args) -> int:
         if doc.get("matrix") == "pytest-benchmark":
             raise UserError("the baseline holds benchmark.py results, not pytest-benchmark's")
     else:
-        cmd_run(args)           # writes args.output (set below), then we read it back
+        cmd_run(args)           # writes args.output (a temporary file, see parse_args), then we read it back
         doc = load_results(args.output)
+        os.unlink(args.output)
     if not doc["results"]:
         raise UserError("refusing to write a baseline without results")
     baseline, history_path = Path(args.baseline), Path(args.history)
