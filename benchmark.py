@@ -468,18 +468,24 @@ def read_json(path: str | Path, what: str) -> dict:
         raise UserError(f"{what} {path} is not valid JSON ({e})") from None
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary file in the same directory, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)           # mkstemp's 0600 would survive the rename
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _number_list(value) -> bool:
@@ -910,18 +916,6 @@ def report_comparison(base: dict, cur: dict, args, title: str) -> int:
         written = report_charts.distribution_chart(verdicts, args.charts)
         print(f"chart: {', '.join(map(str, written))}")
     return 1 if regressions and not args.no_fail else 0
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------
