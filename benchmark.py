@@ -190,7 +190,11 @@ def worker() -> None:
             case = req["case"]
             if req["data"] not in texts:
                 docs = load_documents([req["data"]])
-                texts[req["data"]] = (docs, build_tokenizer("char", docs, docs))
+                tokenizer = build_tokenizer("char", docs, docs)
+                # a fixed shuffle: names.txt starts with its shortest names, and every run's window of
+                # documents (which depends on its steps per sample) must cost the same on average
+                random.Random(0).shuffle(docs)
+                texts[req["data"]] = (docs, tokenizer)
             docs, tokenizer = texts[req["data"]]
             try:
                 engine_cls = load_engine(case["engine"])
@@ -833,8 +837,11 @@ def _fmt_pct(ratio: float) -> str:
 
 
 def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
+    """Table rows of the benchmarks both files measured (the others are listed by ``unmatched``)."""
     rows = []
     for v in verdicts:
+        if v.verdict.startswith("only in"):
+            continue
         ci = f"[{_fmt_pct(v.ci[0])}, {_fmt_pct(v.ci[1])}]" if v.ci else "-"
         p = "-" if v.p is None else ("<0.001" if v.p < 0.001 else f"{v.p:.3f}")
         label = v.verdict.upper() if v.verdict == "regression" else v.verdict
@@ -846,6 +853,16 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
 
 
 HEADER = ["benchmark", "metric", "samples", "base ms", "current ms", "change", "95% CI", "p", "floor", "verdict"]
+
+
+def unmatched(verdicts: list[Verdict]) -> list[str]:
+    """One line per file for the benchmarks only it has (other matrices, engines missing on one side)."""
+    lines = []
+    for kind in ("only in base", "only in current"):
+        ids = [v.id for v in verdicts if v.verdict == kind]
+        if ids:
+            lines.append(f"{kind} ({len(ids)}): {', '.join(ids)}")
+    return lines
 
 
 def summary_line(verdicts: list[Verdict]) -> str:
@@ -879,6 +896,7 @@ def markdown(verdicts: list[Verdict], warnings: list[str], title: str, alpha: fl
         if row[-1].startswith("REGRESSION"):
             row[-1] = f"**{row[-1]}**"
         lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + [f"_{line}_" for line in unmatched(verdicts)]
     if extra:
         lines += ["", extra]
     return "\n".join(lines) + "\n"
@@ -907,6 +925,8 @@ def report_comparison(base: dict, cur: dict, args, title: str) -> int:
     for w in warnings:
         print(f"WARNING: {w}", file=sys.stderr)
     print(text_table(verdict_rows(verdicts), HEADER))
+    for line in unmatched(verdicts):
+        print(line)
     print(summary_line(verdicts))
     if args.md:
         write_text_atomic(Path(args.md), markdown(verdicts, warnings, title, args.alpha, getattr(args, "md_extra", "")))
