@@ -100,7 +100,7 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     y_min = 10 ** math.floor(math.log10(min(r["achieved"] for r in rows) / 3))
     y_max = 10 ** math.ceil(math.log10(top * 2))
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_min, x_max)
@@ -127,7 +127,9 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
         handles += [plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8, color="white",
                                mec="black", label=name) for i, name in enumerate(configs)]
         handles += [blank] * (n_rows - len(configs))
-    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95, ncol=1 if len(configs) == 1 else 2)
+    # outside the axes, right of the plot: with a dozen engines any inside corner would hide markers
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, framealpha=0.95,
+              ncol=1 if len(configs) == 1 else 2, borderaxespad=0)
 
     cpu = ceilings["cpu"]
     ax.set_title(f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
