@@ -100,7 +100,7 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     y_min = 10 ** math.floor(math.log10(min(r["achieved"] for r in rows) / 3))
     y_max = 10 ** math.ceil(math.log10(top * 2))
 
-    fig, ax = plt.subplots(figsize=(10, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_min, x_max)
@@ -117,19 +117,16 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
         ax.plot(r["intensity"], r["achieved"], ls="none", ms=8, mec="black", mew=0.6,
                 marker=CONFIG_MARKERS[configs.index(r["config"]) % len(CONFIG_MARKERS)],
                 color=ENGINE_COLORS[engines.index(r["engine"]) % len(ENGINE_COLORS)])
-    handles = [plt.Line2D([], [], ls="none", marker="o", ms=8, mec="black", mew=0.6,
-                          color=ENGINE_COLORS[i % len(ENGINE_COLORS)], label=name) for i, name in enumerate(engines)]
+    # engines (colours) below the axes, where a dozen entries hide no marker; configs (shapes) in a corner
+    engine_handles = [plt.Line2D([], [], ls="none", marker="o", ms=8, mec="black", mew=0.6,
+                                 color=ENGINE_COLORS[i % len(ENGINE_COLORS)], label=name)
+                      for i, name in enumerate(engines)]
+    fig.legend(handles=engine_handles, loc="lower center", ncol=min(6, len(engines)), fontsize=9, frameon=False)
     if len(configs) > 1:
-        # engines in the first column, configs (marker shapes) in the second: pad both to one length
-        blank = plt.Line2D([], [], ls="none", label=" ")
-        n_rows = max(len(engines), len(configs))
-        handles += [blank] * (n_rows - len(engines))
-        handles += [plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8, color="white",
-                               mec="black", label=name) for i, name in enumerate(configs)]
-        handles += [blank] * (n_rows - len(configs))
-    # outside the axes, right of the plot: with a dozen engines any inside corner would hide markers
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, framealpha=0.95,
-              ncol=1 if len(configs) == 1 else 2, borderaxespad=0)
+        ax.legend(handles=[plt.Line2D([], [], ls="none", marker=CONFIG_MARKERS[i % len(CONFIG_MARKERS)], ms=8,
+                                      color="white", mec="black", label=name) for i, name in enumerate(configs)],
+                  loc="lower right", fontsize=9, framealpha=0.95)
+    legend_height = 0.02 + 0.04 * math.ceil(len(engines) / 6)
 
     cpu = ceilings["cpu"]
     ax.set_title(f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
@@ -137,7 +134,7 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     ax.set_xlabel("arithmetic intensity (FLOP / byte, program bytes)")
     ax.set_ylabel("FLOP/s")
     ax.grid(True, which="major", color="#dddddd", lw=0.6)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height, 1, 1))
     # labels last: their place and angle on screen depend on the final layout
     diagonals = [(bw, top / bw) for bw in bws]
     for label, flops, _ in peaks:
@@ -336,14 +333,17 @@ def loss_chart(logs: list[dict], stem: str | Path) -> list[Path]:
         if log.get("val"):
             ax.plot([s for s, _ in log["val"]], [v for _, v in log["val"]], "o", color=color, ms=5, mec="black", mew=0.5)
         if log is not reference:
-            diffs = [abs(a - b) or 1e-17 for a, b in zip(losses, reference["train"])]
-            ax_diff.plot(steps[:len(diffs)], diffs, color=color, lw=0.8, alpha=0.8)
+            worst, diffs = 0.0, []              # the largest distance so far: monotone, so it reads
+            for a, b in zip(losses, reference["train"]):
+                worst = max(worst, abs(a - b))
+                diffs.append(max(worst, 1e-17))
+            ax_diff.plot(steps[:len(diffs)], diffs, color=color, lw=1.4, ls=styles[i % len(styles)])
     ax.set_ylabel("training loss (moving average)")
     ax.set_title("Loss curves of the engines side by side (dots: validation)", fontsize=11)
     ax.legend(fontsize=8, ncol=min(4, len(logs)), framealpha=0.9)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax_diff.set_yscale("log")
-    ax_diff.set_ylabel(f"|loss - {reference.get('engine', 'first')}|")
+    ax_diff.set_ylabel(f"max |loss - {reference.get('engine', 'first')}|\nso far (1e-17: equal)")
     ax_diff.set_xlabel("step")
     ax_diff.grid(True, color="#dddddd", lw=0.6)
     fig.tight_layout()
