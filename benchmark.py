@@ -1150,8 +1150,11 @@ def cmd_report(args) -> int:
             import roofline
             from microgpt import machine
             ceilings = machine.ceilings()
-            rows = [roofline.analyse(dict(r), ceilings) for r in records]
-            chart("Roofline", report_charts.roofline_chart(ceilings, rows, out / "roofline"))
+            for threads in sorted({r["threads"] for r in records}):     # each against its own roofs
+                rows = [roofline.analyse(dict(r), ceilings) for r in records if r["threads"] == threads]
+                stem = out / ("roofline" if threads == 1 else f"roofline-{threads}-threads")
+                chart(f"Roofline, {threads} thread{'s' * (threads > 1)}",
+                      report_charts.roofline_chart(ceilings, rows, stem))
     if args.base:
         base = load_results(args.base)
         verdicts = compare_results(base, cur, args.metric, args.alpha, args.threshold)
