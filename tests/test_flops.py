@@ -166,3 +166,28 @@ def test_bytes_scale_with_dtype_and_clip_adds_work():
 def test_bad_input_is_a_user_error(lengths, dtype_bytes, attention, message):
     with pytest.raises(UserError, match=message):
         step_ops(ModelConfig(), lengths, dtype_bytes, attention)
+
+
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_matmul_flops_equal_flop_counter_on_the_torch_engine(n):
+    """The engine itself, not a model written for the test: one document is one (n x n) attention grid.
+    Its projections, MLP and lm_head are counted exactly; its attention runs in
+    F.scaled_dot_product_attention, whose CPU kernel FlopCounterMode has no formula for, so the counter
+    sees every matmul of the model except the two attention products (a blind spot of the counter, which
+    the inline models above cover)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    from engines.torch_eager import TorchEngine
+    from microgpt.config import TrainConfig
+    from microgpt.params import init_params
+
+    cfg = CONFIGS[0]
+    engine = TorchEngine(cfg, TrainConfig(), init_params(cfg, 0))
+    doc = _random_docs(cfg, [n])[0]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        engine.loss_and_grad([doc])
+    ops = {op.name: op for op in step_ops(cfg, [n], attention="dense")}
+    expected = sum(op.fwd_flops + op.bwd_flops for name, op in ops.items()
+                   if op.matmul and name not in ("attn scores", "attn weighted sum"))
+    assert counter.get_total_flops() == expected
