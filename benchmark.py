@@ -9,9 +9,10 @@
     pytest benchmarks/test_kernels.py --benchmark-json=out/kernels.json   # fastops micro-benchmarks (compare reads it)
 
 Measuring. The matrix (benchmarks/matrix.json: engines x configs x batch sizes x dtypes x threads) is
-timed with microgpt/timing.py in fresh worker processes: each round starts one process per engine, so
-a process's luck (memory layout, import order) is one round's, not the result's; the order of the
-engines rotates from round to round. Every sample is kept, in wall and in CPU time.
+timed with microgpt/timing.py in fresh worker processes: each round starts one process per engine and
+thread count, pinned to fixed CPUs, so a process's luck (memory layout, import order) is one round's,
+not the result's; the order of the engines rotates from round to round. Every sample is kept, in wall
+and in CPU time.
 
 Deciding. ``compare`` calls a benchmark a regression only when both hold: a one-sided rank test says the
 current samples are slower (p < alpha, default 0.01) *and* the ratio exceeds the effect floor (default
