@@ -307,9 +307,11 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     groups = list(dict.fromkeys((c.engine, c.threads) for c in cases))
     out = {s.name: {"samples": {}, "skipped": {}} for s in sides}
     dead = {s.name: set() for s in sides}       # engines that could not be imported on that side
-    started = time.perf_counter()
+    started, loads = time.perf_counter(), []
     for r in range(settings["rounds"]):
         for engine, threads in groups[r % len(groups):] + groups[:r % len(groups)]:
+            if hasattr(os, "getloadavg"):
+                loads.append(round(os.getloadavg()[0], 2))     # how busy other jobs kept the machine
             engine_cases = [c for c in cases if (c.engine, c.threads) == (engine, threads)]
             engine_cases = engine_cases[r % len(engine_cases):] + engine_cases[:r % len(engine_cases)]
             live = [s for s in sides if engine not in dead[s.name]]
@@ -364,6 +366,7 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     session = f"{os.getpid()}-{time.time_ns()}"
     for side in out.values():
         side["session"] = session
+        side["load_average"] = [min(loads), max(loads)] if loads else None
     return out
 
 
@@ -397,7 +400,8 @@ def results_document(side: dict, cases: list[Case], settings: dict, data_info: d
     skipped = [{"id": i, "reason": reason} for i, reason in side["skipped"].items()]
     skipped += [{"id": f"{x['engine']} *", "reason": x["reason"]} for x in left_out]
     return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "matrix": matrix, "settings": {**settings, "data": data_info, "session": side["session"]},
+            "matrix": matrix, "settings": {**settings, "data": data_info, "session": side["session"],
+                                           "load_average": side["load_average"]},
             "environment": environment(root),
             "results": [summarise(by_id[i], acc) for i, acc in side["samples"].items()],
             "skipped": skipped}
@@ -916,6 +920,12 @@ def comparison_warnings(base: dict, cur: dict) -> list[str]:
     for side, doc in (("base", base), ("current", cur)):
         if doc.get("environment", {}).get("git", {}).get("dirty"):
             warnings.append(f"the {side} results were measured with uncommitted changes")
+        load = (doc.get("settings") or {}).get("load_average")
+        cpus = doc.get("environment", {}).get("machine", {}).get("cpus")
+        paired = (base.get("settings") or {}).get("session") == (cur.get("settings") or {}).get("session")
+        if load and cpus and load[1] > cpus and not paired:
+            warnings.append(f"the {side} run shared a busy machine (1-minute load average up to {load[1]:g} on "
+                            f"{cpus} CPUs): other jobs' load is in its times; `benchmark.py ab` cancels it")
     return warnings
 
 
@@ -989,7 +999,8 @@ def cmd_run(args) -> int:
     out = Path(args.output or f"out/bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
     write_json_atomic(out, doc)
     print_results(doc)
-    print(f"results: {out} ({doc['seconds']:.0f} s)")
+    load = doc["settings"]["load_average"]
+    print(f"results: {out} ({doc['seconds']:.0f} s" + (f"; load average {load[0]:g}-{load[1]:g})" if load else ")"))
     return 0
 
 

@@ -321,6 +321,7 @@ def test_run_writes_every_sample_and_the_environment(tiny_run):
     assert env["machine"]["cpus"] >= 1 and env["python"]["version"] and env["git"]["commit"]
     assert isinstance(env["git"]["dirty"], bool) and "numpy" in env["packages"] and "cc" in env["compiler"]
     assert d["settings"]["data"]["sha256"] and "c C8L1H2T8 b4 f32 t2" in r.stdout
+    assert len(d["settings"]["load_average"]) == 2
     assert cli("compare", out, out).returncode == 0
 
 
@@ -434,3 +435,13 @@ def test_malformed_matrix_groups_are_one_line_errors(tmp_path, group, message):
     path.write_text(json.dumps({"m": {"groups": [group]}}))
     with pytest.raises(UserError, match=re.escape(message)):
         benchmark.load_matrix("m", path)
+
+
+def test_compare_warns_when_a_separate_run_shared_a_busy_machine():
+    base, cur = doc({"a": [1.0, 2.0]}), doc({"a": [1.0, 2.0]})
+    base["settings"] = {"session": "s1", "load_average": [0.5, 3.5]}
+    cur["settings"] = {"session": "s2", "load_average": [0.5, 1.5]}
+    warnings = benchmark.comparison_warnings(base, cur)
+    assert len(warnings) == 1 and "base run shared a busy machine" in warnings[0] and "3.5 on 2 CPUs" in warnings[0]
+    cur["settings"]["session"] = "s1"                  # interleaved pairs: the load cancels, no warning
+    assert benchmark.comparison_warnings(base, cur) == []
