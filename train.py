@@ -17,11 +17,11 @@ object per multiply-add. Here a node holds a whole activation vector and each op
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from array import array
+from contextlib import contextmanager
 from itertools import repeat
 from math import sqrt
-from operator import add, mul, sub, truediv
+from operator import add, attrgetter, mul, sub, truediv
 
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
@@ -68,6 +68,24 @@ def no_grad():
         GRAD_ENABLED = True
 
 
+def topological_order(root, parents) -> list:
+    """Every node reachable from ``root``, each after all of its ``parents(node)``.
+
+    An iterative depth-first search: a recursive one would overflow Python's recursion limit on the
+    deep graphs of long documents (and on scalar graphs, whose depth is every multiply-add).
+    """
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        node, parents_done = stack.pop()
+        if parents_done:
+            order.append(node)
+        elif id(node) not in seen:
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((p, False) for p in parents(node))
+    return order
+
+
 class Vec:
     __slots__ = ("data", "grad", "parents", "backward_fn")
 
@@ -79,15 +97,7 @@ class Vec:
 
     def backward(self) -> None:
         """Reverse-mode sweep from this (scalar) node: topological order, then each node's closure."""
-        order, seen, stack = [], set(), [(self, False)]
-        while stack:  # iterative depth-first search: deep graphs would overflow Python's recursion limit
-            node, parents_done = stack.pop()
-            if parents_done:
-                order.append(node)
-            elif id(node) not in seen:
-                seen.add(id(node))
-                stack.append((node, True))
-                stack.extend((p, False) for p in node.parents)
+        order = topological_order(self, attrgetter("parents"))
         for node in order:
             node.grad = [0.0] * len(node.data)
         self.grad = [1.0]

@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from operator import attrgetter
 
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
+from train import topological_order
 
 TYPECODES = {"float64": "d", "float32": "f"}
 
@@ -60,8 +62,7 @@ class _FlatEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = len(self.params)
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         # Slice assignment writes in place: the C side keeps pointing at the same memory.
         code = TYPECODES[self.dtype]
         self.m[:] = array(code, state.m)
@@ -126,16 +127,8 @@ class Node:
         self.data, self.grad, self.parents, self.backward_fn = data, grad, parents, backward_fn
 
     def backward(self) -> None:
-        """Topological order (iterative depth-first search), then each node's closure in reverse."""
-        order, seen, stack = [], set(), [(self, False)]
-        while stack:
-            node, parents_done = stack.pop()
-            if parents_done:
-                order.append(node)
-            elif id(node) not in seen:
-                seen.add(id(node))
-                stack.append((node, True))
-                stack.extend((p, False) for p in node.parents)
+        """Topological order (train.py's), then each node's closure in reverse."""
+        order = topological_order(self, attrgetter("parents"))
         for node in order:
             if node.grad is None:  # the KV cache rows come with views into the cache's gradient
                 node.grad = zeros(len(node.data))

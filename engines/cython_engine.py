@@ -206,8 +206,7 @@ class CythonEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = len(self.params)
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         code = TYPECODES[self.dtype]
         self.m[:] = array(code, state.m)
         self.v[:] = array(code, state.v)

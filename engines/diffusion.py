@@ -317,9 +317,7 @@ class TorchDiffusion:
         return AdamState(array("d", self.m.double().cpu().tolist()), array("d", self.v.double().cpu().tolist()), self.t)
 
     def import_adam(self, state: AdamState) -> None:
-        if len(state.m) != len(self.flat) or len(state.v) != len(self.flat):
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has "
-                            f"{len(self.flat)} parameters")
+        state.check(len(self.flat))
         self.m.copy_(self.torch.tensor(state.m, dtype=self.m.dtype))
         self.v.copy_(self.torch.tensor(state.v, dtype=self.v.dtype))
         self.t = state.t

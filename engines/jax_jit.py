@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src import xla_bridge  # backends_are_initialized(): JAX has no public way to ask if XLA started
 
-from microgpt import UserError
 from engines.batching import pad_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
@@ -206,8 +205,7 @@ class JaxEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = self.params.shape[0]
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         self.m, self.v, self.t = self._put(array("d", state.m)), self._put(array("d", state.v)), state.t
 
     @staticmethod

@@ -33,7 +33,6 @@ from array import array
 import mlx.core as mx
 import numpy as np
 
-from microgpt import UserError
 from engines.batching import pad_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
@@ -194,8 +193,7 @@ class MlxEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = self.params.size
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         self.m, self.v, self.t = self._put(array("d", state.m)), self._put(array("d", state.v)), state.t
 
     @staticmethod

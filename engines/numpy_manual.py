@@ -22,7 +22,6 @@ from array import array
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from microgpt import UserError
 from engines.batching import pack_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
@@ -239,8 +238,7 @@ class NumpyEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = len(self.params)
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         self.m[:] = state.m
         self.v[:] = state.v
         self.t = state.t

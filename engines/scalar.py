@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from operator import attrgetter
 
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
+from train import topological_order
 
 RMS_EPS = 1e-5
 
@@ -60,15 +62,7 @@ class Value:
         return self * other ** -1.0
 
     def backward(self) -> None:
-        order, seen, stack = [], set(), [(self, False)]
-        while stack:  # iterative topological sort: the graph is far deeper than Python's recursion limit
-            node, children_done = stack.pop()
-            if children_done:
-                order.append(node)
-            elif id(node) not in seen:
-                seen.add(id(node))
-                stack.append((node, True))
-                stack.extend((c, False) for c in node.children)
+        order = topological_order(self, attrgetter("children"))
         self.grad = 1.0
         for node in reversed(order):
             for child, local in zip(node.children, node.local_grads):

@@ -26,7 +26,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from microgpt import UserError
 from engines.batching import pack_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
@@ -170,8 +169,7 @@ class TorchEngine:
 
     def import_adam(self, state: AdamState) -> None:
         n = self.params.numel()
-        if len(state.m) != n or len(state.v) != n:
-            raise UserError(f"Adam state holds {len(state.m)}/{len(state.v)} moments; this model has {n} parameters")
+        state.check(n)
         self.m.copy_(torch.frombuffer(state.m, dtype=torch.float64))
         self.v.copy_(torch.frombuffer(state.v, dtype=torch.float64))
         self.t = state.t

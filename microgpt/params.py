@@ -19,6 +19,7 @@ import random
 from array import array
 from dataclasses import dataclass
 
+from microgpt import UserError
 from microgpt.config import ModelConfig
 
 #: Matrices that are zero-initialised when ``ModelConfig.zero_init_proj`` is set.
@@ -110,3 +111,9 @@ class AdamState:
     @classmethod
     def zeros(cls, n: int) -> "AdamState":
         return cls(array("d", bytes(8 * n)), array("d", bytes(8 * n)), 0)
+
+    def check(self, n: int) -> "AdamState":
+        """Itself, if its moments fit a model of ``n`` parameters; else a one-line UserError."""
+        if len(self.m) != n or len(self.v) != n:
+            raise UserError(f"Adam state holds {len(self.m)}/{len(self.v)} moments; this model has {n} parameters")
+        return self
