@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -166,7 +167,8 @@ def load_matrix(name: str, path: Path = MATRIX) -> tuple[dict, list[Case], list[
 
 def worker() -> None:
     """Serve ``measure`` over stdin/stdout, one JSON object per line: ``setup`` a case (engine, warm-up,
-    calibration), then time one ``sample`` at a time, so that the samples of two processes can alternate.
+    calibration), time one ``sample`` at a time, so that the samples of two processes can alternate, and
+    ``drop`` it before the next case.
     An engine that cannot be imported, or a case it refuses (dtype, threads), is answered with the reason."""
     from engines import load_engine
     from microgpt.config import ModelConfig
@@ -220,6 +222,10 @@ def worker() -> None:
             wall_ms, cpu_ms, lengths = timers[req["id"]].sample(req["steps"])
             steps = Counter(tuple(sorted(x)) for x in lengths)
             answer({"wall_ms": wall_ms, "cpu_ms": cpu_ms, "step_lengths": [[list(k), n] for k, n in steps.items()]})
+        elif req["cmd"] == "drop":
+            del timers[req["id"]]
+            gc.collect()                # the next case starts without this one's garbage
+            answer({})
         elif req["cmd"] == "quit":
             return
 
@@ -299,8 +305,9 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
 
     The sides' workers run side by side, pinned to the same CPUs, and take turns sample by sample (A B,
     then B A), all with the same steps per sample, so the n-th samples of two sides time the same batches
-    on the same core moments apart: a burst of load from another job hits both. The engine order rotates
-    every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
+    on the same core moments apart: a burst of load from another job hits both. A worker holds one case
+    at a time, so a benchmark measures the same whichever matrix it is part of. The engine order and
+    each engine's case order rotate every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
     the ``session`` that pairs them.
     """
     log = log or (lambda message: None)
@@ -322,8 +329,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
             try:
                 for s in live:
                     workers[s.name] = WorkerProcess(s, cpus)
-                ready = {}                                  # case id -> {side: setup answer}
-                for case in engine_cases:
+                for case in engine_cases:       # one at a time: no other engine's memory in the process
+                    answers = {}
                     for s in live:
                         if engine in dead[s.name]:
                             continue
@@ -337,11 +344,9 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                             if answer.get("whole_engine"):
                                 dead[s.name].add(engine)
                         else:
-                            ready.setdefault(case.id, {})[s.name] = answer
-                for j in range(settings["samples"]):
-                    for case in engine_cases:
-                        answers = ready.get(case.id, {})
-                        steps = min((a["steps"] for a in answers.values()), default=0)
+                            answers[s.name] = answer
+                    steps = min((a["steps"] for a in answers.values()), default=0)
+                    for j in range(settings["samples"] if answers else 0):
                         for s in (live if (r + j) % 2 == 0 else live[::-1]):
                             if s.name not in answers:
                                 continue
@@ -357,6 +362,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                                 rec["warmup_s"].append(round(answers[s.name]["warmup_s"], 4))
                             for lengths, n in sample["step_lengths"]:
                                 rec["step_lengths"][tuple(lengths)] += n
+                    for name in answers:
+                        workers[name].call({"cmd": "drop", "id": case.id})
             finally:
                 for w in workers.values():
                     w.close()
