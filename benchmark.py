@@ -942,6 +942,9 @@ def report_comparison(base: dict, cur: dict, args, title: str) -> int:
     warnings = comparison_warnings(base, cur)
     for w in warnings:
         print(f"WARNING: {w}", file=sys.stderr)
+    if not any(v.paired for v in verdicts):
+        print("note: two separate runs, each as steady as the machine (and in a VM, its host) was while it ran; "
+              "`benchmark.py ab` pairs the samples so that load cancels", file=sys.stderr)
     print(text_table(verdict_rows(verdicts), HEADER))
     for line in unmatched(verdicts):
         print(line)
