@@ -192,6 +192,10 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _fmt_step(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs/step" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms/step"
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             if not quiet and (should_print or evaluate_now or done in (start_step + 1, end)):
                 per_step = train_seconds / (done - start_step)
                 print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                      f"{tokens / train_seconds:,.0f} tok/s | {per_step * 1e3:.2f} ms/step | "
+                      f"{tokens / train_seconds:,.0f} tok/s | {_fmt_step(per_step)} | "
                       f"ETA {_fmt_duration(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
                 last_print = now
             if evaluate_now:
