@@ -895,8 +895,8 @@ def markdown(verdicts: list[Verdict], warnings: list[str], title: str, alpha: fl
     regressions = [v for v in verdicts if v.verdict == "regression"]
     head = (f"**{len(regressions)} regression{'s' * (len(regressions) != 1)}**" if regressions
             else "**No regression**")
-    test = ("Wilcoxon signed-rank test on the interleaved pairs" if any(v.paired for v in verdicts)
-            else "Mann-Whitney U test")
+    test = ("Wilcoxon signed-rank test on the interleaved pairs (change: the median of the pairs' ratios)"
+            if any(v.paired for v in verdicts) else "Mann-Whitney U test (change: the ratio of the medians)")
     lines = [f"### {title}", "", f"{head} — {summary_line(verdicts)}. A regression needs a one-sided {test} "
              f"with p < {alpha:g} *and* a slowdown above the floor; `cpu` = process CPU time "
              f"(one-thread benchmarks), `wall` = elapsed time.", ""]
