@@ -39,11 +39,10 @@ import json
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from microgpt import UserError, machine
-from microgpt.config import STANDARD_CONFIGS, ModelConfig, TrainConfig
+from microgpt import UserError, machine, timing
+from microgpt.config import STANDARD_CONFIGS, ModelConfig
 from microgpt.flops import StepCost, step_cost, step_ops
 
 DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
@@ -78,35 +77,11 @@ def load_texts(paths: list[str] | None) -> list[str]:
 
 
 def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
-                budget_s: float, seed: int = 0) -> dict:
-    """Time ``train_step`` on real batches (one untimed warm-up step, then >= 3 steps and >= budget_s).
-
-    Every engine gets the same sequence of batches (same seed). Steps differ in length, so the time per
-    step reported is the mean step's FLOPs at the median step's FLOP rate: exact accounting of the
-    work, robust to a step that another process preempted.
-    """
-    from microgpt.params import init_params
-    engine = engine_cls(cfg, TrainConfig(batch_size=batch_size), init_params(cfg, seed), dtype=dtype, threads=threads)
-    rng = random.Random(seed)
-    batches = lambda: [docs[rng.randrange(len(docs))] for _ in range(batch_size)]
-    engine.train_step(batches(), 1e-3)
-    times, lengths, start = [], [], time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < MAX_TIMED_STEPS):
-        batch = batches()
-        t0 = time.perf_counter()
-        engine.train_step(batch, 1e-3)
-        times.append(time.perf_counter() - t0)
-        lengths.append([len(doc) - 1 for doc in batch])
-    flops = [step_cost(cfg, step, DTYPES[dtype][1]).flops for step in lengths]
-    rate = statistics.median(f / t for f, t in zip(flops, times))
-    return {"engine": engine.name, "config": _config_dict(cfg), "batch_size": batch_size, "dtype": dtype,
-            "threads": threads, "ms_per_step": 1e3 * statistics.fmean(flops) / rate,
-            "tokens_per_step": sum(map(sum, lengths)) / len(lengths), "doc_lengths": lengths,
-            "step_ms": [round(1e3 * t, 4) for t in times]}
-
-
-def _config_dict(cfg: ModelConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "vocab_size", "mlp_act")}
+                budget_s: float) -> dict:
+    """The lab's timing harness (microgpt/timing.py) within about ``budget_s``: five samples after a warm-up."""
+    t = timing.time_engine(engine_cls, cfg, docs, batch_size, dtype, threads, warmup=1, samples=5,
+                           min_sample_s=budget_s / 5, max_steps_per_sample=MAX_TIMED_STEPS // 5)
+    return t.to_dict()
 
 
 def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[str], batch_size: int, dtype: str,
@@ -124,7 +99,7 @@ def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[st
             continue
         rate = None                                         # FLOP/s on the previous config, to predict the next
         for cfg in configs:
-            cfg = ModelConfig(**{**_config_dict(cfg), "vocab_size": tokenizer.vocab_size})
+            cfg = ModelConfig(**{**timing.model_dict(cfg), "vocab_size": tokenizer.vocab_size})
             docs = [wrap(tokenizer, text, cfg.block_size) for text in texts]
             if rate:
                 sample = [len(docs[i]) - 1 for i in random.Random(0).sample(range(len(docs)), min(len(docs), 256))]
@@ -315,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             sample = random.Random(0).sample(texts, args.batch_size)
             for cfg in configs:
                 lengths = [min(len(t) + 1, cfg.block_size) for t in sample]
-                print_ops(ModelConfig(**{**_config_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
+                print_ops(ModelConfig(**{**timing.model_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
                 print()
             return 0
 
