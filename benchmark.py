@@ -52,7 +52,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from microgpt import UserError
+from microgpt import UserError, files
+from microgpt.files import write_atomic
 
 REPO = Path(__file__).resolve().parent
 MATRIX = REPO / "benchmarks" / "matrix.json"
@@ -485,23 +486,11 @@ def read_json(path: str | Path, what: str) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)           # mkstemp's 0600 would survive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+    files.write_json_atomic(path, obj, indent=1)
 
 
 def _number_list(value) -> bool:

@@ -21,13 +21,13 @@ import json
 import os
 import struct
 import sys
-import tempfile
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
+from microgpt.files import write_atomic
 from microgpt.params import AdamState, FlatParams, layout, num_params
 
 MAGIC = b"MGPTCKPT"
@@ -89,20 +89,7 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
     header_bytes = json.dumps(header).encode("utf-8")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)))
-            f.write(header_bytes)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + payload)
 
 
 def load(path: str | os.PathLike) -> Checkpoint:

@@ -27,12 +27,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from microgpt import UserError
 from microgpt.data import cache_dir
+from microgpt.files import write_json_atomic
 
 SCHEMA = 1
 MAX_AGE_DAYS = 30
@@ -267,16 +267,7 @@ def cache_path() -> Path:
 
 
 def save(record: dict, path: Path) -> None:
-    """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_atomic(path, record, indent=1)
 
 
 def _positive(x) -> bool:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
-import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 from microgpt import UserError, checkpoint
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
+from microgpt.files import write_json_atomic
 from microgpt.params import init_params
 from microgpt.sampling import sample
 from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap
@@ -194,19 +192,6 @@ def _fmt_duration(seconds: float) -> str:
 
 def _fmt_step(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs/step" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms/step"
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @dataclass
