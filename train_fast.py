@@ -29,10 +29,10 @@ from operator import attrgetter
 
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
-from microgpt.params import AdamState, FlatParams, layout
+from microgpt.params import FlatParams, layout
+from engines.flat import FlatArraysEngine
 from train import topological_order
 
-TYPECODES = {"float64": "d", "float32": "f"}
 
 
 def _fastops():
@@ -43,34 +43,7 @@ def _fastops():
     return fastops
 
 
-class _FlatEngine:
-    """Parameters, gradients and Adam moments as four flat arrays of one dtype, shared with C."""
-
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str):
-        if dtype not in TYPECODES:
-            raise ValueError(f"dtype must be one of {', '.join(TYPECODES)} (got {dtype!r})")
-        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, dtype
-        code, n = TYPECODES[dtype], len(params)
-        self.params = array(code, params.data)
-        self.grads, self.m, self.v = (array(code, bytes(array(code).itemsize * n)) for _ in range(3))
-
-    def export_params(self) -> FlatParams:
-        return FlatParams(self.cfg, array("d", self.params))
-
-    def export_adam(self) -> AdamState:
-        return AdamState(array("d", self.m), array("d", self.v), self.step)
-
-    def import_adam(self, state: AdamState) -> None:
-        n = len(self.params)
-        state.check(n)
-        # Slice assignment writes in place: the C side keeps pointing at the same memory.
-        code = TYPECODES[self.dtype]
-        self.m[:] = array(code, state.m)
-        self.v[:] = array(code, state.v)
-        self.step = state.t
-
-
-class FastEngine(_FlatEngine):
+class FastEngine(FlatArraysEngine):
     """The fused rung: one C call per optimizer step (see engines/__init__.py for the contract)."""
 
     name = "c"
@@ -235,7 +208,7 @@ class OpsGPT:
         return self.mean([self.forward(doc[:-1], doc[1:]) for doc in docs])
 
 
-class OpsEngine(_FlatEngine):
+class OpsEngine(FlatArraysEngine):
     """The per-op rung ("c-ops"): Python walks the graph as train.py does, C computes each op. float64."""
 
     name = "c-ops"

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from array import array
 
+from engines.flat import TYPECODES, FlatArraysEngine
 from microgpt import UserError
 from microgpt.config import ModelConfig, TrainConfig
-from microgpt.params import AdamState, FlatParams, layout
+from microgpt.params import FlatParams, layout
 
-TYPECODES = {"float64": "d", "float32": "f"}
 
 
 def _kernels():
@@ -73,23 +73,19 @@ class _Scratch:
             offset += T * width
 
 
-class CythonEngine:
+class CythonEngine(FlatArraysEngine):
     """Per-op Cython kernels driven from Python (see engines/__init__.py for the contract)."""
 
     name = "cython"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
                  threads: int = 1):
-        if dtype not in TYPECODES:
-            raise ValueError(f"dtype must be one of {', '.join(TYPECODES)} (got {dtype!r})")
         if threads != 1:
             raise ValueError(f"the Cython engine runs on one thread (got threads={threads})")
+        super().__init__(model_cfg, train_cfg, params, dtype)
         self.ops = _kernels()
-        self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, dtype
-        code, n, c = TYPECODES[dtype], len(params), model_cfg
-        self.params = array(code, params.data)
-        self.grads, self.m, self.v = (array(code, bytes(array(code).itemsize * n)) for _ in range(3))
-        self.t = 0
+        code, c = TYPECODES[dtype], model_cfg
+        self.step = 0
         self.w, self.dw = _matrices(self.params, c), _matrices(self.grads, c)
         T, C = c.block_size, c.n_embd
         self.emb, self.inv0, self.x0 = _zeros(code, T, C), _zeros(code, T), _zeros(code, T, C)
@@ -181,8 +177,8 @@ class CythonEngine:
             norm = math.sqrt(ops.sum_of_squares(self.grads))
             if norm > c.grad_clip:
                 scale = c.grad_clip / norm
-        self.t += 1
-        ops.adam_update(self.params, self.grads, self.m, self.v, lr, c.beta1, c.beta2, c.eps, self.t, scale)
+        self.step += 1
+        ops.adam_update(self.params, self.grads, self.m, self.v, lr, c.beta1, c.beta2, c.eps, self.step, scale)
         return loss
 
     def eval_loss(self, docs: list[list[int]]) -> float:
@@ -197,17 +193,3 @@ class CythonEngine:
     def logits(self, tokens: list[int]) -> list[float]:
         T, V = self._forward(list(tokens)), self.cfg.vocab_size
         return self.logit_rows.obj[(T - 1) * V:T * V].tolist()
-
-    def export_params(self) -> FlatParams:
-        return FlatParams(self.cfg, array("d", self.params))
-
-    def export_adam(self) -> AdamState:
-        return AdamState(array("d", self.m), array("d", self.v), self.t)
-
-    def import_adam(self, state: AdamState) -> None:
-        n = len(self.params)
-        state.check(n)
-        code = TYPECODES[self.dtype]
-        self.m[:] = array(code, state.m)
-        self.v[:] = array(code, state.v)
-        self.t = state.t
