@@ -312,8 +312,6 @@ struct GPTObject {
 #define VMASK_ALL ((__mmask16)0xFFFF)
 #define VMASK_FIRST(n) ((__mmask16)((1u << (n)) - 1u))
 #define VSUFFIX(op) op##_ps
-#define NEWTON_STEPS 1
-#define R_MIN_NORMAL FLT_MIN
 #else
 #define VREAL __m512d
 #define VMASK __mmask8
@@ -321,8 +319,6 @@ struct GPTObject {
 #define VMASK_ALL ((__mmask8)0xFF)
 #define VMASK_FIRST(n) ((__mmask8)((1u << (n)) - 1u))
 #define VSUFFIX(op) op##_pd
-#define NEWTON_STEPS 2
-#define R_MIN_NORMAL DBL_MIN
 #endif
 #define VZERO() VSUFFIX(_mm512_setzero)()
 #define VLOAD(p) VSUFFIX(_mm512_loadu)(p)
@@ -333,11 +329,9 @@ struct GPTObject {
 #define VADD(a, b) VSUFFIX(_mm512_add)(a, b)
 #define VSUB(a, b) VSUFFIX(_mm512_sub)(a, b)
 #define VMUL(a, b) VSUFFIX(_mm512_mul)(a, b)
-#define VMAX(a, b) VSUFFIX(_mm512_max)(a, b)
 #define VFMA(a, b, c) VSUFFIX(_mm512_fmadd)(a, b, c)
-#define VFNMADD(a, b, c) VSUFFIX(_mm512_fnmadd)(a, b, c)
-#define VRSQRT14(x) VSUFFIX(_mm512_rsqrt14)(x)
-#define VRCP14(x) VSUFFIX(_mm512_rcp14)(x)
+#define VSQRT(x) VSUFFIX(_mm512_sqrt)(x)
+#define VDIV(a, b) VSUFFIX(_mm512_div)(a, b)
 #elif defined(FASTOPS_AVX2)
 #define TARGET __attribute__((target("avx2,fma")))
 #define ISA_NAME "avx2"
@@ -397,35 +391,23 @@ static size_t FN(workspace_bytes)(const Shape *s, ptrdiff_t MP, int saved_layers
    gives the same bits. */
 typedef struct {
     real *p, *g, *m, *v;
-    real b1, b2, c1, c2, bc1, bc2, inv_bc1, inv_bc2, eps, lr, scale;
+    real b1, b2, c1, c2, inv_bc1, inv_bc2, eps, lr, scale;
     int store_grad;         /* also write the scaled gradient back to g */
 } FN(AdamArgs);
 
 #ifdef FASTOPS_AVX512
-/* 1 / (sqrt(x) + eps) for x >= 0 without the slow divide and square-root units: the 14-bit hardware
-   estimates of 1/sqrt(x) and 1/x, each refined by Newton steps to within a few ulps. */
-static inline __attribute__((always_inline)) TARGET VREAL FN(inv_sqrt_plus_eps)(VREAL x, VREAL eps)
-{
-    const VREAL half = VSET1((real)0.5), three_halves = VSET1((real)1.5), one = VSET1((real)1);
-    x = VMAX(x, VSET1(R_MIN_NORMAL));   /* 1/sqrt(0) is inf; sqrt(tiny) + eps is eps all the same */
-    VREAL y = VRSQRT14(x);
-    for (int i = 0; i < NEWTON_STEPS; i++) y = VMUL(y, VFNMADD(VMUL(half, x), VMUL(y, y), three_halves));
-    const VREAL d = VADD(VMUL(x, y), eps);
-    VREAL r = VRCP14(d);
-    for (int i = 0; i < NEWTON_STEPS; i++) r = VFMA(r, VFNMADD(d, r, one), r);
-    return r;
-}
-
 /* Adam on one vector of gradients g for the (masked) elements at index i; divisions by bc1 and bc2
-   become multiplications by their inverses. */
+   become multiplications by their inverses. The square root and the last division are the hardware's
+   (correctly rounded, as in train.py): they run on their own unit, beside the multiply-adds of the
+   weight gradient that feeds this update. */
 static inline __attribute__((always_inline)) TARGET void FN(adam_vector)(const FN(AdamArgs) *a, ptrdiff_t i,
                                                                          VREAL g, VMASK mask)
 {
     g = VMUL(g, VSET1(a->scale));
     const VREAL m = VADD(VMUL(VSET1(a->b1), VLOAD_MASKED(mask, a->m + i)), VMUL(VSET1(a->c1), g));
     const VREAL v = VADD(VMUL(VSET1(a->b2), VLOAD_MASKED(mask, a->v + i)), VMUL(VMUL(VSET1(a->c2), g), g));
-    const VREAL r = FN(inv_sqrt_plus_eps)(VMUL(v, VSET1(a->inv_bc2)), VSET1(a->eps));
-    const VREAL step = VMUL(VMUL(VSET1(a->lr), VMUL(m, VSET1(a->inv_bc1))), r);
+    const VREAL denom = VADD(VSQRT(VMUL(v, VSET1(a->inv_bc2))), VSET1(a->eps));
+    const VREAL step = VDIV(VMUL(VSET1(a->lr), VMUL(m, VSET1(a->inv_bc1))), denom);
     if (a->store_grad) VSTORE_MASKED(a->g + i, mask, g);
     VSTORE_MASKED(a->m + i, mask, m);
     VSTORE_MASKED(a->v + i, mask, v);
@@ -448,7 +430,7 @@ static TARGET void FN(adam_range)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdif
         if (a->store_grad) g[i] = gi;
         m[i] = a->b1 * m[i] + a->c1 * gi;
         v[i] = a->b2 * v[i] + a->c2 * gi * gi;
-        p[i] -= a->lr * (m[i] / a->bc1) / (R_SQRT(v[i] / a->bc2) + a->eps);
+        p[i] -= a->lr * (m[i] * a->inv_bc1) / (R_SQRT(v[i] * a->inv_bc2) + a->eps);
     }
 #endif
 }
@@ -464,7 +446,7 @@ static TARGET FN(AdamArgs) FN(adam_args)(GPTObject *g, double lr, double grad_sc
     const double bc1 = 1.0 - pow(g->beta1, (double)g->step), bc2 = 1.0 - pow(g->beta2, (double)g->step);
     FN(AdamArgs) a = {g->buf[BUF_PARAMS], g->buf[BUF_GRADS], g->buf[BUF_M], g->buf[BUF_V],
                       (real)g->beta1, (real)g->beta2, (real)(1.0 - g->beta1), (real)(1.0 - g->beta2),
-                      (real)bc1, (real)bc2, (real)(1.0 / bc1), (real)(1.0 / bc2), (real)g->eps, (real)lr,
+                      (real)(1.0 / bc1), (real)(1.0 / bc2), (real)g->eps, (real)lr,
                       (real)grad_scale, grad_scale != 1.0};
     return a;
 }
@@ -1034,8 +1016,6 @@ static const Kernels FN(kernels) = {ISA_NAME, FN(workspace_bytes), FN(run_batch)
 #undef VMASK_ALL
 #undef VMASK_FIRST
 #undef VSUFFIX
-#undef NEWTON_STEPS
-#undef R_MIN_NORMAL
 #undef VZERO
 #undef VLOAD
 #undef VLOAD_MASKED
@@ -1045,11 +1025,9 @@ static const Kernels FN(kernels) = {ISA_NAME, FN(workspace_bytes), FN(run_batch)
 #undef VADD
 #undef VSUB
 #undef VMUL
-#undef VMAX
 #undef VFMA
-#undef VFNMADD
-#undef VRSQRT14
-#undef VRCP14
+#undef VSQRT
+#undef VDIV
 #endif
 #endif /* part 2 */
 
