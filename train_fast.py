@@ -13,11 +13,14 @@ Two rungs, both kept and both measured (benchmarks/bench_fastops.py):
   * FastEngine ("c"): the fused rung above;
   * OpsEngine ("c-ops"): train.py's graph walked in Python op by op, each op one fastops kernel -- what
     moving the kernels alone to C buys, and what the Python between them still costs.
-Inference with int8 weights is fastops.InferenceGPT (per-row quantisation, VNNI where the CPU has it).
+``--int8`` draws the samples through fastops.InferenceGPT instead of the engine: the trained weights
+quantised per row to int8, VNNI where the CPU has it, whichever engine trained them.
 
     python train_fast.py --num-steps 1000            # fused C engine ("c")
     python train_fast.py --dtype float32 --threads 2 --batch-size 32
     python train_fast.py --engine c-ops              # per-op rung: train.py's graph, each op in C
+    python train_fast.py --num-steps 300 --int8      # train, then sample with int8 weights
+    python train_fast.py --sample-from run.ckpt --int8
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from collections.abc import Callable
 from operator import attrgetter
 
 from microgpt import UserError
@@ -81,6 +85,19 @@ class FastEngine(FlatArraysEngine):
 
     def logits(self, tokens: list[int]) -> list[float]:
         return self.model.logits(tokens)
+
+
+def int8_sampler(cfg: ModelConfig, params: FlatParams) -> tuple[Callable[[list[int]], list[float]], str]:
+    """``--int8``: the logits of fastops.InferenceGPT over ``params`` in int8, and a line saying what runs."""
+    try:
+        model = _fastops().InferenceGPT(params.data, cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
+                                        cfg.block_size, mlp_act=cfg.mlp_act)
+    except ValueError as e:
+        raise UserError(f"--int8: fastops.InferenceGPT cannot run this model ({e})") from None
+    kernel = "avx512-vnni" if model.isa == "avx512" else model.isa  # InferenceGPT's avx512 int8 kernel is VNNI
+    fp32_bytes = 4 * len(params)  # every parameter is a weight (no biases, no norm gains)
+    return model.logits, (f"int8 weights ({kernel}): {model.weight_bytes:,} bytes, "
+                          f"{fp32_bytes / model.weight_bytes:.2f}x smaller than float32")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,4 +289,4 @@ class OpsEngine(FlatArraysEngine):
 if __name__ == "__main__":
     from microgpt.trainer import main
 
-    main(sys.argv[1:], default_engine="c", description=__doc__)
+    main(sys.argv[1:], default_engine="c", description=__doc__, int8_sampler=int8_sampler)

@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from microgpt import UserError, checkpoint
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
-from microgpt.params import init_params
+from microgpt.params import FlatParams, init_params
 from microgpt.sampling import sample
 from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap
 
@@ -70,7 +71,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def build_parser(description: str, default_engine: str) -> argparse.ArgumentParser:
+def build_parser(description: str, default_engine: str, int8: bool = False) -> argparse.ArgumentParser:
+    """The shared flags; ``--int8`` is listed only for an entry point with an int8 sampler (train_fast.py)."""
     from engines import ENGINES
 
     p = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +91,10 @@ def build_parser(description: str, default_engine: str) -> argparse.ArgumentPars
     g = p.add_argument_group("sampling")
     _add_config_flags(g, SampleConfig, skip=("seed",))
     g.add_argument("--sample-seed", type=int, default=None, help="seed of the sampler (default: 42)")
+    # parsed everywhere so that train.py can say where the flag lives instead of "unrecognized arguments"
+    g.add_argument("--int8", action="store_true",
+                   help="sample with the weights quantised per row to int8 (fastops.InferenceGPT, VNNI where the CPU "
+                        "has it)" if int8 else argparse.SUPPRESS)
     g = p.add_argument_group("engine, checkpoints and output")
     g.add_argument("--engine", choices=list(ENGINES), default=default_engine, help=f"engine (default: {default_engine})")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
@@ -291,14 +297,30 @@ def make_engine(engine_cls, options: dict, mcfg, tcfg, params, engine_name: str)
         raise UserError(f"--engine {engine_name}: {e}") from None
 
 
-def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) -> History | None:
-    """Parse ``argv`` and train (or only sample); raises UserError on bad input."""
+def int8_logits(int8_sampler, mcfg: ModelConfig, params: FlatParams, out) -> Callable[[list[int]], list[float]]:
+    """``--int8``: the entry point's int8 model of ``params``; says what runs before the samples do."""
+    logits, line = int8_sampler(mcfg, params)
+    print(line, file=out)
+    return logits
+
+
+def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, int8_sampler=None) -> History | None:
+    """Parse ``argv`` and train (or only sample); raises UserError on bad input.
+
+    ``int8_sampler(model_cfg, params) -> (logits_fn, line)`` enables ``--int8``: samples are drawn from
+    ``logits_fn`` instead of the engine's, after ``line``.
+    """
     from engines import load_engine
 
-    args = build_parser(description, default_engine).parse_args(argv)
+    args = build_parser(description, default_engine, int8=int8_sampler is not None).parse_args(argv)
+    if args.int8 and int8_sampler is None:
+        raise UserError("--int8 is a flag of train_fast.py, whose C extension samples with int8 weights: "
+                        "python train_fast.py ... --int8")
     engine_cls = load_engine(args.engine)
     options = engine_options(engine_cls, args)
     scfg = SampleConfig(**_overrides(args, SampleConfig, rename={"seed": "sample_seed"})).validate()
+    if args.int8 and not scfg.num_samples:
+        raise UserError("--int8 only changes how the samples are drawn, and --num-samples 0 asks for none")
     if args.threads < 1:
         raise UserError(f"--threads must be an integer >= 1 (got {args.threads})")
     for flag in ("save_every", "log_every", "bpe_merges"):
@@ -307,9 +329,12 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
 
     if args.sample_from:
         ckpt = checkpoint.load(args.sample_from)
-        engine = make_engine(engine_cls, options, ckpt.model, ckpt.train, ckpt.params, args.engine)
+        if args.int8:
+            logits = int8_logits(int8_sampler, ckpt.model, ckpt.params, out)
+        else:
+            logits = make_engine(engine_cls, options, ckpt.model, ckpt.train, ckpt.params, args.engine).logits
         tokenizer = tokenizer_from_dict(ckpt.tokenizer)
-        for name in sample(engine.logits, tokenizer, ckpt.model.block_size, scfg):
+        for name in sample(logits, tokenizer, ckpt.model.block_size, scfg):
             print(name, file=out)
         return None
 
@@ -333,6 +358,8 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
     if not data.train:
         raise UserError("the training split is empty: provide more documents or lower --val-fraction")
 
+    if args.int8:
+        int8_sampler(mcfg, params)  # a model the int8 path cannot run fails now, not after training
     engine = make_engine(engine_cls, options, mcfg, tcfg, params, args.engine)
     if args.resume:
         engine.import_adam(ckpt.adam)
@@ -351,16 +378,17 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout) 
         write_json_atomic(args.loss_log, {"engine": engine.name, "start_step": start, "train": hist.losses,
                                           "val": hist.val, "config": mcfg.to_dict(), "train_config": tcfg.to_dict()})
     if scfg.num_samples:
+        logits = int8_logits(int8_sampler, mcfg, engine.export_params(), out) if args.int8 else engine.logits
         print("samples:", file=out)
-        for name in sample(engine.logits, data.tokenizer, mcfg.block_size, scfg):
+        for name in sample(logits, data.tokenizer, mcfg.block_size, scfg):
             print(f"  {name}", file=out)
     return hist
 
 
-def main(argv: list[str], default_engine: str, description: str) -> None:
+def main(argv: list[str], default_engine: str, description: str, int8_sampler=None) -> None:
     """CLI entry: one-line errors and exit status 2 instead of tracebacks for bad input."""
     try:
-        run(argv, default_engine, description)
+        run(argv, default_engine, description, int8_sampler=int8_sampler)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
