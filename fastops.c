@@ -65,6 +65,10 @@
 
 #define RMS_EPS 1e-5
 #define LANE_PAD 8          /* token rows of feature-major buffers are padded to a multiple of this */
+#define FUSED_MAX_TOKENS 64 /* batches up to this many tokens take the fused backward pass (see fused_rows) */
+#define FUSED_ROWS 4        /* weight rows it handles at once */
+#define DX_SKEW 8           /* the fused backward's dX rows are this much longer than X's, so that dX[t][k] and
+                               X[t+1][k] never share an address modulo 4 KiB (4K aliasing stalls loads) */
 #define MAX_DIM 65536       /* bound on every model dimension, so index arithmetic never overflows */
 #define MAX_THREADS 256
 
@@ -354,7 +358,7 @@ typedef struct {
     real *x, *y0, *inv0;                                        /* residual stream; first RMSNorm */
     real *h1, *inv1, *qkv, *att, *o, *h2, *inv2, *u, *act;      /* per layer */
     real *logits, *lane_w, *lane_loss, *lane_a, *lane_b, *lane_c;
-    real *dx, *dbig, *dsmall, *tok_major;                       /* backward temporaries */
+    real *dx, *dbig, *dsmall, *tok_major, *dx_tok, *g_rows;      /* backward temporaries */
     real *att_scratch;                                          /* per thread */
 } FN(Work);
 
@@ -373,7 +377,8 @@ static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, 
     TAKE(o, L * C * MP); TAKE(h2, L * C * MP); TAKE(inv2, L * MP); TAKE(u, L * F * MP); TAKE(act, L * F * MP);
     TAKE(logits, s->vocab * MP); TAKE(lane_w, MP); TAKE(lane_loss, MP);
     TAKE(lane_a, MP); TAKE(lane_b, MP); TAKE(lane_c, MP);
-    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP); TAKE(tok_major, F * MP);
+    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP); TAKE(tok_major, F * MP); TAKE(dx_tok, (F + DX_SKEW) * MP);
+    TAKE(g_rows, n_threads * F);
     TAKE(att_scratch, n_threads * FN(attention_scratch)(s));
 #undef TAKE
     return used;
@@ -415,24 +420,30 @@ static inline __attribute__((always_inline)) TARGET void FN(adam_vector)(const F
 }
 #endif
 
-/* Adam on elements [begin, end) of the flat buffers, reading the gradients from g. */
-static TARGET void FN(adam_range)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end)
+/* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
+static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end, const real *grad)
 {
 #ifdef FASTOPS_AVX512
     for (ptrdiff_t i = begin; i < end; i += VW) {
         const VMASK mask = end - i >= VW ? VMASK_ALL : VMASK_FIRST(end - i);
-        FN(adam_vector)(a, i, VLOAD_MASKED(mask, a->g + i), mask);
+        FN(adam_vector)(a, i, VLOAD_MASKED(mask, grad + (i - begin)), mask);
     }
 #else
-    real *restrict p = a->p, *restrict g = a->g, *restrict m = a->m, *restrict v = a->v;
+    real *restrict p = a->p, *restrict m = a->m, *restrict v = a->v;
     for (ptrdiff_t i = begin; i < end; i++) {
-        const real gi = g[i] * a->scale;
-        if (a->store_grad) g[i] = gi;
+        const real gi = grad[i - begin] * a->scale;
+        if (a->store_grad) a->g[i] = gi;
         m[i] = a->b1 * m[i] + a->c1 * gi;
         v[i] = a->b2 * v[i] + a->c2 * gi * gi;
         p[i] -= a->lr * (m[i] * a->inv_bc1) / (R_SQRT(v[i] * a->inv_bc2) + a->eps);
     }
 #endif
+}
+
+/* Adam on elements [begin, end), reading the gradients from the grads buffer. */
+static TARGET void FN(adam_range)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end)
+{
+    FN(adam_update)(a, begin, end, a->g + begin);
 }
 
 static TARGET void FN(adam_task)(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread)
@@ -634,12 +645,133 @@ static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N,
     FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_tok, K, dW, K, 0, adam);
 }
 
+/* ---- small batches: both gradients of a linear layer and its update in one pass over W ----
+   With a few tokens, each weight is used in a handful of multiply-adds per step, so a step's time is
+   the passes over W, m and v. For M <= FUSED_MAX_TOKENS the two products above become one walk down
+   W's rows, FUSED_ROWS at a time, that reads each old weight once:
+       dX[t][k] += dY[t][i] W[i][k]         (dX token-major in cache, summed over rows in order)
+       dW[i][k]  = sum_t dY[t][i] X[t][k]   (the group's rows into a scratch in cache -- or into G)
+   and then Adam on the group's rows from that scratch. Keeping the multiply-adds and Adam's square
+   roots and divisions in separate loops lets each run at its own unit's speed; the rows ahead are
+   prefetched because nothing else in the loop would make memory keep up.
+   Threads split the columns k, so every sum runs in the same order whatever the thread count. */
+typedef struct {
+    const real *W;
+    real *G;                    /* the gradient of W: written when adam is NULL */
+    ptrdiff_t N, K, M, MP;
+    const real *dyT, *x_tok;    /* dY^T (N x MP) feature-major, X (M x K) token-major */
+    real *dx_tok;               /* dX (M x K) token-major with row stride K + DX_SKEW, overwritten */
+    real *g_rows;               /* per thread: a row of K for the portable kernel's gradient */
+    const FN(AdamArgs) *adam;
+} FN(FusedArgs);
+
+#ifdef FASTOPS_AVX512
+/* Rows i .. i+R-1, columns [begin, end). dX's running sums pass through registers once per R rows; the
+   R weight-gradient vectors never leave them: each goes straight into Adam (or G). */
+static inline __attribute__((always_inline)) TARGET void
+FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end, real *g_rows)
+{
+    const ptrdiff_t K = f->K, M = f->M, MP = f->MP;
+    const FN(AdamArgs) *a = f->adam;
+    const real *dy = f->dyT + i * MP, *w = f->W + i * K;
+    (void)g_rows;
+    for (ptrdiff_t k = begin; k < end; k += VW) {
+        const VMASK mask = end - k >= VW ? VMASK_ALL : VMASK_FIRST(end - k);
+        if (a)   /* the same columns of the next group: far enough ahead for memory to deliver */
+            for (ptrdiff_t r = R; r < 2 * R; r++) {
+                const ptrdiff_t ahead = f->W - a->p + (i + r) * K + k;
+                __builtin_prefetch(a->p + ahead, 1);
+                __builtin_prefetch(a->m + ahead, 1);
+                __builtin_prefetch(a->v + ahead, 1);
+            }
+        const VREAL w0 = VLOAD_MASKED(mask, w + k);
+        const VREAL w1 = R > 1 ? VLOAD_MASKED(mask, w + K + k) : w0;
+        const VREAL w2 = R > 2 ? VLOAD_MASKED(mask, w + 2 * K + k) : w0;
+        const VREAL w3 = R > 3 ? VLOAD_MASKED(mask, w + 3 * K + k) : w0;
+        VREAL g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+        for (ptrdiff_t t = 0; t < M; t++) {
+            const VREAL x = VLOAD_MASKED(mask, f->x_tok + t * K + k);
+            real *dx = f->dx_tok + t * (K + DX_SKEW) + k;
+            const VREAL d0 = VSET1(dy[t]);
+            VREAL acc = VFMA(d0, w0, VLOAD_MASKED(mask, dx));
+            g0 = VFMA(d0, x, g0);
+            if (R > 1) { const VREAL d = VSET1(dy[MP + t]); acc = VFMA(d, w1, acc); g1 = VFMA(d, x, g1); }
+            if (R > 2) { const VREAL d = VSET1(dy[2 * MP + t]); acc = VFMA(d, w2, acc); g2 = VFMA(d, x, g2); }
+            if (R > 3) { const VREAL d = VSET1(dy[3 * MP + t]); acc = VFMA(d, w3, acc); g3 = VFMA(d, x, g3); }
+            VSTORE_MASKED(dx, mask, acc);
+        }
+#define FUSED_DONE(r, gr) if (R > r) {                                                              \
+            if (a) FN(adam_vector)(a, f->W - a->p + (i + r) * K + k, gr, mask);                       \
+            else VSTORE_MASKED(f->G + (i + r) * K + k, mask, gr); }
+        FUSED_DONE(0, g0) FUSED_DONE(1, g1) FUSED_DONE(2, g2) FUSED_DONE(3, g3)
+#undef FUSED_DONE
+    }
+}
+#else
+/* Portable version: row by row, each loop over contiguous columns for the compiler to vectorise; the
+   row's gradient goes through a scratch row (G itself without adam) into Adam. */
+static inline TARGET void FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin,
+                                         ptrdiff_t end, real *g_rows)
+{
+    const ptrdiff_t K = f->K;
+    const FN(AdamArgs) *a = f->adam;
+    for (ptrdiff_t r = i; r < i + R; r++) {
+        const real *restrict w = f->W + r * K;
+        real *restrict dw = a ? g_rows : f->G + r * K;
+        for (ptrdiff_t k = begin; k < end; k++) dw[k] = 0;
+        for (ptrdiff_t t = 0; t < f->M; t++) {
+            const real d = f->dyT[r * f->MP + t];
+            const real *restrict x = f->x_tok + t * K;
+            real *restrict dx = f->dx_tok + t * (K + DX_SKEW);
+            for (ptrdiff_t k = begin; k < end; k++) { dx[k] += d * w[k]; dw[k] += d * x[k]; }
+        }
+        if (a) FN(adam_update)(a, f->W - a->p + r * K + begin, f->W - a->p + r * K + end, dw + begin);
+    }
+}
+#endif
+
+static TARGET void FN(linear_backward_fused_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    const FN(FusedArgs) *f = p;
+    real *g_rows = f->g_rows + (ptrdiff_t)thread * f->K;
+    for (ptrdiff_t t = 0; t < f->M; t++) memset(f->dx_tok + t * (f->K + DX_SKEW) + begin, 0, (size_t)(end - begin) * sizeof(real));
+    ptrdiff_t i = 0;
+    for (; i + FUSED_ROWS <= f->N; i += FUSED_ROWS) FN(fused_rows)(FUSED_ROWS, f, i, begin, end, g_rows);
+    for (; i < f->N; i++) FN(fused_rows)(1, f, i, begin, end, g_rows);
+}
+
 /* Token-major copy (M x K) of a feature-major array (K x MP). */
 static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
     for (ptrdiff_t t0 = 0; t0 < M; t0 += 8)
         for (ptrdiff_t k = 0; k < K; k++)
             for (ptrdiff_t t = t0; t < t0 + 8 && t < M; t++) x[t * K + k] = xT[k * MP + t];
+}
+
+/* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
+static TARGET void FN(from_token_major)(const real *x, ptrdiff_t ld, real *xT, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
+{
+    for (ptrdiff_t k = 0; k < K; k++) {
+        for (ptrdiff_t t = 0; t < M; t++) xT[k * MP + t] = x[t * ld + k];
+        for (ptrdiff_t t = M; t < MP; t++) xT[k * MP + t] = 0;
+    }
+}
+
+/* Both gradients of y = W x over the batch -- dX^T into dxT (K x MP), dW into dW or, with adam, W's
+   update -- reading each old weight before it changes. xT is the layer's input (K x MP). */
+static TARGET void FN(linear_backward)(Pool *pool, FN(Work) *w, const real *W, real *dW, ptrdiff_t N, ptrdiff_t K,
+                                       const real *dyT, const real *xT, real *dxT, ptrdiff_t M,
+                                       const FN(AdamArgs) *adam)
+{
+    FN(to_token_major)(xT, w->tok_major, K, M, w->MP);
+    if (M <= FUSED_MAX_TOKENS) {
+        FN(FusedArgs) f = {W, dW, N, K, M, w->MP, dyT, w->tok_major, w->dx_tok, w->g_rows, adam};
+        parallel_for(pool, FN(linear_backward_fused_task), &f, K, 16);
+        FN(from_token_major)(w->dx_tok, K + DX_SKEW, dxT, K, M, w->MP);
+    } else {
+        FN(linear_backward_input)(pool, W, N, K, dyT, dxT, w->MP);
+        FN(linear_backward_weight)(pool, dW, N, K, dyT, w->tok_major, M, w->MP, adam);
+    }
 }
 
 /* ---- per-token operations on feature-major arrays: loops over MP contiguous lanes ---- */
@@ -942,11 +1074,9 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
 
     /* Backward. dx is the gradient of the residual stream, feature-major like x. Each weight matrix
        is read for its input gradient before its own gradient (and, in MODE_TRAIN, its update). */
-    real *G = g->buf[BUF_GRADS], *xt = w.tok_major, *dlogits = w.logits;
+    real *G = g->buf[BUF_GRADS], *dlogits = w.logits;
     const FN(AdamArgs) update = FN(adam_args)(g, lr, 1.0), *adam = mode == MODE_TRAIN ? &update : NULL;
-    FN(linear_backward_input)(pool, P + s->lm_head, V, C, dlogits, w.dx, MP);
-    FN(to_token_major)(w.x, xt, C, M, MP);
-    FN(linear_backward_weight)(pool, G + s->lm_head, V, C, dlogits, xt, M, MP, adam);
+    FN(linear_backward)(pool, &w, P + s->lm_head, G + s->lm_head, V, C, dlogits, w.x, w.dx, M, adam);
     for (int l = s->n_layer - 1; l >= 0; l--) {
         const real *W = P + layer_offset(s, l);
         real *dW = G + layer_offset(s, l);
@@ -955,23 +1085,15 @@ static TARGET double FN(run_batch)(GPTObject *g, const Batch *b, int mode, doubl
         const real *inv2 = w.inv2 + l * MP, *u = w.u + l * F * MP, *act = w.act + l * F * MP;
         real *dact = w.dbig, *dqkv = w.dbig, *dh = w.dsmall, *dO = w.dsmall;
         /* MLP */
-        FN(linear_backward_input)(pool, W + OFF_FC2(s), C, F, w.dx, dact, MP);
-        FN(to_token_major)(act, xt, F, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_FC2(s), C, F, w.dx, xt, M, MP, adam);
+        FN(linear_backward)(pool, &w, W + OFF_FC2(s), dW + OFF_FC2(s), C, F, w.dx, act, dact, M, adam);
         FN(mlp_act_backward)(u, dact, F * MP, s->relu2);
-        FN(linear_backward_input)(pool, W + OFF_FC1(s), F, C, dact, dh, MP);
-        FN(to_token_major)(h2, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_FC1(s), F, C, dact, xt, M, MP, adam);
+        FN(linear_backward)(pool, &w, W + OFF_FC1(s), dW + OFF_FC1(s), F, C, dact, h2, dh, M, adam);
         FN(rmsnorm_backward)(h2, inv2, dh, w.dx, w.lane_a, C, MP, 1);
         /* attention */
-        FN(linear_backward_input)(pool, W + OFF_WO(s), C, C, w.dx, dO, MP);
-        FN(to_token_major)(o, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_WO(s), C, C, w.dx, xt, M, MP, adam);
+        FN(linear_backward)(pool, &w, W + OFF_WO(s), dW + OFF_WO(s), C, C, w.dx, o, dO, M, adam);
         attn.qkv = qkv; attn.att_saved = att; attn.dO = dO; attn.dqkv = dqkv;
         parallel_for(pool, FN(attention_backward_task), &attn, b->n_docs, 1);
-        FN(linear_backward_input)(pool, W + OFF_WQKV(s), 3 * C, C, dqkv, dh, MP);
-        FN(to_token_major)(h1, xt, C, M, MP);
-        FN(linear_backward_weight)(pool, dW + OFF_WQKV(s), 3 * C, C, dqkv, xt, M, MP, adam);
+        FN(linear_backward)(pool, &w, W + OFF_WQKV(s), dW + OFF_WQKV(s), 3 * C, C, dqkv, h1, dh, M, adam);
         FN(rmsnorm_backward)(h1, inv1, dh, w.dx, w.lane_a, C, MP, 1);
     }
     /* the first RMSNorm, then scatter into the embedding rows the batch used */
@@ -2612,6 +2734,11 @@ PyMODINIT_FUNC PyInit_fastops(void)
     Py_INCREF(&InferType);
     if (PyModule_AddObject(m, "InferenceGPT", (PyObject *)&InferType) < 0) {
         Py_DECREF(&InferType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* batches of at most this many tokens train with the fused backward pass (benchmarks and tests) */
+    if (PyModule_AddIntConstant(m, "FUSED_MAX_TOKENS", FUSED_MAX_TOKENS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -160,6 +160,29 @@ def test_threads_give_identical_results(dtype, medium):
     assert results[0] == results[1] == results[2]
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch_size", [1, 9])
+def test_small_batches_match_reference_on_any_thread_count(isa, batch_size):
+    """Up to FUSED_MAX_TOKENS tokens take the fused backward pass (one walk down each W; threads split its
+    columns). Width 20 is no multiple of a vector; the batches of 9 fall on both sides of that limit."""
+    cfg, params = make_setup(20, 2, 4, 16)
+    docs = sorted(encode_names(read_names(60), cfg.block_size), key=len)
+    tcfg = TrainConfig(num_steps=6, batch_size=batch_size).validate()
+    batches = [docs[batch_size * s:batch_size * (s + 1)] for s in range(6)]
+    if batch_size > 1:
+        tokens = [sum(len(d) - 1 for d in b) for b in batches]
+        assert min(tokens) <= fastops.FUSED_MAX_TOKENS < max(tokens)
+    lrs = [0.02] * 6
+    want = reference_run(cfg, tcfg, params, batches, lrs)
+    results = []
+    for threads in (1, 2, 3):
+        model, (p, g, m, v) = c_model(cfg, params, tcfg, isa=isa, threads=threads)
+        losses = model.train_steps(batches, lrs)
+        assert_close(losses, want, 1e-9)
+        results.append((losses, p.tobytes(), m.tobytes(), v.tobytes()))
+    assert results[0] == results[1] == results[2]
+
+
 # ---- bad arguments: one clear exception, never a crash ----
 
 @pytest.fixture
