@@ -567,9 +567,10 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
         const int acc = accumulate || k0 > 0;
         const FN(AdamArgs) *upd = k0 + kb == K ? adam : NULL;
         const real *a = A + k0 * a_cs, *b = B + k0 * ldb;
-        if (K <= 64) {
-            /* short sums (the tokens of a weight gradient): row after row, so that C and the Adam
-               moments stream through memory while A's rows and all of B stay in L1 */
+        if (K <= 64 || upd) {
+            /* short sums, or an Adam update: row after row, so that C and the Adam moments stream
+               through memory (fetched a few tiles ahead) while A's rows stay in L1, and B too when
+               the sums are short (the tokens of one or two documents) */
             for (ptrdiff_t m0 = 0; m0 < M; m0 += 8)
                 for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
                     if (upd && M * N >= 65536) FN(prefetch_adam_tile)(upd, Cm, ldc, M, m0, n0 + 8 * VW);
@@ -578,10 +579,8 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
         } else {
             /* long sums: column panel after column panel, so that B's panel stays in cache */
             for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
-                for (ptrdiff_t m0 = 0; m0 < M; m0 += 8) {
-                    if (upd) FN(prefetch_adam_tile)(upd, Cm, ldc, M, m0 + 8, n0);
+                for (ptrdiff_t m0 = 0; m0 < M; m0 += 8)
                     FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
-                }
         }
     }
 }
@@ -754,8 +753,10 @@ static TARGET void FN(linear_backward_fused_task)(void *p, ptrdiff_t begin, ptrd
 static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
     for (ptrdiff_t t0 = 0; t0 < M; t0 += 8)
-        for (ptrdiff_t k = 0; k < K; k++)
+        for (ptrdiff_t k = 0; k < K; k++) {
+            __builtin_prefetch(xT + k * MP + t0 + 16);   /* the next block's line of this row, usually in memory */
             for (ptrdiff_t t = t0; t < t0 + 8 && t < M; t++) x[t * K + k] = xT[k * MP + t];
+        }
 }
 
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
@@ -976,18 +977,49 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
     }
 }
 
+/* Asks for a document's segment of `rows` feature-major rows (one or two cache lines each): a document
+   touches a few lanes of hundreds of rows, a pattern no hardware prefetcher follows. */
+static TARGET void FN(prefetch_doc)(const FN(AttnArgs) *a, const real *base, ptrdiff_t rows, int doc, int write)
+{
+    const ptrdiff_t s0 = a->b->doc_start[doc], last = a->b->doc_start[doc + 1] - 1;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        if (write) {
+            __builtin_prefetch(base + r * a->MP + s0, 1);
+            __builtin_prefetch(base + r * a->MP + last, 1);
+        } else {
+            __builtin_prefetch(base + r * a->MP + s0);
+            __builtin_prefetch(base + r * a->MP + last);
+        }
+    }
+}
+
 static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
     const FN(AttnArgs) *a = p;
+    const ptrdiff_t C = a->s->C;
     real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
-    for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_forward_doc)(a, (int)doc, scratch);
+    for (ptrdiff_t doc = begin; doc < end; doc++) {
+        if (doc + 1 < end) {
+            FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
+            FN(prefetch_doc)(a, a->o, C, (int)doc + 1, 1);
+        }
+        FN(attention_forward_doc)(a, (int)doc, scratch);
+    }
 }
 
 static TARGET void FN(attention_backward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
     const FN(AttnArgs) *a = p;
+    const ptrdiff_t C = a->s->C;
     real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
-    for (ptrdiff_t doc = begin; doc < end; doc++) FN(attention_backward_doc)(a, (int)doc, scratch);
+    for (ptrdiff_t doc = begin; doc < end; doc++) {
+        if (doc + 1 < end) {
+            FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
+            FN(prefetch_doc)(a, a->dO, C, (int)doc + 1, 0);
+            FN(prefetch_doc)(a, a->dqkv, 3 * C, (int)doc + 1, 1);
+        }
+        FN(attention_backward_doc)(a, (int)doc, scratch);
+    }
 }
 
 /* ---- the whole model on one batch ---- */
