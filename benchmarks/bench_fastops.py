@@ -1,7 +1,8 @@
 """The C trainer's speed table (issue 3): every rung and dtype against train.py, measured side by side.
 
-    python benchmarks/bench_fastops.py                 # the table, the batch throughput, int8 (~5 min)
+    python benchmarks/bench_fastops.py                 # the table, memory floor, batch throughput, int8 (~1 min)
     python benchmarks/bench_fastops.py --quick         # fewer repeats
+    python benchmarks/bench_fastops.py --only memory   # one section: steps, memory, batch or int8
     pytest benchmarks/bench_fastops.py --benchmark-timer=time.process_time   # the same steps, pytest-benchmark
 
 One document per step unless noted (names average ~7 tokens). Each case times a call that runs many
@@ -89,6 +90,29 @@ def speed_table(repeats: int, out=sys.stdout) -> None:
             reference = reference or cpu
             print(f"| {label} | {rung} | {wall * 1e3:.4f} | {cpu * 1e3:.4f} | {tokens / cpu:,.0f} | "
                   f"{reference / cpu:,.0f}x |", file=out, flush=True)
+
+
+def memory_floor(repeats: int, out=sys.stdout) -> None:
+    """One-document float64 steps against the time this machine needs just to move their bytes.
+
+    With ~7 tokens a step does ~6 FLOPs per weight but moves every weight and both Adam moments: the
+    fused step reads W (forward), then reads and writes W, m and v (backward + Adam), 7 x 8 bytes per
+    parameter over a footprint of 3 x 8 bytes per parameter. The floor is those bytes over the triad
+    bandwidth (microgpt/ceilings.c) measured at that footprint in the same run.
+    """
+    from microgpt import _ceilings
+    print("\n| config | one-document step, ms (cpu) | MB moved | triad GB/s at its footprint | memory floor, ms | "
+          "step / floor |", file=out)
+    print("|---|---:|---:|---:|---:|---:|", file=out)
+    for i, (label, shape) in enumerate(CONFIGS.items()):
+        engine = make_engine("c float64", shape)
+        _, step = time_steps(engine, batches_for(shape, STEPS["c float64"][i]), repeats)
+        n = len(engine.params)
+        moved = 7 * 8 * n
+        bandwidth = _ceilings.bandwidth("triad", [3 * 8 * n], 1, repeats)[0]
+        floor = moved / bandwidth
+        print(f"| {label} | {step * 1e3:.4f} | {moved / 1e6:.1f} | {bandwidth / 1e9:.0f} | {floor * 1e3:.4f} | "
+              f"{step / floor:.1f} |", file=out, flush=True)
 
 
 def batch_throughput(repeats: int, out=sys.stdout) -> None:
@@ -196,12 +220,14 @@ if pytest is not None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
-    p.add_argument("--only", choices=("steps", "batch", "int8"), help="one section only")
+    p.add_argument("--only", choices=("steps", "memory", "batch", "int8"), help="one section only")
     args = p.parse_args(argv)
     repeats = 3 if args.quick else 7
     print(f"fastops instruction sets: {', '.join(fastops.available_isas())}; {len(read_names())} names")
     if args.only in (None, "steps"):
         speed_table(repeats)
+    if args.only in (None, "memory"):
+        memory_floor(repeats)
     if args.only in (None, "batch"):
         batch_throughput(repeats)
     if args.only in (None, "int8"):
