@@ -98,21 +98,24 @@ def memory_floor(repeats: int, out=sys.stdout) -> None:
     With ~7 tokens a step does ~6 FLOPs per weight but moves every weight and both Adam moments: the
     fused step reads W (forward), then reads and writes W, m and v (backward + Adam), 7 x 8 bytes per
     parameter over a footprint of 3 x 8 bytes per parameter. The floor is those bytes over the triad
-    bandwidth (microgpt/ceilings.c) measured at that footprint in the same run.
+    bandwidth (microgpt/ceilings.c) measured at that footprint in the same run. The last column is the
+    same step with --threads 2 (tiny models stay on one thread: see fastops.c, run_batch).
     """
     from microgpt import _ceilings
     print("\n| config | one-document step, ms (cpu) | MB moved | triad GB/s at its footprint | memory floor, ms | "
-          "step / floor |", file=out)
-    print("|---|---:|---:|---:|---:|---:|", file=out)
+          "step / floor | on 2 threads, ms (wall) |", file=out)
+    print("|---|---:|---:|---:|---:|---:|---:|", file=out)
     for i, (label, shape) in enumerate(CONFIGS.items()):
         engine = make_engine("c float64", shape)
-        _, step = time_steps(engine, batches_for(shape, STEPS["c float64"][i]), repeats)
+        batches = batches_for(shape, STEPS["c float64"][i])
+        _, step = time_steps(engine, batches, repeats)
+        two_threads, _ = time_steps(make_engine("c float64", shape, threads=2), batches, repeats)
         n = len(engine.params)
         moved = 7 * 8 * n
         bandwidth = _ceilings.bandwidth("triad", [3 * 8 * n], 1, repeats)[0]
         floor = moved / bandwidth
         print(f"| {label} | {step * 1e3:.4f} | {moved / 1e6:.1f} | {bandwidth / 1e9:.0f} | {floor * 1e3:.4f} | "
-              f"{step / floor:.1f} |", file=out, flush=True)
+              f"{step / floor:.1f} | {two_threads * 1e3:.4f} |", file=out, flush=True)
 
 
 def batch_throughput(repeats: int, out=sys.stdout) -> None:
