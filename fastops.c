@@ -693,7 +693,8 @@ typedef struct {
 /* Rows i .. i+R-1, columns [begin, end). dX's running sums pass through registers once per R rows; the
    R weight-gradient vectors never leave them: each goes straight into Adam (or G). */
 static inline __attribute__((always_inline)) TARGET void
-FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end, real *g_rows)
+FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end,
+               real *g_rows)
 {
     const ptrdiff_t K = f->K, M = f->M, MP = f->MP;
     const FN(AdamArgs) *a = f->adam;
@@ -717,7 +718,7 @@ FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin
             const VREAL x = VLOAD_MASKED(mask, f->x_tok + t * K + k);
             real *dx = f->dx_tok + t * (K + DX_SKEW) + k;
             const VREAL d0 = VSET1(dy[t]);
-            VREAL acc = VFMA(d0, w0, VLOAD_MASKED(mask, dx));
+            VREAL acc = first ? VMUL(d0, w0) : VFMA(d0, w0, VLOAD_MASKED(mask, dx));
             g0 = VFMA(d0, x, g0);
             if (R > 1) { const VREAL d = VSET1(dy[MP + t]); acc = VFMA(d, w1, acc); g1 = VFMA(d, x, g1); }
             if (R > 2) { const VREAL d = VSET1(dy[2 * MP + t]); acc = VFMA(d, w2, acc); g2 = VFMA(d, x, g2); }
@@ -734,8 +735,8 @@ FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin
 #else
 /* Portable version: row by row, each loop over contiguous columns for the compiler to vectorise; the
    row's gradient goes through a scratch row (G itself without adam) into Adam. */
-static inline TARGET void FN(fused_rows)(const int R, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin,
-                                         ptrdiff_t end, real *g_rows)
+static inline TARGET void FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i,
+                                         ptrdiff_t begin, ptrdiff_t end, real *g_rows)
 {
     const ptrdiff_t K = f->K;
     const FN(AdamArgs) *a = f->adam;
@@ -747,7 +748,10 @@ static inline TARGET void FN(fused_rows)(const int R, const FN(FusedArgs) *f, pt
             const real d = f->dyT[r * f->MP + t];
             const real *restrict x = f->x_tok + t * K;
             real *restrict dx = f->dx_tok + t * (K + DX_SKEW);
-            for (ptrdiff_t k = begin; k < end; k++) { dx[k] += d * w[k]; dw[k] += d * x[k]; }
+            if (first && r == i)
+                for (ptrdiff_t k = begin; k < end; k++) { dx[k] = d * w[k]; dw[k] += d * x[k]; }
+            else
+                for (ptrdiff_t k = begin; k < end; k++) { dx[k] += d * w[k]; dw[k] += d * x[k]; }
         }
         if (a) FN(adam_update)(a, f->W - a->p + r * K + begin, f->W - a->p + r * K + end, dw + begin);
     }
@@ -758,10 +762,12 @@ static TARGET void FN(linear_backward_fused_task)(void *p, ptrdiff_t begin, ptrd
 {
     const FN(FusedArgs) *f = p;
     real *g_rows = f->g_rows + (ptrdiff_t)thread * f->K;
-    for (ptrdiff_t t = 0; t < f->M; t++) memset(f->dx_tok + t * (f->K + DX_SKEW) + begin, 0, (size_t)(end - begin) * sizeof(real));
-    ptrdiff_t i = 0;
-    for (; i + FUSED_ROWS <= f->N; i += FUSED_ROWS) FN(fused_rows)(FUSED_ROWS, f, i, begin, end, g_rows);
-    for (; i < f->N; i++) FN(fused_rows)(1, f, i, begin, end, g_rows);
+    /* the first group stores dX, the others add to it */
+    ptrdiff_t i = f->N >= FUSED_ROWS ? FUSED_ROWS : 1;
+    if (i == FUSED_ROWS) FN(fused_rows)(FUSED_ROWS, 1, f, 0, begin, end, g_rows);
+    else FN(fused_rows)(1, 1, f, 0, begin, end, g_rows);
+    for (; i + FUSED_ROWS <= f->N; i += FUSED_ROWS) FN(fused_rows)(FUSED_ROWS, 0, f, i, begin, end, g_rows);
+    for (; i < f->N; i++) FN(fused_rows)(1, 0, f, i, begin, end, g_rows);
 }
 
 /* Token-major copy (M x K) of a feature-major array (K x MP). */
