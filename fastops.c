@@ -1015,33 +1015,35 @@ static TARGET void FN(prefetch_doc)(const FN(AttnArgs) *a, const real *base, ptr
     }
 }
 
-static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+/* Documents begin .. end-1 one after another, forward or backward; while one computes, the rows of the
+   next are fetched. */
+static TARGET void FN(attention_docs)(const FN(AttnArgs) *a, ptrdiff_t begin, ptrdiff_t end, int thread, int backward)
 {
-    const FN(AttnArgs) *a = p;
     const ptrdiff_t C = a->s->C;
     real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
     for (ptrdiff_t doc = begin; doc < end; doc++) {
         if (doc + 1 < end) {
             FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
-            FN(prefetch_doc)(a, a->o, C, (int)doc + 1, 1);
+            if (backward) {
+                FN(prefetch_doc)(a, a->dO, C, (int)doc + 1, 0);
+                FN(prefetch_doc)(a, a->dqkv, 3 * C, (int)doc + 1, 1);
+            } else {
+                FN(prefetch_doc)(a, a->o, C, (int)doc + 1, 1);
+            }
         }
-        FN(attention_forward_doc)(a, (int)doc, scratch);
+        if (backward) FN(attention_backward_doc)(a, (int)doc, scratch);
+        else FN(attention_forward_doc)(a, (int)doc, scratch);
     }
+}
+
+static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    FN(attention_docs)(p, begin, end, thread, 0);
 }
 
 static TARGET void FN(attention_backward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
-    const FN(AttnArgs) *a = p;
-    const ptrdiff_t C = a->s->C;
-    real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
-    for (ptrdiff_t doc = begin; doc < end; doc++) {
-        if (doc + 1 < end) {
-            FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
-            FN(prefetch_doc)(a, a->dO, C, (int)doc + 1, 0);
-            FN(prefetch_doc)(a, a->dqkv, 3 * C, (int)doc + 1, 1);
-        }
-        FN(attention_backward_doc)(a, (int)doc, scratch);
-    }
+    FN(attention_docs)(p, begin, end, thread, 1);
 }
 
 /* ---- the whole model on one batch ---- */
