@@ -92,7 +92,7 @@ def test_bad_arguments():
         fastops.InferenceGPT(array("d", [0.0] * 3), *dims)
     with pytest.raises(TypeError, match="float64 .* or float32"):
         fastops.InferenceGPT(array("i", [0] * len(params)), *dims)
-    with pytest.raises(TypeError, match="contiguous float64 or float32 buffer"):
+    with pytest.raises(TypeError, match="contiguous buffer of float64 or float32"):
         fastops.InferenceGPT([0.0] * len(params), *dims)
     with pytest.raises(ValueError, match="n_head must divide n_embd"):
         fastops.InferenceGPT(params.data, 27, 16, 1, 3, 8)

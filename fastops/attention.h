@@ -1,0 +1,176 @@
+/* fastops/attention.h: causal self-attention of one kernel instance, document by document. */
+
+/* ---- causal self-attention of one document, all heads ----
+   Query positions are vector lanes: the document's T tokens are copied into local tiles padded with
+   zeros to TP = T rounded up to LANE_PAD lanes, and every loop runs over whole groups of lanes. For key
+   j and query lane t, P[j][t] is the softmax weight (0 for j > t); it is kept for the backward pass. */
+
+typedef struct {
+    const Shape *s;
+    const Batch *b;
+    ptrdiff_t MP;
+    const real *qkv, *dO, *att_saved;
+    real *att, *o, *dqkv, *scratch;
+} FN(AttnArgs);
+
+/* y[t] = sum_i a[i * a_stride] x[i * ld + t] for n lanes (n a multiple of LANE_PAD), summed in i order.
+   Each group of LANE_PAD lanes is one register accumulator, so the sum never round-trips memory. */
+static inline TARGET void FN(lanes_combine)(real *restrict y, const real *a, ptrdiff_t a_stride, const real *x,
+                                            ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n)
+{
+    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD) {
+        real acc[LANE_PAD] = {0};
+        for (ptrdiff_t i = 0; i < rows; i++)
+            for (int t = 0; t < LANE_PAD; t++) acc[t] += a[i * a_stride] * x[i * ld + t0 + t];
+        memcpy(y + t0, acc, sizeof acc);
+    }
+}
+
+/* Copies rows of a feature-major array (T lanes from s0) into a tile with TP lanes, zero-padded. */
+static TARGET void FN(load_tile)(real *tile, ptrdiff_t ld_tile, const real *src, ptrdiff_t rows, ptrdiff_t MP,
+                                 ptrdiff_t s0, ptrdiff_t T, ptrdiff_t TP)
+{
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        for (ptrdiff_t t = 0; t < T; t++) tile[r * ld_tile + t] = src[r * MP + s0 + t];
+        for (ptrdiff_t t = T; t < TP; t++) tile[r * ld_tile + t] = 0;
+    }
+}
+
+/* Transposes the T x T corner of a (T x TP lanes) tile into another, zero-padding its lanes. */
+static TARGET void FN(transpose_tile)(real *out, const real *in, ptrdiff_t ld, ptrdiff_t T, ptrdiff_t TP)
+{
+    for (ptrdiff_t t = 0; t < T; t++) {
+        for (ptrdiff_t j = 0; j < T; j++) out[t * ld + j] = in[j * ld + t];
+        for (ptrdiff_t j = T; j < TP; j++) out[t * ld + j] = 0;
+    }
+}
+
+static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
+{
+    const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
+    const real scale = (real)1 / R_SQRT((real)D);
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *acc = v + C * TPb + 3 * TPb * TPb;
+    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);   /* q, k, v tiles are consecutive */
+    for (ptrdiff_t h = 0; h < H; h++) {
+        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb;
+        real *P = a->att + (s0 * H + h * T) * TPb;
+        /* scores s_j[t] = q[t] . k_j / sqrt(D), -inf where j > t */
+        for (ptrdiff_t j = 0; j < T; j++) {
+            real *Pj = P + j * TPb;
+            FN(lanes_combine)(Pj, kh + j, TPb, qh, TPb, D, TP);
+            for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
+        }
+        /* softmax over j, max-subtracted, lane by lane */
+        for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
+            real top[LANE_PAD], total[LANE_PAD] = {0};
+            memcpy(top, P + t0, sizeof top);
+            for (ptrdiff_t j = 1; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) top[t] = P[j * TPb + t0 + t] > top[t] ? P[j * TPb + t0 + t] : top[t];
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) {
+                    const real e = FN(vexp)(P[j * TPb + t0 + t] - top[t]);   /* 0 for the masked j > t */
+                    P[j * TPb + t0 + t] = e;
+                    total[t] += e;
+                }
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) P[j * TPb + t0 + t] /= total[t];
+        }
+        /* o[t] = sum_j P_j[t] v_j */
+        for (ptrdiff_t d = 0; d < D; d++) {
+            FN(lanes_combine)(acc, vh + d * TPb, 1, P, TPb, T, TP);
+            memcpy(a->o + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
+        }
+    }
+}
+
+/* Gradients of one document's attention: dQ, dK, dV into dqkv from dO and the saved weights P. */
+static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, real *scratch)
+{
+    const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
+    const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
+    const real scale = (real)1 / R_SQRT((real)D);
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *dO = v + C * TPb;
+    real *dS = dO + C * TPb, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb, *acc = dST + TPb * TPb;
+    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);
+    FN(load_tile)(dO, TPb, a->dO, C, MP, s0, T, TP);
+    for (ptrdiff_t h = 0; h < H; h++) {
+        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb, *dOh = dO + h * D * TPb;
+        const real *P = a->att_saved + (s0 * H + h * T) * TPb;
+        /* through o = sum_j P_j v_j:  dP_j[t] = dO[t] . v_j */
+        for (ptrdiff_t j = 0; j < T; j++) FN(lanes_combine)(dS + j * TPb, vh + j, TPb, dOh, TPb, D, TP);
+        /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); padding lanes t >= T get 0 */
+        for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
+            real mean[LANE_PAD] = {0};
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) mean[t] += P[j * TPb + t0 + t] * dS[j * TPb + t0 + t];
+            for (ptrdiff_t j = 0; j < T; j++)
+                for (int t = 0; t < LANE_PAD; t++) {
+                    const ptrdiff_t i = j * TPb + t0 + t;
+                    dS[i] = t0 + t < T ? P[i] * (dS[i] - mean[t]) * scale : 0;
+                }
+        }
+        /* through s_j = q . k_j:  dq[t] = sum_j dS_j[t] k_j */
+        for (ptrdiff_t d = 0; d < D; d++) {
+            FN(lanes_combine)(acc, kh + d * TPb, 1, dS, TPb, T, TP);
+            memcpy(a->dqkv + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
+        }
+        /* dv_j = sum_t P_j[t] dO[t] and dk_j = sum_t dS_j[t] q[t]: keys become the lanes */
+        FN(transpose_tile)(PT, P, TPb, T, TP);
+        FN(transpose_tile)(dST, dS, TPb, T, TP);
+        for (ptrdiff_t d = 0; d < D; d++) {
+            FN(lanes_combine)(acc, dOh + d * TPb, 1, PT, TPb, T, TP);
+            memcpy(a->dqkv + (2 * C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
+            FN(lanes_combine)(acc, qh + d * TPb, 1, dST, TPb, T, TP);
+            memcpy(a->dqkv + (C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
+        }
+    }
+}
+
+/* Asks for a document's segment of `rows` feature-major rows (one or two cache lines each): a document
+   touches a few lanes of hundreds of rows, a pattern no hardware prefetcher follows. */
+static TARGET void FN(prefetch_doc)(const FN(AttnArgs) *a, const real *base, ptrdiff_t rows, int doc, int write)
+{
+    const ptrdiff_t s0 = a->b->doc_start[doc], last = a->b->doc_start[doc + 1] - 1;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        if (write) {
+            __builtin_prefetch(base + r * a->MP + s0, 1);
+            __builtin_prefetch(base + r * a->MP + last, 1);
+        } else {
+            __builtin_prefetch(base + r * a->MP + s0);
+            __builtin_prefetch(base + r * a->MP + last);
+        }
+    }
+}
+
+/* Documents begin .. end-1 one after another, forward or backward; while one computes, the rows of the
+   next are fetched. */
+static TARGET void FN(attention_docs)(const FN(AttnArgs) *a, ptrdiff_t begin, ptrdiff_t end, int thread, int backward)
+{
+    const ptrdiff_t C = a->s->C;
+    real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
+    for (ptrdiff_t doc = begin; doc < end; doc++) {
+        if (doc + 1 < end) {
+            FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
+            if (backward) {
+                FN(prefetch_doc)(a, a->dO, C, (int)doc + 1, 0);
+                FN(prefetch_doc)(a, a->dqkv, 3 * C, (int)doc + 1, 1);
+            } else {
+                FN(prefetch_doc)(a, a->o, C, (int)doc + 1, 1);
+            }
+        }
+        if (backward) FN(attention_backward_doc)(a, (int)doc, scratch);
+        else FN(attention_forward_doc)(a, (int)doc, scratch);
+    }
+}
+
+static TARGET void FN(attention_forward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    FN(attention_docs)(p, begin, end, thread, 0);
+}
+
+static TARGET void FN(attention_backward_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int thread)
+{
+    FN(attention_docs)(p, begin, end, thread, 1);
+}
+

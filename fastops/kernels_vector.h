@@ -1,0 +1,193 @@
+/* fastops/kernels_vector.h: the optimised kernels, written once against the vector layer (fastops/simd.h)
+   and compiled for every vector instruction set: Adam on vectors, gemm's register tile, the fused
+   small-batch backward pass. fastops/reference.h has the same three in plain C. */
+
+/* Adam on one vector of gradients g for the (masked) elements at index i; divisions by bc1 and bc2
+   become multiplications by their inverses. The square root and the last division are the hardware's
+   (correctly rounded, as in train.py): they run on their own unit, beside the multiply-adds of the
+   weight gradient that feeds this update. */
+static inline __attribute__((always_inline)) TARGET void FN(adam_vector)(const FN(AdamArgs) *a, ptrdiff_t i,
+                                                                         VREAL g, VMASK mask)
+{
+    g = VMUL(g, VSET1(a->scale));
+    const VREAL m = VADD(VMUL(VSET1(a->b1), VLOAD_MASKED(mask, a->m + i)), VMUL(VSET1(a->c1), g));
+    const VREAL v = VADD(VMUL(VSET1(a->b2), VLOAD_MASKED(mask, a->v + i)), VMUL(VMUL(VSET1(a->c2), g), g));
+    const VREAL denom = VADD(VSQRT(VMUL(v, VSET1(a->inv_bc2))), VSET1(a->eps));
+    const VREAL step = VDIV(VMUL(VSET1(a->lr), VMUL(m, VSET1(a->inv_bc1))), denom);
+    if (a->store_grad) VSTORE_MASKED(a->g + i, mask, g);
+    VSTORE_MASKED(a->m + i, mask, m);
+    VSTORE_MASKED(a->v + i, mask, v);
+    VSTORE_MASKED(a->p + i, mask, VSUB(VLOAD_MASKED(mask, a->p + i), step));
+}
+
+/* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
+static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end, const real *grad)
+{
+    for (ptrdiff_t i = begin; i < end; i += VW) {
+        const VMASK mask = end - i >= VW ? VMASK_ALL : VMASK_FIRST(end - i);
+        FN(adam_vector)(a, i, VLOAD_MASKED(mask, grad + (i - begin)), mask);
+    }
+}
+
+/* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
+   With `adam`, C is the gradient of the parameters at the same offset: instead of being stored it is
+   applied to them right away, while the tile is still in registers (one pass over the weights, not two). */
+
+
+/* A register tile of MR (<= GEMM_MR) rows x NR (<= 2) vectors of C, the last vector masked to the columns that
+   exist. Inlined with constant MR, NR; the accumulators are named variables, not an array, so that
+   they stay in registers (GCC keeps a 1 KB array of vectors in memory). */
+static inline __attribute__((always_inline)) TARGET void
+FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+              const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate, VMASK last,
+              const FN(AdamArgs) *adam)
+{
+    const VMASK mask0 = NR == 1 ? last : VMASK_ALL;
+    VREAL c00 = VZERO(), c10 = VZERO(), c20 = VZERO(), c30 = VZERO(), c40 = VZERO(), c50 = VZERO(),
+          c60 = VZERO(), c70 = VZERO(), c01 = VZERO(), c11 = VZERO(), c21 = VZERO(), c31 = VZERO(),
+          c41 = VZERO(), c51 = VZERO(), c61 = VZERO(), c71 = VZERO();
+#define TILE_ROWS(DO) DO(0) DO(1) DO(2) DO(3) DO(4) DO(5) DO(6) DO(7)
+#define LOAD_ROW(r) if (MR > r && accumulate) {                                                   \
+        c##r##0 = VLOAD_MASKED(mask0, Cm + r * ldc);                                             \
+        if (NR == 2) c##r##1 = VLOAD_MASKED(last, Cm + r * ldc + VW); }
+#define FMA_ROW(r) if (MR > r) {                                                                  \
+        const VREAL ar = VSET1(a[r * a_rs]);                                                     \
+        c##r##0 = VFMA(ar, b0, c##r##0);                                                         \
+        if (NR == 2) c##r##1 = VFMA(ar, b1, c##r##1); }
+#define STORE_ROW(r) if (MR > r) {                                                                \
+        if (adam) FN(adam_vector)(adam, Cm + r * ldc - adam->g, c##r##0, mask0);                 \
+        else VSTORE_MASKED(Cm + r * ldc, mask0, c##r##0);                                        \
+        if (NR == 2) {                                                                           \
+            if (adam) FN(adam_vector)(adam, Cm + r * ldc + VW - adam->g, c##r##1, last);         \
+            else VSTORE_MASKED(Cm + r * ldc + VW, last, c##r##1); } }
+    TILE_ROWS(LOAD_ROW)
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const real *b = B + k * ldb, *a = A + k * a_cs;
+        const VREAL b0 = VLOAD_MASKED(mask0, b);
+        const VREAL b1 = NR == 2 ? VLOAD_MASKED(last, b + VW) : b0;
+        TILE_ROWS(FMA_ROW)
+    }
+    TILE_ROWS(STORE_ROW)
+#undef TILE_ROWS
+#undef LOAD_ROW
+#undef FMA_ROW
+#undef STORE_ROW
+}
+
+/* The tile of C at rows m0.., columns n0.. (up to GEMM_MR rows, 2 vectors), dispatched to a constant shape. */
+static TARGET void FN(gemm_block)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
+                                  ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc,
+                                  int accumulate, const FN(AdamArgs) *adam, ptrdiff_t m0, ptrdiff_t n0)
+{
+    const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
+    const int rows = M - m0 < GEMM_MR ? (int)(M - m0) : GEMM_MR, NR = cols > VW ? 2 : 1;
+    const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
+    const real *a = A + m0 * a_rs, *b = B + n0;
+    real *c = Cm + m0 * ldc + n0;
+#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam)
+    switch (rows * 2 + NR - 1) {
+    case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
+    case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
+    case 6: TILE(3, 1); break;  case 7: TILE(3, 2); break;
+    case 8: TILE(4, 1); break;  case 9: TILE(4, 2); break;
+    case 10: TILE(5, 1); break; case 11: TILE(5, 2); break;
+    case 12: TILE(6, 1); break;
+#if GEMM_MR > 6
+    case 13: TILE(6, 2); break;
+    case 14: TILE(7, 1); break; case 15: TILE(7, 2); break;
+    case 16: TILE(8, 1); break;
+#endif
+    default: TILE(GEMM_MR, 2); break;
+    }
+#undef TILE
+}
+
+/* Asks for the Adam state (p, m, v) of the tile at rows m0.., columns n0.. of C, a tile or more before its
+   update: the hardware prefetchers do not follow a tile's short row segments. */
+static inline TARGET void FN(prefetch_adam_tile)(const FN(AdamArgs) *a, const real *Cm, ptrdiff_t ldc, ptrdiff_t M,
+                                                 ptrdiff_t m0, ptrdiff_t n0)
+{
+    for (ptrdiff_t r = m0; r < m0 + GEMM_MR && r < M; r++) {
+        const ptrdiff_t i = (Cm - a->g) + r * ldc + n0;
+        for (int line = 0; line < (int)(2 * VW * sizeof(real)); line += 64) {
+            __builtin_prefetch((const char *)(a->p + i) + line, 1);
+            __builtin_prefetch((const char *)(a->m + i) + line, 1);
+            __builtin_prefetch((const char *)(a->v + i) + line, 1);
+        }
+    }
+}
+
+static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const FN(AdamArgs) *adam)
+{
+    /* When A is read down its columns (W^T), a tile's k loop touches one cache line in each of K rows;
+       blocks of 128 k keep those lines in L1 for the next tiles (measured: 16 halves the speed, and so
+       does no blocking at K = 384). The partial sums wait in C, so every element still sums its
+       products in k order. */
+    const ptrdiff_t KB = a_cs == 1 ? K : 128;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += KB) {
+        const ptrdiff_t kb = K - k0 < KB ? K - k0 : KB;
+        const int acc = accumulate || k0 > 0;
+        const FN(AdamArgs) *upd = k0 + kb == K ? adam : NULL;
+        const real *a = A + k0 * a_cs, *b = B + k0 * ldb;
+        if (K <= 64 || upd) {
+            /* short sums, or an Adam update: row after row, so that C and the Adam moments stream
+               through memory (fetched a few tiles ahead) while A's rows stay in L1, and B too when
+               the sums are short (the tokens of one or two documents) */
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW) {
+                    if (upd && M * N >= 65536) FN(prefetch_adam_tile)(upd, Cm, ldc, M, m0, n0 + 8 * VW);
+                    FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+                }
+        } else {
+            /* long sums: column panel after column panel, so that B's panel stays in cache */
+            for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
+                    FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+        }
+    }
+}
+
+/* Rows i .. i+R-1, columns [begin, end). dX's running sums pass through registers once per R rows; the
+   R weight-gradient vectors never leave them: each goes straight into Adam (or G). */
+static inline __attribute__((always_inline)) TARGET void
+FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end,
+               real *g_rows)
+{
+    const ptrdiff_t K = f->K, M = f->M, MP = f->MP;
+    const FN(AdamArgs) *a = f->adam;
+    const real *dy = f->dyT + i * MP, *w = f->W + i * K;
+    (void)g_rows;
+    for (ptrdiff_t k = begin; k < end; k += VW) {
+        const VMASK mask = end - k >= VW ? VMASK_ALL : VMASK_FIRST(end - k);
+        if (a)   /* the same columns of the next group: far enough ahead for memory to deliver */
+            for (ptrdiff_t r = R; r < 2 * R; r++) {
+                const ptrdiff_t ahead = f->W - a->p + (i + r) * K + k;
+                __builtin_prefetch(a->p + ahead, 1);
+                __builtin_prefetch(a->m + ahead, 1);
+                __builtin_prefetch(a->v + ahead, 1);
+            }
+        const VREAL w0 = VLOAD_MASKED(mask, w + k);
+        const VREAL w1 = R > 1 ? VLOAD_MASKED(mask, w + K + k) : w0;
+        const VREAL w2 = R > 2 ? VLOAD_MASKED(mask, w + 2 * K + k) : w0;
+        const VREAL w3 = R > 3 ? VLOAD_MASKED(mask, w + 3 * K + k) : w0;
+        VREAL g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+        for (ptrdiff_t t = 0; t < M; t++) {
+            const VREAL x = VLOAD_MASKED(mask, f->x_tok + t * K + k);
+            real *dx = f->dx_tok + t * (K + DX_SKEW) + k;
+            const VREAL d0 = VSET1(dy[t]);
+            VREAL acc = first ? VMUL(d0, w0) : VFMA(d0, w0, VLOAD_MASKED(mask, dx));
+            g0 = VFMA(d0, x, g0);
+            if (R > 1) { const VREAL d = VSET1(dy[MP + t]); acc = VFMA(d, w1, acc); g1 = VFMA(d, x, g1); }
+            if (R > 2) { const VREAL d = VSET1(dy[2 * MP + t]); acc = VFMA(d, w2, acc); g2 = VFMA(d, x, g2); }
+            if (R > 3) { const VREAL d = VSET1(dy[3 * MP + t]); acc = VFMA(d, w3, acc); g3 = VFMA(d, x, g3); }
+            VSTORE_MASKED(dx, mask, acc);
+        }
+#define FUSED_DONE(r, gr) if (R > r) {                                                              \
+            if (a) FN(adam_vector)(a, f->W - a->p + (i + r) * K + k, gr, mask);                       \
+            else VSTORE_MASKED(f->G + (i + r) * K + k, mask, gr); }
+        FUSED_DONE(0, g0) FUSED_DONE(1, g1) FUSED_DONE(2, g2) FUSED_DONE(3, g3)
+#undef FUSED_DONE
+    }
+}

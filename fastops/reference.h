@@ -1,0 +1,58 @@
+/* fastops/reference.h: the portable kernels -- the same contracts as fastops/kernels_vector.h in plain C
+   loops, for CPUs without a vector instance and as the reference the kernel harness checks the vector
+   instances against. */
+
+/* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
+static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end, const real *grad)
+{
+    real *restrict p = a->p, *restrict m = a->m, *restrict v = a->v;
+    for (ptrdiff_t i = begin; i < end; i++) {
+        const real gi = grad[i - begin] * a->scale;
+        if (a->store_grad) a->g[i] = gi;
+        m[i] = a->b1 * m[i] + a->c1 * gi;
+        v[i] = a->b2 * v[i] + a->c2 * gi * gi;
+        p[i] -= a->lr * (m[i] * a->inv_bc1) / (R_SQRT(v[i] * a->inv_bc2) + a->eps);
+    }
+}
+
+/* Portable version: row by row, the inner loop over contiguous columns for the compiler to vectorise. */
+static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const FN(AdamArgs) *adam)
+{
+    for (ptrdiff_t m = 0; m < M; m++) {
+        real *restrict c = Cm + m * ldc;
+        if (!accumulate)
+            for (ptrdiff_t n = 0; n < N; n++) c[n] = 0;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const real a = A[m * a_rs + k * a_cs];
+            const real *restrict b = B + k * ldb;
+            for (ptrdiff_t n = 0; n < N; n++) c[n] += a * b[n];
+        }
+        if (adam) FN(adam_update)(adam, c - adam->g, c - adam->g + N, c);
+    }
+}
+
+/* Portable version: row by row, each loop over contiguous columns for the compiler to vectorise; the
+   row's gradient goes through a scratch row (G itself without adam) into Adam. */
+static inline TARGET void FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i,
+                                         ptrdiff_t begin, ptrdiff_t end, real *g_rows)
+{
+    const ptrdiff_t K = f->K;
+    const FN(AdamArgs) *a = f->adam;
+    for (ptrdiff_t r = i; r < i + R; r++) {
+        const real *restrict w = f->W + r * K;
+        real *restrict dw = a ? g_rows : f->G + r * K;
+        for (ptrdiff_t k = begin; k < end; k++) dw[k] = 0;
+        for (ptrdiff_t t = 0; t < f->M; t++) {
+            const real d = f->dyT[r * f->MP + t];
+            const real *restrict x = f->x_tok + t * K;
+            real *restrict dx = f->dx_tok + t * (K + DX_SKEW);
+            if (first && r == i)
+                for (ptrdiff_t k = begin; k < end; k++) { dx[k] = d * w[k]; dw[k] += d * x[k]; }
+            else
+                for (ptrdiff_t k = begin; k < end; k++) { dx[k] += d * w[k]; dw[k] += d * x[k]; }
+        }
+        if (a) FN(adam_update)(a, f->W - a->p + r * K + begin, f->W - a->p + r * K + end, dw + begin);
+    }
+}
