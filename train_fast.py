@@ -15,8 +15,11 @@ Two rungs, both kept and both measured (benchmarks/bench_fastops.py):
     moving the kernels alone to C buys, and what the Python between them still costs.
 ``--int8`` draws the samples through fastops.InferenceGPT instead of the engine: the trained weights
 quantised per row to int8, VNNI where the CPU has it, whichever engine trained them.
+``--isa`` picks the instruction set of the fused engine's kernels (default auto: the best this CPU and
+build run; ``fastops.available_isas()`` lists them); the startup line names the one that runs.
 
     python train_fast.py --num-steps 1000            # fused C engine ("c")
+    python train_fast.py --isa avx2                  # the same, on the AVX2 kernels
     python train_fast.py --dtype float32 --threads 2 --batch-size 32
     python train_fast.py --engine c-ops              # per-op rung: train.py's graph, each op in C
     python train_fast.py --num-steps 300 --int8      # train, then sample with int8 weights
@@ -47,19 +50,66 @@ def _fastops():
     return fastops
 
 
+#: --isa names the fused engine knows of (fastops.available_isas() says which this CPU and build run)
+ISA_NAMES = ("avx512", "avx2", "sse", "neon", "generic")
+ISA_HELP = ("instruction set of the c engine's kernels: auto (default: the best available), "
+            + ", ".join(ISA_NAMES) + "; fastops.available_isas() lists this machine's")
+
+
+def available_isas() -> list[str]:
+    """The instruction sets fastops.GPT can run on this CPU and build, best first."""
+    return list(_fastops().available_isas())
+
+
+def check_isa(name: str | None, flag: str = "--isa") -> str | None:
+    """``name`` if the fused engine can run it here, None for auto (the best); a one-line UserError if not."""
+    if name is None or name.strip().lower() in ("", "auto"):
+        return None
+    name = name.strip().lower()
+    available = available_isas()
+    if name not in available:
+        raise UserError(f"{flag} {name} is not available on this CPU or build (available: {', '.join(available)}; "
+                        f"or auto)")
+    return name
+
+
+def parse_isas(text: str | None, flag: str = "--isa") -> list[str | None]:
+    """A comma list of instruction sets: each name checked, 'auto' -> None (the best), 'all' -> every
+    available one, best first; duplicates dropped."""
+    out: list[str | None] = []
+    for item in (text or "auto").split(","):
+        names = available_isas() if item.strip().lower() == "all" else [check_isa(item, flag)]
+        out += [n for n in names if n not in out]
+    return out
+
+
 class FastEngine(FlatArraysEngine):
     """The fused rung: one C call per optimizer step (see engines/__init__.py for the contract)."""
 
     name = "c"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
-                 threads: int = 1):
+                 threads: int = 1, isa: str | None = None):
         super().__init__(model_cfg, train_cfg, params, dtype)
         c = model_cfg
-        self.model = _fastops().GPT(self.params, self.grads, self.m, self.v, c.vocab_size, c.n_embd, c.n_layer,
-                                    c.n_head, c.block_size, mlp_act=c.mlp_act, beta1=train_cfg.beta1,
-                                    beta2=train_cfg.beta2, eps=train_cfg.eps, grad_clip=train_cfg.grad_clip,
-                                    threads=threads)
+        fastops = _fastops()
+        try:
+            self.model = fastops.GPT(self.params, self.grads, self.m, self.v, c.vocab_size, c.n_embd, c.n_layer,
+                                     c.n_head, c.block_size, mlp_act=c.mlp_act, beta1=train_cfg.beta1,
+                                     beta2=train_cfg.beta2, eps=train_cfg.eps, grad_clip=train_cfg.grad_clip,
+                                     threads=threads, isa=None if isa == "auto" else isa)
+        except ValueError as e:
+            if isa not in (None, "auto") and isa not in fastops.available_isas():  # say what would run instead
+                raise ValueError(f"isa {isa!r} is not available on this CPU or build (available: "
+                                 f"{', '.join(fastops.available_isas())})") from None
+            raise
+
+    check_isa = staticmethod(check_isa)   # the trainer checks --isa with it before reading any data
+
+    @property
+    def isa(self) -> str:
+        """The instruction set of the kernels in use (results and the startup line record it)."""
+        return self.model.isa
 
     @property
     def step(self) -> int:
@@ -87,17 +137,30 @@ class FastEngine(FlatArraysEngine):
         return self.model.logits(tokens)
 
 
-def int8_sampler(cfg: ModelConfig, params: FlatParams) -> tuple[Callable[[list[int]], list[float]], str]:
-    """``--int8``: the logits of fastops.InferenceGPT over ``params`` in int8, and a line saying what runs."""
+def int8_sampler(cfg: ModelConfig, params: FlatParams,
+                 isa: str | None = None) -> tuple[Callable[[list[int]], list[float]], str]:
+    """``--int8``: the logits of fastops.InferenceGPT over ``params`` in int8, and a line saying what runs.
+
+    ``isa`` (--isa) goes to InferenceGPT when it has int8 kernels for that instruction set; when it has
+    none (its set differs from the training engine's), InferenceGPT picks its best and the line says so."""
+    fastops = _fastops()
+    shape = (params.data, cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.block_size)
+    isa = None if isa in (None, "auto") else isa
+    note = ""
     try:
-        model = _fastops().InferenceGPT(params.data, cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
-                                        cfg.block_size, mlp_act=cfg.mlp_act)
+        try:
+            model = fastops.InferenceGPT(*shape, mlp_act=cfg.mlp_act, isa=isa)
+        except ValueError as e:
+            if isa is None or "isa" not in str(e):
+                raise
+            model = fastops.InferenceGPT(*shape, mlp_act=cfg.mlp_act)
+            note = f"; --isa {isa} has no int8 kernels here"
     except ValueError as e:
         raise UserError(f"--int8: fastops.InferenceGPT cannot run this model ({e})") from None
     kernel = "avx512-vnni" if model.isa == "avx512" else model.isa  # InferenceGPT's avx512 int8 kernel is VNNI
     fp32_bytes = 4 * len(params)  # every parameter is a weight (no biases, no norm gains)
     return model.logits, (f"int8 weights ({kernel}): {model.weight_bytes:,} bytes, "
-                          f"{fp32_bytes / model.weight_bytes:.2f}x smaller than float32")
+                          f"{fp32_bytes / model.weight_bytes:.2f}x smaller than float32{note}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,8 +13,13 @@ from microgpt import UserError
 
 MLP_ACTIVATIONS = ("relu2", "relu")
 #: The lab's standard model sizes, (n_embd, n_layer, n_head, block_size), used by every benchmark,
-#: the roofline and the notes: tiny is Karpathy's microgpt, medium the largest a pure-Python step survives.
-STANDARD_CONFIGS = {"tiny": (16, 1, 4, 8), "small": (64, 2, 4, 16), "medium": (128, 4, 4, 32)}
+#: the roofline and the notes: tiny is Karpathy's microgpt, medium the largest a pure-Python step survives;
+#: large and xl are "as the model grows" (a pure-Python step takes many seconds to minutes on them).
+STANDARD_CONFIGS = {"tiny": (16, 1, 4, 8), "small": (64, 2, 4, 16), "medium": (128, 4, 4, 32),
+                    "large": (256, 4, 4, 32), "xl": (512, 4, 4, 32)}
+#: The configs the benchmarks and the roofline run unless asked for others (large and xl are opt-in:
+#: ``--configs large,xl``), so the default runs keep their length and meaning.
+DEFAULT_CONFIGS = ("tiny", "small", "medium")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 
 

@@ -36,6 +36,7 @@ class Timing:
     warmup_s: float                         # the first ``warmup`` steps, compile/jit time included
     doc_lengths: list[list[int]] = field(default_factory=list)   # predictions per document, per timed step
     cpu_samples_ms: list[float] = field(default_factory=list)   # process CPU milliseconds per step, per sample
+    isa: str | None = None                  # the instruction set of an engine that picks one (the c engine)
 
     @property
     def ms_per_step(self) -> float:
@@ -53,9 +54,23 @@ class Timing:
     def tokens_per_s(self) -> float:
         return self.tokens_per_step / (self.ms_per_step / 1e3)
 
+    @property
+    def label(self) -> str:
+        """The engine's name in tables: ``c[avx2]`` for an engine that ran a chosen instruction set."""
+        return engine_label(self.engine, self.isa)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "ms_per_step": self.ms_per_step, "cpu_ms_per_step": self.cpu_ms_per_step,
+        """Every field (``isa`` only for engines that have one) and the medians."""
+        d = asdict(self)
+        if d["isa"] is None:
+            del d["isa"]
+        return {**d, "ms_per_step": self.ms_per_step, "cpu_ms_per_step": self.cpu_ms_per_step,
                 "tokens_per_step": self.tokens_per_step, "tokens_per_s": self.tokens_per_s}
+
+
+def engine_label(engine: str, isa: str | None = None) -> str:
+    """'c', 'avx2' -> 'c[avx2]'; an engine without an instruction set keeps its name."""
+    return f"{engine}[{isa}]" if isa else engine
 
 
 def model_dict(cfg: ModelConfig) -> dict:
@@ -71,9 +86,11 @@ class EngineTimer:
     """
 
     def __init__(self, engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int = 1,
-                 dtype: str = "float64", threads: int = 1, seed: int = 0):
+                 dtype: str = "float64", threads: int = 1, seed: int = 0, isa: str | None = None):
+        # ``isa`` goes only to an engine asked for one (the c engine); None lets it pick its best
         self.engine = engine_cls(cfg, TrainConfig(batch_size=batch_size, num_steps=10**9), init_params(cfg, seed),
-                                 dtype=dtype, threads=threads)
+                                 dtype=dtype, threads=threads, **({"isa": isa} if isa else {}))
+        self.isa = getattr(self.engine, "isa", None)    # what runs, whether chosen or picked
         self.cfg, self.docs, self.batch_size, self.dtype, self.threads = cfg, docs, batch_size, dtype, threads
         self.cursor = 0
         engine = self.engine
@@ -111,13 +128,14 @@ class EngineTimer:
 
 def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int = 1, dtype: str = "float64",
                 threads: int = 1, warmup: int = 2, samples: int = 5, min_sample_s: float = 0.05,
-                max_steps_per_sample: int = 1000, seed: int = 0) -> Timing:
+                max_steps_per_sample: int = 1000, seed: int = 0, isa: str | None = None) -> Timing:
     """Time ``engine_cls`` training ``cfg`` on ``docs`` (wrapped token lists), ``batch_size`` per step.
 
     Steps per sample are chosen after the warm-up so each sample lasts about ``min_sample_s`` (at least one
-    step): fast engines get many steps per sample, and timer resolution never dominates.
+    step): fast engines get many steps per sample, and timer resolution never dominates. ``isa`` picks the
+    instruction set of an engine that has a choice (None: its best); the Timing records the one that ran.
     """
-    timer = EngineTimer(engine_cls, cfg, docs, batch_size, dtype, threads, seed)
+    timer = EngineTimer(engine_cls, cfg, docs, batch_size, dtype, threads, seed, isa)
     warmup_s = timer.warm_up(warmup)
     k = timer.steps_for(min_sample_s, max_steps_per_sample)
     samples_ms, cpu_ms, lengths = [], [], []
@@ -127,4 +145,4 @@ def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size:
         cpu_ms.append(cpu)
         lengths += step_lengths
     return Timing(timer.engine.name, model_dict(cfg), batch_size, dtype, threads, k, samples_ms, warmup_s, lengths,
-                  cpu_ms)
+                  cpu_ms, timer.isa)

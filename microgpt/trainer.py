@@ -99,6 +99,9 @@ def build_parser(description: str, default_engine: str, int8: bool = False) -> a
     g.add_argument("--engine", choices=list(ENGINES), default=default_engine, help=f"engine (default: {default_engine})")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
     g.add_argument("--threads", type=int, default=1, help="threads the engine may use (recorded in results)")
+    g.add_argument("--isa", default="auto", metavar="NAME",
+                   help="instruction set of the c engine's kernels: auto (default: the best this CPU and build run), "
+                        "avx512, avx2, sse, neon or generic (recorded in checkpoints and the startup line)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or mps, for engines that support them")
     g.add_argument("--save", metavar="CKPT", help="write a checkpoint here at the end (and every --save-every steps)")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
@@ -281,8 +284,18 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
 
 
 def engine_options(engine_cls, args) -> dict:
-    """Constructor options from the flags; only engines that can run elsewhere accept a device."""
+    """Constructor options from the flags; only engines that can run elsewhere accept a device, and only
+    engines with a choice of kernels (the c engine) an instruction set, checked by its ``check_isa``."""
     options = {"dtype": args.dtype, "threads": args.threads}
+    isa = (args.isa or "auto").strip().lower()
+    if isa != "auto":
+        if "isa" not in inspect.signature(engine_cls).parameters:
+            raise UserError(f"--isa picks the kernels of --engine c; --engine {args.engine} has no such choice "
+                            f"(got --isa {args.isa})")
+        if "," in isa:
+            raise UserError(f"--isa takes one instruction set here (got {args.isa!r})")
+        check = getattr(engine_cls, "check_isa", None)
+        options["isa"] = check(isa) if check else isa   # an unavailable one fails now, before any data is read
     if args.device != "cpu":
         if "device" not in inspect.signature(engine_cls).parameters:
             raise UserError(f"--engine {args.engine} runs on the CPU only (got --device {args.device})")
@@ -297,9 +310,10 @@ def make_engine(engine_cls, options: dict, mcfg, tcfg, params, engine_name: str)
         raise UserError(f"--engine {engine_name}: {e}") from None
 
 
-def int8_logits(int8_sampler, mcfg: ModelConfig, params: FlatParams, out) -> Callable[[list[int]], list[float]]:
+def int8_logits(int8_sampler, mcfg: ModelConfig, params: FlatParams, out,
+                isa: str | None = None) -> Callable[[list[int]], list[float]]:
     """``--int8``: the entry point's int8 model of ``params``; says what runs before the samples do."""
-    logits, line = int8_sampler(mcfg, params)
+    logits, line = int8_sampler(mcfg, params, isa=isa)
     print(line, file=out)
     return logits
 
@@ -307,8 +321,8 @@ def int8_logits(int8_sampler, mcfg: ModelConfig, params: FlatParams, out) -> Cal
 def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, int8_sampler=None) -> History | None:
     """Parse ``argv`` and train (or only sample); raises UserError on bad input.
 
-    ``int8_sampler(model_cfg, params) -> (logits_fn, line)`` enables ``--int8``: samples are drawn from
-    ``logits_fn`` instead of the engine's, after ``line``.
+    ``int8_sampler(model_cfg, params, isa=None) -> (logits_fn, line)`` enables ``--int8``: samples are drawn
+    from ``logits_fn`` instead of the engine's, after ``line``; ``isa`` is --isa's choice (None for auto).
     """
     from engines import load_engine
 
@@ -330,7 +344,7 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, 
     if args.sample_from:
         ckpt = checkpoint.load(args.sample_from)
         if args.int8:
-            logits = int8_logits(int8_sampler, ckpt.model, ckpt.params, out)
+            logits = int8_logits(int8_sampler, ckpt.model, ckpt.params, out, options.get("isa"))
         else:
             logits = make_engine(engine_cls, options, ckpt.model, ckpt.train, ckpt.params, args.engine).logits
         tokenizer = tokenizer_from_dict(ckpt.tokenizer)
@@ -359,26 +373,30 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, 
         raise UserError("the training split is empty: provide more documents or lower --val-fraction")
 
     if args.int8:
-        int8_sampler(mcfg, params)  # a model the int8 path cannot run fails now, not after training
+        int8_sampler(mcfg, params, options.get("isa"))  # a model the int8 path cannot run fails now, not after training
     engine = make_engine(engine_cls, options, mcfg, tcfg, params, args.engine)
     if args.resume:
         engine.import_adam(ckpt.adam)
+    isa = getattr(engine, "isa", None)     # the instruction set that runs, for engines that choose one
     if not args.quiet:
-        print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}) | "
+        print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}"
+              f"{f', {isa}' if isa else ''}) | "
               f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
               f"vocab {mcfg.vocab_size} | steps {start}..{tcfg.num_steps}", file=out, flush=True)
     if args.stop_at and not start < args.stop_at <= tcfg.num_steps:
         raise UserError(f"--stop-at must be in ({start}, {tcfg.num_steps}] (got {args.stop_at})")
     hist = train(engine, data, mcfg, tcfg, start, args.stop_at, args.save, args.save_every, args.log_every, args.quiet,
-                 meta={"dtype": args.dtype, "threads": args.threads}, out=out)
+                 meta={"dtype": args.dtype, "threads": args.threads, **({"isa": isa} if isa else {})}, out=out)
     if hist.losses and not args.quiet:
         tail = hist.losses[-100:]
         print(f"mean training loss over the last {len(tail)} steps: {sum(tail) / len(tail):.4f}", file=out)
     if args.loss_log:
-        write_json_atomic(args.loss_log, {"engine": engine.name, "start_step": start, "train": hist.losses,
+        write_json_atomic(args.loss_log, {"engine": engine.name, **({"isa": isa} if isa else {}),
+                                          "start_step": start, "train": hist.losses,
                                           "val": hist.val, "config": mcfg.to_dict(), "train_config": tcfg.to_dict()})
     if scfg.num_samples:
-        logits = int8_logits(int8_sampler, mcfg, engine.export_params(), out) if args.int8 else engine.logits
+        logits = (int8_logits(int8_sampler, mcfg, engine.export_params(), out, options.get("isa")) if args.int8
+                  else engine.logits)
         print("samples:", file=out)
         for name in sample(logits, data.tokenizer, mcfg.block_size, scfg):
             print(f"  {name}", file=out)
