@@ -2,6 +2,7 @@
 
     python benchmark.py run --quick                        # < 60 s: every engine that imports, the default model
     python benchmark.py run -o out/bench.json              # the default matrix, < 5 min
+    python benchmark.py run --quick --isa all              # the c engine's cases once per instruction set
     python benchmark.py compare benchmarks/baseline.json out/bench.json [--md out/compare.md]
     python benchmark.py ab --base origin/main --quick      # base and head interleaved, then compared (CI's gate)
     python benchmark.py update-baseline [RESULTS]          # replace benchmarks/baseline.json, extend the history
@@ -12,7 +13,9 @@ Measuring. The matrix (benchmarks/matrix.json: engines x configs x batch sizes x
 timed with microgpt/timing.py in fresh worker processes: each round starts one process per engine and
 thread count, pinned to fixed CPUs, so a process's luck (memory layout, import order) is one round's,
 not the result's; the order of the engines rotates from round to round. Every sample is kept, in wall
-and in CPU time.
+and in CPU time. Each record of the c engine names the instruction set its kernels ran ("isa"); ``run
+--isa avx2`` (a comma list, or all) times the c engine's cases on the named sets instead of its best, as
+benchmarks of their own ids (``c[avx2] C16L1H4 b1 f64 t1``).
 
 Deciding. ``compare`` calls a benchmark a regression only when both hold: a one-sided rank test says the
 current samples are slower (p < alpha, default 0.01) *and* the ratio exceeds the effect floor (default
@@ -49,7 +52,7 @@ import sysconfig
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from microgpt import UserError, files
@@ -84,10 +87,12 @@ class Case:
     dtype: str
     threads: int
     threshold: float | None = None      # the effect floor for this benchmark, if the matrix sets one
+    isa: str | None = None              # the c engine's instruction set when chosen (--isa); None: its best
 
     @property
     def id(self) -> str:
-        return f"{self.engine} {config_label(self.config)} b{self.batch_size} {DTYPE_SHORT[self.dtype]} t{self.threads}"
+        engine = f"{self.engine}[{self.isa}]" if self.isa else self.engine
+        return f"{engine} {config_label(self.config)} b{self.batch_size} {DTYPE_SHORT[self.dtype]} t{self.threads}"
 
     def config_dict(self) -> dict:
         return dict(zip(("n_embd", "n_layer", "n_head", "block_size", "mlp_act"), self.config))
@@ -208,7 +213,7 @@ def worker() -> None:
             try:
                 cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **case["config"]).validate()
                 timer = EngineTimer(engine_cls, cfg, [wrap(tokenizer, t, cfg.block_size) for t in docs],
-                                    case["batch_size"], case["dtype"], case["threads"])
+                                    case["batch_size"], case["dtype"], case["threads"], isa=case.get("isa"))
                 warmup_s = timer.warm_up(req["warmup"])
                 steps = timer.steps_for(req["min_sample_s"])
             except (ValueError, TypeError, NotImplementedError, UserError) as e:     # a case the engine refuses
@@ -218,7 +223,7 @@ def worker() -> None:
                 answer({"skipped": f"FAILED with {type(e).__name__}: {e}"})
                 continue
             timers[case["id"]] = timer
-            answer({"vocab_size": cfg.vocab_size, "warmup_s": warmup_s, "steps": steps})
+            answer({"vocab_size": cfg.vocab_size, "warmup_s": warmup_s, "steps": steps, "isa": timer.isa})
         elif req["cmd"] == "sample":
             wall_ms, cpu_ms, lengths = timers[req["id"]].sample(req["steps"])
             steps = Counter(tuple(sorted(x)) for x in lengths)
@@ -339,7 +344,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                             "cmd": "setup", "data": data, "warmup": settings["warmup"],
                             "min_sample_s": settings["min_sample_s"],
                             "case": {"id": case.id, "engine": case.engine, "config": case.config_dict(),
-                                     "batch_size": case.batch_size, "dtype": case.dtype, "threads": case.threads}})
+                                     "batch_size": case.batch_size, "dtype": case.dtype, "threads": case.threads,
+                                     **({"isa": case.isa} if case.isa else {})}})
                         if "skipped" in answer:
                             out[s.name]["skipped"][case.id] = answer["skipped"]
                             if answer.get("whole_engine"):
@@ -354,7 +360,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                             sample = workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
                             rec = out[s.name]["samples"].setdefault(case.id, {
                                 "vocab_size": answers[s.name]["vocab_size"], "samples_ms": [], "cpu_samples_ms": [],
-                                "sample_rounds": [], "steps_per_sample": [], "warmup_s": [], "step_lengths": Counter()})
+                                "sample_rounds": [], "steps_per_sample": [], "warmup_s": [], "step_lengths": Counter(),
+                                "isa": answers[s.name].get("isa")})
                             rec["samples_ms"].append(sample["wall_ms"])
                             rec["cpu_samples_ms"].append(sample["cpu_ms"])
                             rec["sample_rounds"].append(r)
@@ -396,6 +403,8 @@ def summarise(case: Case, acc: dict) -> dict:
               "warmup_s": acc["warmup_s"], "ms_per_step": ms, "cpu_ms_per_step": statistics.median(acc["cpu_samples_ms"]),
               "tokens_per_step": tokens, "tokens_per_s": tokens / (ms / 1e3), "flops_per_step": flops,
               "gflops": flops / (ms / 1e3) / 1e9}
+    if acc.get("isa"):
+        record["isa"] = acc["isa"]              # the instruction set the c engine's kernels ran
     if case.threshold is not None:
         record["threshold"] = case.threshold
     return record
@@ -909,6 +918,11 @@ def comparison_warnings(base: dict, cur: dict) -> list[str]:
     if diffs:
         warnings.append("DIFFERENT MACHINES: the two files were measured on different hardware ("
                         + "; ".join(diffs) + "), so every ratio mixes code changes with machine changes")
+    isa_base = {r["id"]: r.get("isa") for r in base.get("results", [])}
+    for r in cur.get("results", []):
+        if r["id"] in isa_base and isa_base[r["id"]] and r.get("isa") and isa_base[r["id"]] != r["isa"]:
+            warnings.append(f"{r['id']} ran the {isa_base[r['id']]} kernels in the base and {r['isa']} in the current "
+                            f"results: its ratio mixes instruction sets")
     pb = base.get("environment", {}).get("python", {}).get("version")
     pc = cur.get("environment", {}).get("python", {}).get("version")
     if pb and pc and pb != pc:
@@ -973,6 +987,13 @@ def matrix_for(args) -> tuple[str, dict, list[Case], list[dict]]:
         if unknown:
             raise UserError(f"--engines: {', '.join(unknown)} not in matrix {name!r}")
         cases = [c for c in cases if c.engine in wanted]
+    isa = getattr(args, "isa", None)
+    if isa and isa.strip().lower() != "auto":
+        if not any(c.engine == "c" for c in cases):
+            raise UserError(f"--isa picks the kernels of the c engine, and matrix {name!r} has no c case here")
+        from train_fast import parse_isas
+        isas = parse_isas(isa)
+        cases = [replace(c, isa=i) for c in cases for i in (isas if c.engine == "c" else [None])]
     for key in ("rounds", "samples"):
         value = getattr(args, key)
         if value is not None:
@@ -1004,9 +1025,9 @@ def cmd_run(args) -> int:
 
 
 def print_results(doc: dict) -> None:
-    rows = [[r["id"], f"{r['ms_per_step']:.4g}", f"{r['cpu_ms_per_step']:.4g}", f"{r['tokens_per_s']:,.0f}",
-             f"{r['gflops']:.3g}", str(len(r["samples_ms"]))] for r in doc["results"]]
-    print(text_table(rows, ["benchmark", "ms/step", "cpu ms/step", "tokens/s", "GFLOP/s", "samples"]))
+    rows = [[r["id"], r.get("isa") or "-", f"{r['ms_per_step']:.4g}", f"{r['cpu_ms_per_step']:.4g}",
+             f"{r['tokens_per_s']:,.0f}", f"{r['gflops']:.3g}", str(len(r["samples_ms"]))] for r in doc["results"]]
+    print(text_table(rows, ["benchmark", "isa", "ms/step", "cpu ms/step", "tokens/s", "GFLOP/s", "samples"]))
     for s in doc["skipped"]:
         print(f"skipped {s['id']}: {s['reason']}")
 
@@ -1243,6 +1264,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     q = sub.add_parser("run", help="measure the benchmark matrix")
     matrix_flags(q)
+    q.add_argument("--isa", default="auto",
+                   help="the c engine's instruction sets, comma-separated: auto (the best; ids unchanged), all, or "
+                        "names such as avx512,avx2,sse,neon,generic (ids c[NAME] ...)")
     q.add_argument("-o", "--output", help="results JSON (default: out/bench-<time>.json)")
     q = sub.add_parser("compare", help="compare two results files (ours or pytest-benchmark's)")
     q.add_argument("base")

@@ -2,6 +2,7 @@
 
     python roofline.py                     # default config, engines without a JIT framework; < 15 s
     python roofline.py --all-configs       # the standard configs, every engine but the *-compile ones; < 1 min
+    python roofline.py --engines c --isa all --configs medium,large,xl   # the c engine on each instruction set
     python roofline.py --measure           # re-measure the machine's ceilings first (full sweep, ~20 s)
     python roofline.py --ops               # the per-op FLOP/byte table of one step
     python roofline.py --results FILE      # engine timings from benchmark results instead of timing here
@@ -18,6 +19,10 @@ lengths of the timed steps), arithmetic intensity, achieved GFLOP/s, the binding
   * "overhead-bound": further below even that: most of the time goes to work the FLOP/byte model does
     not count (interpreter, dispatch, allocation), the truth for small pure-Python steps.
 
+The c engine runs the kernels of one instruction set (``--isa``: auto, the best, by default; a comma list
+or ``all`` times each as its own row, ``c[avx2]``). A row that names an instruction set the ceilings
+measured (avx2, avx512) is held to that set's compute roof ("compute avx2"); others to the fastest.
+
 Results JSON (``--results`` reads it, ``--save-results`` writes it): a list of records, or an object
 whose "results" key holds that list. A record:
 
@@ -25,7 +30,8 @@ whose "results" key holds that list. A record:
                                "vocab_size": 27, "mlp_act": "relu2"},   # the last two optional
      "batch_size": 8, "dtype": "float64", "threads": 1,
      "ms_per_step": 0.41, "tokens_per_step": 61.5,                      # predictions per step
-     "doc_lengths": [[7, 5, ...], ...]}                                 # optional, see below
+     "doc_lengths": [[7, 5, ...], ...],                                 # optional, see below
+     "isa": "avx512"}                                                   # optional: the c engine's kernels
 
 ``doc_lengths`` holds the predictions (``len(doc) - 1``) of every document of every timed step, one list
 per step; FLOPs are then exact. Without it each document is taken to have tokens_per_step / batch_size
@@ -42,7 +48,7 @@ import sys
 from pathlib import Path
 
 from microgpt import UserError, machine, timing
-from microgpt.config import STANDARD_CONFIGS, ModelConfig
+from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig
 from microgpt.flops import StepCost, step_cost, step_ops
 
 DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
@@ -77,26 +83,29 @@ def load_texts(paths: list[str] | None) -> list[str]:
 
 
 def time_engine(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
-                budget_s: float) -> dict:
+                budget_s: float, isa: str | None = None) -> dict:
     """The lab's timing harness (microgpt/timing.py) within about ``budget_s``: five samples after a warm-up."""
     t = timing.time_engine(engine_cls, cfg, docs, batch_size, dtype, threads, warmup=1, samples=5,
-                           min_sample_s=budget_s / 5, max_steps_per_sample=MAX_TIMED_STEPS // 5)
+                           min_sample_s=budget_s / 5, max_steps_per_sample=MAX_TIMED_STEPS // 5, isa=isa)
     return t.to_dict()
 
 
 def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[str], batch_size: int, dtype: str,
-                    threads: int, budget_s: float, max_step_s: float) -> tuple[list[dict], list[str]]:
-    """Records for every engine x config that runs, and one line per skipped one saying why."""
+                    threads: int, budget_s: float, max_step_s: float,
+                    isas: list[str | None] = (None,)) -> tuple[list[dict], list[str]]:
+    """Records for every engine x config that runs, and one line per skipped one saying why. The c engine
+    is timed once per instruction set of ``isas`` (None: its best)."""
     from engines import load_engine
     from microgpt.tokenizers import build_tokenizer, wrap
     tokenizer = build_tokenizer("char", texts, texts)
     records, skipped = [], []
-    for name in names:
+    for name, isa in [(n, isa) for n in names for isa in (isas if n == "c" else [None])]:
         try:
             engine_cls = load_engine(name)
         except UserError as e:                              # e.g. a framework that is not installed
             skipped.append(f"{name}: {e}")
             continue
+        label = timing.engine_label(name, isa)
         rate = None                                         # FLOP/s on the previous config, to predict the next
         for cfg in configs:
             cfg = ModelConfig(**{**timing.model_dict(cfg), "vocab_size": tokenizer.vocab_size})
@@ -105,13 +114,13 @@ def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[st
                 sample = [len(docs[i]) - 1 for i in random.Random(0).sample(range(len(docs)), min(len(docs), 256))]
                 per_step = step_cost(cfg, sample, DTYPES[dtype][1]).flops * batch_size / len(sample)
                 if per_step / rate > max_step_s:
-                    skipped.append(f"{name} {config_label(cfg)}: predicted {per_step / rate:.0f} s per step "
+                    skipped.append(f"{label} {config_label(cfg)}: predicted {per_step / rate:.0f} s per step "
                                    f"at its {si(rate, 'FLOP/s')} (limit --max-step-seconds {max_step_s:g})")
                     continue
             try:
-                record = time_engine(engine_cls, cfg, docs, batch_size, dtype, threads, budget_s)
+                record = time_engine(engine_cls, cfg, docs, batch_size, dtype, threads, budget_s, isa)
             except (ValueError, TypeError, NotImplementedError, UserError) as e:    # e.g. an unsupported dtype
-                skipped.append(f"{name} {config_label(cfg)}: {e}")
+                skipped.append(f"{label} {config_label(cfg)}: {e}")
                 continue
             records.append(record)
             rate = analyse_cost(record).flops / (record["ms_per_step"] / 1e3)
@@ -152,6 +161,8 @@ def load_results(path: str) -> list[dict]:
             r["model_config"] = ModelConfig.from_dict(r["config"])
         except TypeError as e:
             raise UserError(f"{where}: bad config ({e})") from None
+        if r.get("isa") is not None and not isinstance(r["isa"], str):
+            raise UserError(f"{where}: isa must be a string such as \"avx2\" (got {r['isa']!r})")
         lengths = r.get("doc_lengths")
         if lengths is not None and not (isinstance(lengths, list) and lengths
                                         and all(isinstance(step, list) and step for step in lengths)):
@@ -175,15 +186,23 @@ def analyse_cost(record: dict) -> StepCost:
                     max(c.working_set_bytes for c in costs))
 
 
-def classify(ai: float, achieved: float, ceilings: dict, dtype: str, threads: int, level: str) -> dict:
-    """Where a point of intensity ``ai`` (FLOP/byte) running at ``achieved`` FLOP/s sits under the roofs."""
-    compute = machine.peak(ceilings, dtype, threads)
+def roof_isa(ceilings: dict, dtype: str, isa: str | None) -> str | None:
+    """The ceilings' instruction set for an engine running ``isa``: itself when measured, else None (the fastest)."""
+    return isa if isa and isa in ceilings["compute"].get(dtype, {}) else None
+
+
+def classify(ai: float, achieved: float, ceilings: dict, dtype: str, threads: int, level: str,
+             isa: str | None = None) -> dict:
+    """Where a point of intensity ``ai`` (FLOP/byte) running at ``achieved`` FLOP/s sits under the roofs;
+    code on the kernels of a measured instruction set ``isa`` is held to that set's compute roof."""
+    by_isa = roof_isa(ceilings, dtype, isa)
+    compute = machine.peak(ceilings, dtype, threads, isa=by_isa)
     memory = ai * machine.bandwidth(ceilings, level, threads)
     attainable = min(compute, memory)
-    roof = "compute" if compute <= memory else level
+    roof = ("compute" + (f" {by_isa}" if by_isa else "")) if compute <= memory else level
     scalar = min(machine.peak(ceilings, dtype, threads, isa="scalar"), memory)
     if achieved >= BOUND_FRACTION * attainable:
-        verdict = "compute-bound" if roof == "compute" else f"{level}-bound"
+        verdict = "compute-bound" if roof.startswith("compute") else f"{level}-bound"
     elif achieved >= SCALAR_FRACTION * scalar:
         verdict = "compute-bound (scalar)"
     else:
@@ -197,11 +216,13 @@ def analyse(record: dict, ceilings: dict) -> dict:
     achieved = cost.flops / (record["ms_per_step"] / 1e3)
     level = machine.level_for(ceilings, cost.working_set_bytes, record["threads"])
     cfg = record.get("model_config") or ModelConfig.from_dict(record["config"])
-    return {"engine": record["engine"], "config": config_label(cfg), "batch_size": record["batch_size"],
+    isa = record.get("isa")
+    return {"engine": timing.engine_label(record["engine"], isa), "isa": isa, "config": config_label(cfg),
+            "batch_size": record["batch_size"],
             "dtype": record["dtype"], "threads": record["threads"], "ms_per_step": record["ms_per_step"],
             "flops": cost.flops, "bytes": cost.bytes, "intensity": cost.intensity, "achieved": achieved,
             "level": level, "exact": bool(record.get("doc_lengths")),
-            **classify(cost.intensity, achieved, ceilings, dtype, record["threads"], level)}
+            **classify(cost.intensity, achieved, ceilings, dtype, record["threads"], level, isa)}
 
 
 # --- printing -------------------------------------------------------------------------------------------
@@ -256,7 +277,10 @@ def print_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--measure", action="store_true", help="re-measure the machine's ceilings (full sweep)")
-    p.add_argument("--all-configs", action="store_true", help="every config of the grid, not just the default")
+    p.add_argument("--all-configs", action="store_true",
+                   help=f"the standard grid ({', '.join(DEFAULT_CONFIGS)}), not just the first")
+    p.add_argument("--configs", metavar="NAMES",
+                   help=f"comma-separated names from {', '.join(STANDARD_CONFIGS)} instead (large, xl: only so)")
     p.add_argument("--ops", action="store_true", help="print the per-op FLOP/byte table of one step")
     p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
     p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
@@ -265,6 +289,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
     p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--threads", type=int, default=1, help="threads each engine may use")
+    p.add_argument("--isa", default="auto",
+                   help="the c engine's instruction sets, comma-separated: auto (the best), all, or names such as "
+                        "avx512,avx2,sse,neon,generic; each is its own row, c[avx2] (default: auto)")
     p.add_argument("--seconds", type=float, default=0.5, help="timing budget per engine x config (default 0.5)")
     p.add_argument("--max-step-seconds", type=float, default=1.5,
                    help="skip an engine x config predicted to take longer per step (default 1.5)")
@@ -280,9 +307,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        grid = list(STANDARD_CONFIGS.values())
+        chosen = args.configs.split(",") if args.configs else list(DEFAULT_CONFIGS[:len(DEFAULT_CONFIGS) if
+                                                                                 args.all_configs else 1])
+        unknown = [name for name in chosen if name not in STANDARD_CONFIGS]
+        if unknown:
+            raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
         configs = [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=b)
-                   for c, l, h, b in (grid if args.all_configs else grid[:1])]
+                   for c, l, h, b in (STANDARD_CONFIGS[name] for name in chosen)]
         if args.ops:
             texts = load_texts(args.data)
             from microgpt.tokenizers import build_tokenizer
@@ -299,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in ENGINES]
         if unknown:
             raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
+        isas: list[str | None] = [None]
+        if args.isa.strip().lower() != "auto":
+            if args.results:
+                raise UserError("--isa chooses the kernels timed here; the records of --results name their own isa")
+            if "c" not in names:
+                raise UserError("--isa picks the kernels of the c engine, which is not among the engines timed")
+            from train_fast import parse_isas
+            isas = parse_isas(args.isa)
         left_out = []
         if not args.engines:
             # the quick run leaves out every JIT framework; --all-configs only those that compile for tens
@@ -316,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             records, skipped = load_results(args.results), []
         else:
             records, skipped = measure_engines(names, configs, load_texts(args.data), args.batch_size, args.dtype,
-                                               args.threads, args.seconds, args.max_step_seconds)
+                                               args.threads, args.seconds, args.max_step_seconds, isas)
             if args.save_results:
                 machine.save({"results": records}, Path(args.save_results))
         rows = [analyse(r, ceilings) for r in records]

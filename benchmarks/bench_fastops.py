@@ -3,12 +3,15 @@
     python benchmarks/bench_fastops.py                 # the table, memory floor, batch throughput, int8 (~1 min)
     python benchmarks/bench_fastops.py --quick         # fewer repeats
     python benchmarks/bench_fastops.py --only memory   # one section: steps, memory, batch or int8
+    python benchmarks/bench_fastops.py --isa avx512,avx2,sse   # the fused rung on each instruction set (all: every one)
     pytest benchmarks/bench_fastops.py --benchmark-timer=time.process_time   # the same steps, pytest-benchmark
 
 One document per step unless noted (names average ~7 tokens). Each case times a call that runs many
 steps (the fused rung takes them all in one C call), repeated; the table shows medians, of wall time and
 of this process's CPU time (the machine may be shared: CPU time excludes the waits, not the cache
 contention). tokens/s counts predicted positions; speedups are against train.py in the same run.
+The fused rung runs the kernels of the instruction sets of --isa (default auto: the best available), each
+as its own rows, labelled c[avx2].
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import fastops  # noqa: E402
+from microgpt import UserError  # noqa: E402
 from conftest import encode_names, read_names  # noqa: E402
 from microgpt.config import ModelConfig, TrainConfig  # noqa: E402
 from microgpt.flops import step_cost  # noqa: E402
 from microgpt.params import init_params  # noqa: E402
 from train import PythonEngine  # noqa: E402
-from train_fast import FastEngine, OpsEngine  # noqa: E402
+from microgpt.timing import engine_label  # noqa: E402
+from train_fast import FastEngine, OpsEngine, parse_isas  # noqa: E402
 
 CONFIGS = {"(16,1,8)": (16, 1, 8), "(64,2,16)": (64, 2, 16), "(128,4,32)": (128, 4, 32)}
 RUNGS = {  # name -> (engine class, dtype)
@@ -45,10 +50,24 @@ def model_cfg(shape) -> ModelConfig:
     return ModelConfig(vocab_size=27, n_embd=C, n_layer=L, n_head=4, block_size=B).validate()
 
 
-def make_engine(rung: str, shape, threads: int = 1):
+def make_engine(rung: str, shape, threads: int = 1, isa: str | None = None):
+    """The rung's engine; ``isa`` picks the fused rung's instruction set (None: the best)."""
     cls, dtype = RUNGS[rung]
     cfg = model_cfg(shape)
-    return cls(cfg, TrainConfig(num_steps=10 ** 6).validate(), init_params(cfg, 42), dtype=dtype, threads=threads)
+    return cls(cfg, TrainConfig(num_steps=10 ** 6).validate(), init_params(cfg, 42), dtype=dtype, threads=threads,
+               **({"isa": isa} if isa and cls is FastEngine else {}))
+
+
+def rung_label(rung: str, isa: str | None) -> str:
+    """'c float64', 'avx2' -> 'c[avx2] float64'; the other rungs keep their names."""
+    engine, _, dtype = rung.partition(" ")
+    return f"{engine_label(engine, isa)} {dtype}" if RUNGS[rung][0] is FastEngine else rung
+
+
+def resolve_isas(text: str | None) -> list[str]:
+    """--isa as instruction-set names, best first for auto, duplicates dropped (one-line UserError if unavailable)."""
+    best = fastops.available_isas()[0]
+    return list(dict.fromkeys(isa or best for isa in parse_isas(text)))
 
 
 def batches_for(shape, n_steps: int, batch_size: int = 1):
@@ -78,21 +97,23 @@ def time_steps(engine, batches, repeats: int) -> tuple[float, float]:
 STEPS = {"train.py": (50, 5, 2), "c-ops": (500, 50, 10), "c float64": (20000, 1000, 100), "c float32": (20000, 1000, 100)}
 
 
-def speed_table(repeats: int, out=sys.stdout) -> None:
+def speed_table(repeats: int, out=sys.stdout, isas: list[str | None] = (None,)) -> None:
     print("| config | rung | ms/step (wall) | ms/step (cpu) | tokens/s (cpu) | speedup vs train.py |", file=out)
     print("|---|---|---:|---:|---:|---:|", file=out)
     for i, (label, shape) in enumerate(CONFIGS.items()):
         reference = None
         for rung in RUNGS:
-            batches = batches_for(shape, STEPS[rung][i])
-            tokens = sum(len(d) - 1 for b in batches for d in b) / len(batches)
-            wall, cpu = time_steps(make_engine(rung, shape), batches, repeats if rung != "train.py" else 1)
-            reference = reference or cpu
-            print(f"| {label} | {rung} | {wall * 1e3:.4f} | {cpu * 1e3:.4f} | {tokens / cpu:,.0f} | "
-                  f"{reference / cpu:,.0f}x |", file=out, flush=True)
+            for isa in (isas if RUNGS[rung][0] is FastEngine else [None]):
+                batches = batches_for(shape, STEPS[rung][i])
+                tokens = sum(len(d) - 1 for b in batches for d in b) / len(batches)
+                engine = make_engine(rung, shape, isa=isa)
+                wall, cpu = time_steps(engine, batches, repeats if rung != "train.py" else 1)
+                reference = reference or cpu
+                print(f"| {label} | {rung_label(rung, getattr(engine, 'isa', None))} | {wall * 1e3:.4f} | "
+                      f"{cpu * 1e3:.4f} | {tokens / cpu:,.0f} | {reference / cpu:,.0f}x |", file=out, flush=True)
 
 
-def memory_floor(repeats: int, out=sys.stdout) -> None:
+def memory_floor(repeats: int, out=sys.stdout, isas: list[str | None] = (None,)) -> None:
     """One-document float64 steps against the time this machine needs just to move their bytes.
 
     With ~7 tokens a step does ~6 FLOPs per weight but moves every weight and both Adam moments: the
@@ -102,23 +123,26 @@ def memory_floor(repeats: int, out=sys.stdout) -> None:
     same step with --threads 2 (tiny models stay on one thread: see fastops.c, run_batch).
     """
     from microgpt import _ceilings
-    print("\n| config | one-document step, ms (cpu) | MB moved | triad GB/s at its footprint | memory floor, ms | "
-          "step / floor | on 2 threads, ms (wall) |", file=out)
-    print("|---|---:|---:|---:|---:|---:|---:|", file=out)
+    print("\n| config | rung | one-document step, ms (cpu) | MB moved | triad GB/s at its footprint | "
+          "memory floor, ms | step / floor | on 2 threads, ms (wall) |", file=out)
+    print("|---|---|---:|---:|---:|---:|---:|---:|", file=out)
     for i, (label, shape) in enumerate(CONFIGS.items()):
-        engine = make_engine("c float64", shape)
-        batches = batches_for(shape, STEPS["c float64"][i])
-        _, step = time_steps(engine, batches, repeats)
-        two_threads, _ = time_steps(make_engine("c float64", shape, threads=2), batches, repeats)
-        n = len(engine.params)
-        moved = 7 * 8 * n
-        bandwidth = _ceilings.bandwidth("triad", [3 * 8 * n], 1, repeats)[0]
-        floor = moved / bandwidth
-        print(f"| {label} | {step * 1e3:.4f} | {moved / 1e6:.1f} | {bandwidth / 1e9:.0f} | {floor * 1e3:.4f} | "
-              f"{step / floor:.1f} | {two_threads * 1e3:.4f} |", file=out, flush=True)
+        bandwidth = None
+        for isa in isas:
+            engine = make_engine("c float64", shape, isa=isa)
+            batches = batches_for(shape, STEPS["c float64"][i])
+            _, step = time_steps(engine, batches, repeats)
+            two_threads, _ = time_steps(make_engine("c float64", shape, threads=2, isa=isa), batches, repeats)
+            n = len(engine.params)
+            moved = 7 * 8 * n
+            bandwidth = bandwidth or _ceilings.bandwidth("triad", [3 * 8 * n], 1, repeats)[0]
+            floor = moved / bandwidth
+            print(f"| {label} | {rung_label('c float64', engine.isa)} | {step * 1e3:.4f} | {moved / 1e6:.1f} | "
+                  f"{bandwidth / 1e9:.0f} | {floor * 1e3:.4f} | {step / floor:.1f} | {two_threads * 1e3:.4f} |",
+                  file=out, flush=True)
 
 
-def batch_throughput(repeats: int, out=sys.stdout) -> None:
+def batch_throughput(repeats: int, out=sys.stdout, isas: list[str | None] = (None,)) -> None:
     """(128,4,32) with 32 documents per step: GFLOP/s from the actual tokens, against the measured peak."""
     from microgpt import machine
     record = machine.ceilings(quality="quick")
@@ -133,10 +157,12 @@ def batch_throughput(repeats: int, out=sys.stdout) -> None:
         flops = statistics.mean(step_cost(cfg, [len(d) - 1 for d in b], 8 if dtype == "float64" else 4).flops
                                 for b in batches)
         peak = machine.peak(record, "f64" if dtype == "float64" else "f32", 1)
-        for threads in (1, 2):
-            wall, _ = time_steps(make_engine(rung, shape, threads), batches, repeats)
-            print(f"| {rung} | {threads} | {wall * 1e3:.2f} | {flops / wall / 1e9:.1f} | "
-                  f"{100 * flops / wall / peak:.0f}% |", file=out, flush=True)
+        for isa in isas:
+            for threads in (1, 2):
+                engine = make_engine(rung, shape, threads, isa)
+                wall, _ = time_steps(engine, batches, repeats)
+                print(f"| {rung_label(rung, engine.isa)} | {threads} | {wall * 1e3:.2f} | {flops / wall / 1e9:.1f} | "
+                      f"{100 * flops / wall / peak:.0f}% |", file=out, flush=True)
     print(f"(peaks measured by microgpt.machine: fp64 {machine.peak(record, 'f64', 1) / 1e9:.1f}, "
           f"fp32 {machine.peak(record, 'f32', 1) / 1e9:.1f} GFLOP/s on one thread)", file=out)
 
@@ -210,6 +236,8 @@ if pytest is not None:
         shape = CONFIGS[label]
         engine = make_engine(rung, shape)
         batches = batches_for(shape, 50)
+        if hasattr(engine, "isa"):
+            benchmark.extra_info["isa"] = engine.isa    # the instruction set, in --benchmark-json's record
         benchmark(run_steps, engine, batches)
 
     @pytest.mark.parametrize("int8", [False, True])
@@ -224,15 +252,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
     p.add_argument("--only", choices=("steps", "memory", "batch", "int8"), help="one section only")
+    p.add_argument("--isa", default="auto",
+                   help="the fused rung's instruction sets, comma-separated: auto (the best), all, or names such as "
+                        "avx512,avx2,sse,neon,generic; each gets its own rows, c[avx2] (default: auto)")
     args = p.parse_args(argv)
+    try:
+        isas = resolve_isas(args.isa)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     repeats = 3 if args.quick else 7
-    print(f"fastops instruction sets: {', '.join(fastops.available_isas())}; {len(read_names())} names")
+    print(f"fastops instruction sets: {', '.join(fastops.available_isas())} (timing {', '.join(isas)}); "
+          f"{len(read_names())} names")
     if args.only in (None, "steps"):
-        speed_table(repeats)
+        speed_table(repeats, isas=isas)
     if args.only in (None, "memory"):
-        memory_floor(repeats)
+        memory_floor(repeats, isas=isas)
     if args.only in (None, "batch"):
-        batch_throughput(repeats)
+        batch_throughput(repeats, isas=isas)
     if args.only in (None, "int8"):
         int8_report()
 

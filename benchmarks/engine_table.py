@@ -2,6 +2,12 @@
 
     python benchmarks/engine_table.py                      # all engines x tiny/small/medium x batch 1, 32
     python benchmarks/engine_table.py --engines c,numpy --batch-sizes 1 --dtype float32 -o out/table.json
+    python benchmarks/engine_table.py --engines c --isa all --configs large,xl --batch-sizes 32
+
+--isa picks the instruction sets of the c engine's kernels, a comma list (avx512,avx2,sse,...; auto = the
+best available, the default; all = every one this CPU and build run): each is its own row, c[avx2], and
+each JSON row of the c engine records the "isa" that ran. --configs takes any of STANDARD_CONFIGS; large
+and xl (n_embd 256 and 512) are left out by default, as train.py would take minutes per step on them.
 
 Every engine trains on the same real names in the same order (microgpt/timing.py), one thread. An
 engine x config whose first step predicts more than --max-step-seconds per step is reported as skipped,
@@ -21,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engines import ENGINES, load_engine  # noqa: E402
 from microgpt import UserError  # noqa: E402
-from microgpt.config import STANDARD_CONFIGS, ModelConfig  # noqa: E402
+from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig  # noqa: E402
 from microgpt.data import default_dataset, load_documents, split_documents  # noqa: E402
-from microgpt.timing import time_engine  # noqa: E402
+from microgpt.timing import engine_label, time_engine  # noqa: E402
 from microgpt.tokenizers import build_tokenizer, wrap  # noqa: E402
 
 
@@ -34,23 +40,43 @@ def ratio(x: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES))
-    p.add_argument("--configs", default=",".join(STANDARD_CONFIGS), help="names from STANDARD_CONFIGS")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help=f"names from STANDARD_CONFIGS: {', '.join(STANDARD_CONFIGS)} "
+                        f"(default: {','.join(DEFAULT_CONFIGS)})")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--max-step-seconds", type=float, default=3.0)
     p.add_argument("--reference-max-step-seconds", type=float, default=15.0,
                    help="train.py is the yardstick of every speedup: it may take this long per step")
+    p.add_argument("--isa", default="auto",
+                   help="the c engine's instruction sets, comma-separated: auto (the best), all, or names such as "
+                        "avx512,avx2,sse,neon,generic (default: auto)")
     p.add_argument("-o", "--output", help="also write the rows as JSON")
     args = p.parse_args(argv)
     try:
+        names = args.engines.split(",")
+        configs = args.configs.split(",")
+        unknown = [c for c in configs if c not in STANDARD_CONFIGS]
+        if unknown:
+            raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
+        # (engine, isa) instances side by side: one per instruction set for the c engine
+        instances = [(n, None) for n in names]
+        if "c" in names:
+            from train_fast import available_isas, parse_isas
+            best = available_isas()[0]
+            isas = list(dict.fromkeys(isa or best for isa in parse_isas(args.isa)))
+            at = names.index("c")
+            instances[at:at + 1] = [("c", isa) for isa in isas]
+        elif args.isa.strip().lower() != "auto":
+            raise UserError(f"--isa picks the kernels of the c engine, which is not among --engines {args.engines}")
         docs = load_documents([str(default_dataset())])
         train, _ = split_documents(docs, 0.1, 42)
         tok = build_tokenizer("char", train, docs)
         rows = []
         print("| engine | config | batch | ms/step (wall) | ms/step (CPU) | tokens/s | vs train.py |")
         print("|---|---|---:|---:|---:|---:|---:|")
-        for cname in args.configs.split(","):
+        for cname in configs:
             n_embd, n_layer, n_head, block = STANDARD_CONFIGS[cname]
             cfg = ModelConfig(vocab_size=tok.vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                               block_size=block).validate()
@@ -58,34 +84,35 @@ def main(argv: list[str] | None = None) -> int:
             one_doc_s = {}  # engine -> seconds per one-document step, to predict bigger batches
             for batch in map(int, args.batch_sizes.split(",")):
                 reference = None
-                for name in args.engines.split(","):
+                for name, isa in instances:
+                    row = engine_label(name, isa)
                     label = f"{cname} ({n_embd},{n_layer},{block})"
                     limit = args.reference_max_step_seconds if name == "python" else args.max_step_seconds
-                    if one_doc_s.get(name, 0) * batch > limit:
-                        print(f"| {name} | {label} | {batch} | skipped: ~{one_doc_s[name] * batch:.0f} s/step "
+                    if one_doc_s.get(row, 0) * batch > limit:
+                        print(f"| {row} | {label} | {batch} | skipped: ~{one_doc_s[row] * batch:.0f} s/step "
                               f"predicted > {limit:g} s | | | |", flush=True)
                         continue
                     try:
                         engine_cls = load_engine(name)
                         t0 = time.perf_counter()
                         probe = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=1, samples=1,
-                                            min_sample_s=0.0, max_steps_per_sample=1)
+                                            min_sample_s=0.0, max_steps_per_sample=1, isa=isa)
                         if batch == 1:
-                            one_doc_s[name] = probe.ms_per_step / 1e3
+                            one_doc_s[row] = probe.ms_per_step / 1e3
                         if probe.ms_per_step / 1e3 > limit:
-                            print(f"| {name} | {label} | {batch} | skipped: {probe.ms_per_step / 1e3:.1f} s/step "
+                            print(f"| {row} | {label} | {batch} | skipped: {probe.ms_per_step / 1e3:.1f} s/step "
                                   f"> {limit:g} s | | | |", flush=True)
                             continue
                         slow = time.perf_counter() - t0 > 2  # a slow engine: its probe was the warm-up
                         t = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=0 if slow else 2,
-                                        samples=2 if slow else args.samples)
+                                        samples=2 if slow else args.samples, isa=isa)
                     except (UserError, ValueError) as e:
-                        print(f"| {name} | {label} | {batch} | skipped: {e} | | | |", flush=True)
+                        print(f"| {row} | {label} | {batch} | skipped: {e} | | | |", flush=True)
                         continue
                     if name == "python":
                         reference = t.cpu_ms_per_step
                     speedup = ratio(reference / t.cpu_ms_per_step) if reference else "-"
-                    print(f"| {name} | {label} | {batch} | {t.ms_per_step:.4g} | {t.cpu_ms_per_step:.4g} | "
+                    print(f"| {t.label} | {label} | {batch} | {t.ms_per_step:.4g} | {t.cpu_ms_per_step:.4g} | "
                           f"{t.tokens_per_step / (t.cpu_ms_per_step / 1e3):,.0f} | {speedup} |", flush=True)
                     rows.append({**t.to_dict(), "config_name": cname, "speedup_vs_python_cpu": speedup})
         if args.output:
