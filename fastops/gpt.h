@@ -454,6 +454,34 @@ static PyObject *GPT_get_dtype(GPTObject *g, void *closure)
 static PyObject *GPT_get_threads(GPTObject *g, void *closure) { (void)closure; return PyLong_FromLong(g->m.pool.n_threads); }
 static PyObject *GPT_get_n_params(GPTObject *g, void *closure) { (void)closure; return PyLong_FromSsize_t(g->m.s.n_params); }
 
+PyDoc_STRVAR(profile_doc,
+"profile(reset=False) -> dict\n\n"
+"Time spent in each phase of the training steps so far, {phase: {'seconds': s, 'calls': n}}, counted on\n"
+"the calling thread. Only in builds made with MICROGPT_PROFILE=1 (fastops.PROFILED); reset=True zeroes it.");
+
+static PyObject *GPT_profile(GPTObject *g, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"reset", NULL};
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p:profile", kwlist, &reset)) return NULL;
+    if (!FASTOPS_PROFILED) {
+        PyErr_SetString(PyExc_RuntimeError, "this fastops build has no phase counters: rebuild it with "
+                        "MICROGPT_PROFILE=1 (MICROGPT_PROFILE=1 pip install -e .)");
+        return NULL;
+    }
+    static double ticks_per_second = 0.0;
+    if (ticks_per_second == 0.0) ticks_per_second = profile_ticks_per_second();
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < N_PHASES; i++) {
+        PyObject *phase = Py_BuildValue("{s:d,s:K}", "seconds", (double)g->m.profile.ticks[i] / ticks_per_second,
+                                        "calls", (unsigned long long)g->m.profile.calls[i]);
+        if (!phase || PyDict_SetItemString(out, PHASE_NAMES[i], phase) < 0) Py_CLEAR(out);
+        Py_XDECREF(phase);
+    }
+    if (out && reset) memset(&g->m.profile, 0, sizeof g->m.profile);
+    return out;
+}
+
 static PyGetSetDef GPT_getset[] = {
     {"step", (getter)GPT_get_step, (setter)GPT_set_step, "Adam's update count t (train_steps increments it)", NULL},
     {"isa", (getter)GPT_get_isa, NULL, "instruction set of the kernels in use", NULL},
@@ -468,6 +496,7 @@ static PyMethodDef GPT_methods[] = {
     {"loss_and_grad", (PyCFunction)GPT_loss_and_grad, METH_O, loss_and_grad_doc},
     {"eval_loss", (PyCFunction)GPT_eval_loss, METH_O, eval_loss_doc},
     {"logits", (PyCFunction)GPT_logits, METH_O, logits_doc},
+    {"profile", (PyCFunction)(void (*)(void))GPT_profile, METH_VARARGS | METH_KEYWORDS, profile_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -65,8 +65,10 @@ static TARGET FN(AdamArgs) FN(adam_args)(Model *g, double lr, double grad_scale)
 /* One Adam update of every parameter from the gradients in the grads buffer. */
 static TARGET void FN(adam)(Model *g, double lr, double grad_scale)
 {
+    PROFILE_START();
     FN(AdamArgs) a = FN(adam_args)(g, lr, grad_scale);
     parallel_for(&g->pool, FN(adam_task), &a, g->s.n_params, 4096);
+    PROFILE_LAP(&g->profile, PHASE_ADAM);
 }
 
 

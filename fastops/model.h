@@ -48,6 +48,7 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
     UNPOISON(g->work, g->work_bytes);   /* the gaps move with the batch size */
     FN(carve)(&w, s, MP, train ? s->n_layer : 1, pool->n_threads, g->work);
     FN(AttnArgs) attn = {s, b, MP, NULL, NULL, NULL, NULL, NULL, NULL, w.att_scratch};
+    PROFILE_START();
 
     /* x = rmsnorm(wte[token] + wpe[position]); padding lanes start (and stay) finite */
     real *x0 = w.dsmall;
@@ -56,6 +57,7 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
             x0[j * MP + t] = t < M ? P[s->wte + b->input[t] * C + j] + P[s->wpe + b->pos[t] * C + j] : 0;
     FN(rmsnorm_forward)(x0, w.y0, w.inv0, C, MP);
     memcpy(w.x, w.y0, (size_t)(C * MP) * sizeof(real));
+    PROFILE_LAP(&g->profile, PHASE_EMBED);
 
     for (int l = 0; l < s->n_layer; l++) {
         const real *W = P + layer_offset(s, l);
@@ -65,19 +67,28 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
         real *inv2 = w.inv2 + sl * MP, *u = w.u + sl * F * MP, *act = w.act + sl * F * MP;
         /* x = x + Wo attention(rmsnorm(x)) */
         FN(rmsnorm_forward)(w.x, h1, inv1, C, MP);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
         FN(linear_forward)(pool, W + OFF_WQKV(s), 3 * C, C, h1, qkv, MP, 0);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_FORWARD);
         attn.qkv = qkv; attn.att = att; attn.o = o;
         parallel_for(pool, FN(attention_forward_task), &attn, b->n_docs, 1);
         for (ptrdiff_t f = 0; f < C; f++)
             for (ptrdiff_t t = M; t < MP; t++) o[f * MP + t] = 0;
+        PROFILE_LAP(&g->profile, PHASE_ATTENTION);
         FN(linear_forward)(pool, W + OFF_WO(s), C, C, o, w.x, MP, 1);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_FORWARD);
         /* x = x + W2 act(W1 rmsnorm(x)) */
         FN(rmsnorm_forward)(w.x, h2, inv2, C, MP);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
         FN(linear_forward)(pool, W + OFF_FC1(s), F, C, h2, u, MP, 0);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_FORWARD);
         FN(mlp_act_forward)(u, act, F * MP, s->relu2);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
         FN(linear_forward)(pool, W + OFF_FC2(s), C, F, act, w.x, MP, 1);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_FORWARD);
     }
     FN(linear_forward)(pool, P + s->lm_head, V, C, w.x, w.logits, MP, 0);
+    PROFILE_LAP(&g->profile, PHASE_LINEAR_FORWARD);
 
     if (mode == MODE_LOGITS) {
         for (ptrdiff_t v = 0; v < V; v++) logits_out[v] = (double)w.logits[v * MP + M - 1];
@@ -95,6 +106,7 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
         for (int t = b->doc_start[d]; t < b->doc_start[d + 1]; t++) doc_loss += (double)w.lane_loss[t];
         loss += doc_loss / (b->doc_start[d + 1] - b->doc_start[d]);
     }
+    PROFILE_LAP(&g->profile, PHASE_CROSS_ENTROPY);
     if (!train) return loss;
 
     /* Backward. dx is the gradient of the residual stream, feature-major like x. Each weight matrix
@@ -102,6 +114,7 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
     real *G = g->buf[BUF_GRADS], *dlogits = w.logits;
     const FN(AdamArgs) update = FN(adam_args)(g, lr, 1.0), *adam = mode == MODE_TRAIN ? &update : NULL;
     FN(linear_backward)(pool, &w, P + s->lm_head, G + s->lm_head, V, C, dlogits, w.x, w.dx, M, adam);
+    PROFILE_LAP(&g->profile, PHASE_LINEAR_BACKWARD);
     for (int l = s->n_layer - 1; l >= 0; l--) {
         const real *W = P + layer_offset(s, l);
         real *dW = G + layer_offset(s, l);
@@ -111,19 +124,28 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
         real *dact = w.dbig, *dqkv = w.dbig, *dh = w.dsmall, *dO = w.dsmall;
         /* MLP */
         FN(linear_backward)(pool, &w, W + OFF_FC2(s), dW + OFF_FC2(s), C, F, w.dx, act, dact, M, adam);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_BACKWARD);
         FN(mlp_act_backward)(u, dact, F * MP, s->relu2);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
         FN(linear_backward)(pool, &w, W + OFF_FC1(s), dW + OFF_FC1(s), F, C, dact, h2, dh, M, adam);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_BACKWARD);
         FN(rmsnorm_backward)(h2, inv2, dh, w.dx, w.lane_a, C, MP, 1);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
         /* attention */
         FN(linear_backward)(pool, &w, W + OFF_WO(s), dW + OFF_WO(s), C, C, w.dx, o, dO, M, adam);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_BACKWARD);
         attn.qkv = qkv; attn.att_saved = att; attn.dO = dO; attn.dqkv = dqkv;
         parallel_for(pool, FN(attention_backward_task), &attn, b->n_docs, 1);
+        PROFILE_LAP(&g->profile, PHASE_ATTENTION);
         FN(linear_backward)(pool, &w, W + OFF_WQKV(s), dW + OFF_WQKV(s), 3 * C, C, dqkv, h1, dh, M, adam);
+        PROFILE_LAP(&g->profile, PHASE_LINEAR_BACKWARD);
         FN(rmsnorm_backward)(h1, inv1, dh, w.dx, w.lane_a, C, MP, 1);
+        PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
     }
     /* the first RMSNorm, then scatter into the embedding rows the batch used */
     real *dx0 = w.dsmall;
     FN(rmsnorm_backward)(w.y0, w.inv0, w.dx, dx0, w.lane_a, C, MP, 0);
+    PROFILE_LAP(&g->profile, PHASE_NORM_ACT);
     memset(G + s->wte, 0, (size_t)(s->layers - s->wte) * sizeof(real));
     for (ptrdiff_t t = 0; t < M; t++)
         for (ptrdiff_t j = 0; j < C; j++) {
@@ -131,6 +153,7 @@ static TARGET double FN(run_batch)(Model *g, const Batch *b, int mode, double lr
             G[s->wpe + b->pos[t] * C + j] += dx0[j * MP + t];
         }
     if (adam) FN(adam_range)(adam, s->wte, s->layers);
+    PROFILE_LAP(&g->profile, PHASE_EMBED);
     return loss;
 }
 
