@@ -60,16 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in configs if c not in STANDARD_CONFIGS]
         if unknown:
             raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
-        # (engine, isa) instances side by side: one per instruction set for the c engine
+        # (engine, isa) instances side by side: one per instruction set for the c engine (auto: None, its
+        # best, whose row still names the isa that ran; and a checkout without fastops skips its row)
         instances = [(n, None) for n in names]
-        if "c" in names:
+        if args.isa.strip().lower() != "auto":
+            if "c" not in names:
+                raise UserError(f"--isa picks the kernels of the c engine, which is not among --engines {args.engines}")
             from train_fast import available_isas, parse_isas
             best = available_isas()[0]
             isas = list(dict.fromkeys(isa or best for isa in parse_isas(args.isa)))
             at = names.index("c")
             instances[at:at + 1] = [("c", isa) for isa in isas]
-        elif args.isa.strip().lower() != "auto":
-            raise UserError(f"--isa picks the kernels of the c engine, which is not among --engines {args.engines}")
         docs = load_documents([str(default_dataset())])
         train, _ = split_documents(docs, 0.1, 42)
         tok = build_tokenizer("char", train, docs)
