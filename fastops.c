@@ -23,7 +23,7 @@
  *   fastops/instance.h     one instance of the kernels: a dtype on an instruction set, from
  *     linear.h               Adam and the linear layers, on kernels_vector.h (written once against
  *                            simd.h) or reference.h (plain C, the portable fallback and the reference)
- *     tokens.h, attention.h  per-token operations and causal attention, plain loops the compiler
+ *     attention.h            causal attention and exp, plain loops the compiler
  *                            vectorises for the instance's instruction set
  *     model.h                the whole model on one batch (run_batch)
  *   fastops/instances.h    every instance this build compiles; the best the CPU runs is picked at run time

@@ -16,7 +16,7 @@ if sys.platform == "win32":
     compile_args, link_args = ["/O2"], []
 else:
     # gnu11 (not c11) keeps -ffp-contract=fast so the compiler may fuse multiply-adds.
-    compile_args, link_args = ["-O3", "-std=gnu11", "-Wall", "-Wextra"], []
+    compile_args, link_args = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"], []
     if os.environ.get("MICROGPT_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
         compile_args += sanitize

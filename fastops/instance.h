@@ -8,7 +8,6 @@
 #include "simd.h"
 #include "workspace.h"
 #include "linear.h"
-#include "tokens.h"
 #include "attention.h"
 #include "model.h"
 #include "simd_end.h"

@@ -1,6 +1,6 @@
 /* fastops/kernels_vector.h: the optimised kernels, written once against the vector layer (fastops/simd.h)
    and compiled for every vector instruction set: Adam on vectors, gemm's register tile, the fused
-   small-batch backward pass. fastops/reference.h has the same three in plain C. */
+   small-batch backward pass, RMSNorm and the MLP activation. fastops/reference.h has the same in plain C. */
 
 /* Adam on one vector of gradients g for the (masked) elements at index i; divisions by bc1 and bc2
    become multiplications by their inverses. The square root and the last division are the hardware's
@@ -23,10 +23,9 @@ static inline __attribute__((always_inline)) TARGET void FN(adam_vector)(const F
 /* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
 static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdiff_t end, const real *grad)
 {
-    for (ptrdiff_t i = begin; i < end; i += VW) {
-        const VMASK mask = end - i >= VW ? VMASK_ALL : VMASK_FIRST(end - i);
-        FN(adam_vector)(a, i, VLOAD_MASKED(mask, grad + (i - begin)), mask);
-    }
+    ptrdiff_t i = begin;
+    for (; i + VW <= end; i += VW) FN(adam_vector)(a, i, VLOAD(grad + (i - begin)), VMASK_ALL);
+    if (i < end) FN(adam_vector)(a, i, VLOAD_MASKED(VMASK_FIRST(end - i), grad + (i - begin)), VMASK_FIRST(end - i));
 }
 
 /* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
@@ -84,7 +83,11 @@ static TARGET void FN(gemm_block)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const r
     const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
     const real *a = A + m0 * a_rs, *b = B + n0;
     real *c = Cm + m0 * ldc + n0;
-#define TILE(mr, nr) FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam)
+    /* Full tiles pass the constant full mask: without mask registers (lane-count masks) a variable one
+       would leave a branch on every load of the k loop. */
+    const int full = cols == NR * VW;
+#define TILE(mr, nr) (full ? FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, VMASK_ALL, adam) \
+                           : FN(gemm_tile)(mr, nr, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last, adam))
     switch (rows * 2 + NR - 1) {
     case 2: TILE(1, 1); break;  case 3: TILE(1, 2); break;
     case 4: TILE(2, 1); break;  case 5: TILE(2, 2); break;
@@ -149,45 +152,114 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
     }
 }
 
-/* Rows i .. i+R-1, columns [begin, end). dX's running sums pass through registers once per R rows; the
-   R weight-gradient vectors never leave them: each goes straight into Adam (or G). */
+/* Rows i .. i+R-1, the VW (or, masked, fewer) columns from k. dX's running sums pass through registers
+   once per R rows; the R weight-gradient vectors never leave them: each goes straight into Adam (or G).
+   The same columns of the next group are prefetched once per cache line: far enough ahead for memory
+   to deliver. */
 static inline __attribute__((always_inline)) TARGET void
-FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end,
-               real *g_rows)
+FN(fused_cols)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t k, VMASK mask)
 {
     const ptrdiff_t K = f->K, M = f->M, MP = f->MP;
     const FN(AdamArgs) *a = f->adam;
     const real *dy = f->dyT + i * MP, *w = f->W + i * K;
-    (void)g_rows;
-    for (ptrdiff_t k = begin; k < end; k += VW) {
-        const VMASK mask = end - k >= VW ? VMASK_ALL : VMASK_FIRST(end - k);
-        if (a)   /* the same columns of the next group: far enough ahead for memory to deliver */
-            for (ptrdiff_t r = R; r < 2 * R; r++) {
-                const ptrdiff_t ahead = f->W - a->p + (i + r) * K + k;
-                __builtin_prefetch(a->p + ahead, 1);
-                __builtin_prefetch(a->m + ahead, 1);
-                __builtin_prefetch(a->v + ahead, 1);
-            }
-        const VREAL w0 = VLOAD_MASKED(mask, w + k);
-        const VREAL w1 = R > 1 ? VLOAD_MASKED(mask, w + K + k) : w0;
-        const VREAL w2 = R > 2 ? VLOAD_MASKED(mask, w + 2 * K + k) : w0;
-        const VREAL w3 = R > 3 ? VLOAD_MASKED(mask, w + 3 * K + k) : w0;
-        VREAL g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
-        for (ptrdiff_t t = 0; t < M; t++) {
-            const VREAL x = VLOAD_MASKED(mask, f->x_tok + t * K + k);
-            real *dx = f->dx_tok + t * (K + DX_SKEW) + k;
-            const VREAL d0 = VSET1(dy[t]);
-            VREAL acc = first ? VMUL(d0, w0) : VFMA(d0, w0, VLOAD_MASKED(mask, dx));
-            g0 = VFMA(d0, x, g0);
-            if (R > 1) { const VREAL d = VSET1(dy[MP + t]); acc = VFMA(d, w1, acc); g1 = VFMA(d, x, g1); }
-            if (R > 2) { const VREAL d = VSET1(dy[2 * MP + t]); acc = VFMA(d, w2, acc); g2 = VFMA(d, x, g2); }
-            if (R > 3) { const VREAL d = VSET1(dy[3 * MP + t]); acc = VFMA(d, w3, acc); g3 = VFMA(d, x, g3); }
-            VSTORE_MASKED(dx, mask, acc);
+    if (a && (k * (ptrdiff_t)sizeof(real)) % 64 < VW * (ptrdiff_t)sizeof(real))
+        for (ptrdiff_t r = R; r < 2 * R; r++) {
+            const ptrdiff_t ahead = f->W - a->p + (i + r) * K + k;
+            __builtin_prefetch(a->p + ahead, 1);
+            __builtin_prefetch(a->m + ahead, 1);
+            __builtin_prefetch(a->v + ahead, 1);
         }
-#define FUSED_DONE(r, gr) if (R > r) {                                                              \
-            if (a) FN(adam_vector)(a, f->W - a->p + (i + r) * K + k, gr, mask);                       \
-            else VSTORE_MASKED(f->G + (i + r) * K + k, mask, gr); }
-        FUSED_DONE(0, g0) FUSED_DONE(1, g1) FUSED_DONE(2, g2) FUSED_DONE(3, g3)
-#undef FUSED_DONE
+    const VREAL w0 = VLOAD_MASKED(mask, w + k);
+    const VREAL w1 = R > 1 ? VLOAD_MASKED(mask, w + K + k) : w0;
+    const VREAL w2 = R > 2 ? VLOAD_MASKED(mask, w + 2 * K + k) : w0;
+    const VREAL w3 = R > 3 ? VLOAD_MASKED(mask, w + 3 * K + k) : w0;
+    VREAL g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+    for (ptrdiff_t t = 0; t < M; t++) {
+        const VREAL x = VLOAD_MASKED(mask, f->x_tok + t * K + k);
+        real *dx = f->dx_tok + t * (K + DX_SKEW) + k;
+        const VREAL d0 = VSET1(dy[t]);
+        VREAL acc = first ? VMUL(d0, w0) : VFMA(d0, w0, VLOAD_MASKED(mask, dx));
+        g0 = VFMA(d0, x, g0);
+        if (R > 1) { const VREAL d = VSET1(dy[MP + t]); acc = VFMA(d, w1, acc); g1 = VFMA(d, x, g1); }
+        if (R > 2) { const VREAL d = VSET1(dy[2 * MP + t]); acc = VFMA(d, w2, acc); g2 = VFMA(d, x, g2); }
+        if (R > 3) { const VREAL d = VSET1(dy[3 * MP + t]); acc = VFMA(d, w3, acc); g3 = VFMA(d, x, g3); }
+        VSTORE_MASKED(dx, mask, acc);
     }
+#define FUSED_DONE(r, gr) if (R > r) {                                                              \
+        if (a) FN(adam_vector)(a, f->W - a->p + (i + r) * K + k, gr, mask);                       \
+        else VSTORE_MASKED(f->G + (i + r) * K + k, mask, gr); }
+    FUSED_DONE(0, g0) FUSED_DONE(1, g1) FUSED_DONE(2, g2) FUSED_DONE(3, g3)
+#undef FUSED_DONE
+}
+
+/* Rows i .. i+R-1, columns [begin, end): whole vectors, then the masked tail. */
+static inline __attribute__((always_inline)) TARGET void
+FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i, ptrdiff_t begin, ptrdiff_t end,
+               real *g_rows)
+{
+    (void)g_rows;
+    ptrdiff_t k = begin;
+    for (; k + VW <= end; k += VW) FN(fused_cols)(R, first, f, i, k, VMASK_ALL);
+    if (k < end) FN(fused_cols)(R, first, f, i, k, VMASK_FIRST(end - k));
+}
+
+/* ---- per-token operations on feature-major arrays: vectors of MP contiguous token lanes ---- */
+
+/* y = x / sqrt(mean(x^2) + eps) for every token; inv keeps 1 / sqrt(...) for the backward pass. Each
+   vector of lanes sums its squares over the C rows in registers. */
+static TARGET void FN(rmsnorm_forward)(const real *x, real *y, real *inv, ptrdiff_t C, ptrdiff_t MP)
+{
+    FOR_LANES(t, mask, MP,
+        VREAL ss = VZERO();
+        for (ptrdiff_t j = 0; j < C; j++) {
+            const VREAL xj = VLOAD_MASKED(mask, x + j * MP + t);
+            ss = VFMA(xj, xj, ss);
+        }
+        const VREAL r = VDIV(VSET1((real)1), VSQRT(VADD(VDIV(ss, VSET1((real)C)), VSET1((real)RMS_EPS))));
+        VSTORE_MASKED(inv + t, mask, r);
+        for (ptrdiff_t j = 0; j < C; j++) VSTORE_MASKED(y + j * MP + t, mask, VMUL(VLOAD_MASKED(mask, x + j * MP + t), r));
+    );
+}
+
+/* dx (+)= inv * (dy - y * mean(y * dy)), the RMSNorm gradient written with its output y = x * inv. */
+static TARGET void FN(rmsnorm_backward)(const real *y, const real *inv, const real *dy, real *dx, real *tmp,
+                                        ptrdiff_t C, ptrdiff_t MP, int accumulate)
+{
+    (void)tmp;
+    FOR_LANES(t, mask, MP,
+        VREAL dot = VZERO();
+        for (ptrdiff_t j = 0; j < C; j++)
+            dot = VFMA(VLOAD_MASKED(mask, y + j * MP + t), VLOAD_MASKED(mask, dy + j * MP + t), dot);
+        const VREAL mean = VDIV(dot, VSET1((real)C)), r = VLOAD_MASKED(mask, inv + t);
+        for (ptrdiff_t j = 0; j < C; j++) {
+            const ptrdiff_t i = j * MP + t;
+            /* dy - y * mean, rounded as the reference rounds it (the product first) */
+            const VREAL g = VMUL(r, VSUB(VLOAD_MASKED(mask, dy + i), VMUL(VLOAD_MASKED(mask, y + i), mean)));
+            VSTORE_MASKED(dx + i, mask, accumulate ? VADD(VLOAD_MASKED(mask, dx + i), g) : g);
+        }
+    );
+}
+
+/* act = relu(u)^2 or relu(u), elementwise. */
+static TARGET void FN(mlp_act_forward)(const real *u, real *act, ptrdiff_t n, int relu2)
+{
+    const VREAL zero = VZERO();
+    if (relu2)
+        FOR_LANES(i, mask, n, const VREAL x = VLOAD_MASKED(mask, u + i);
+                  VSTORE_MASKED(act + i, mask, VWHERE_GT(x, zero, VMUL(x, x))););
+    else
+        FOR_LANES(i, mask, n, const VREAL x = VLOAD_MASKED(mask, u + i);
+                  VSTORE_MASKED(act + i, mask, VWHERE_GT(x, zero, x)););
+}
+
+/* d = d * act'(u), in place: 2u for relu^2, 1 for relu, 0 where u <= 0. */
+static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int relu2)
+{
+    const VREAL zero = VZERO(), two = VSET1((real)2);
+    if (relu2)
+        FOR_LANES(i, mask, n, const VREAL x = VLOAD_MASKED(mask, u + i);
+                  VSTORE_MASKED(d + i, mask, VWHERE_GT(x, zero, VMUL(VMUL(two, x), VLOAD_MASKED(mask, d + i)))););
+    else
+        FOR_LANES(i, mask, n, const VREAL x = VLOAD_MASKED(mask, u + i);
+                  VSTORE_MASKED(d + i, mask, VWHERE_GT(x, zero, VLOAD_MASKED(mask, d + i))););
 }

@@ -1,5 +1,5 @@
 /* fastops/reference.h: the portable kernels -- the same contracts as fastops/kernels_vector.h in plain C
-   loops, for CPUs without a vector instance and as the reference the kernel harness checks the vector
+   loops (Adam, gemm, the fused backward, RMSNorm and the MLP activation), for CPUs without a vector instance and as the reference the kernel harness checks the vector
    instances against. */
 
 /* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
@@ -55,4 +55,50 @@ static inline TARGET void FN(fused_rows)(const int R, const int first, const FN(
         }
         if (a) FN(adam_update)(a, f->W - a->p + r * K + begin, f->W - a->p + r * K + end, dw + begin);
     }
+}
+
+/* ---- per-token operations on feature-major arrays: loops over MP contiguous lanes ---- */
+
+/* y = x / sqrt(mean(x^2) + eps) for every token; inv keeps 1 / sqrt(...) for the backward pass. */
+static TARGET void FN(rmsnorm_forward)(const real *x, real *y, real *inv, ptrdiff_t C, ptrdiff_t MP)
+{
+    for (ptrdiff_t t = 0; t < MP; t++) inv[t] = 0;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) inv[t] += x[j * MP + t] * x[j * MP + t];
+    for (ptrdiff_t t = 0; t < MP; t++) inv[t] = (real)1 / R_SQRT(inv[t] / (real)C + (real)RMS_EPS);
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) y[j * MP + t] = x[j * MP + t] * inv[t];
+}
+
+/* dx (+)= inv * (dy - y * mean(y * dy)), the RMSNorm gradient written with its output y = x * inv. */
+static TARGET void FN(rmsnorm_backward)(const real *y, const real *inv, const real *dy, real *dx, real *tmp,
+                                        ptrdiff_t C, ptrdiff_t MP, int accumulate)
+{
+    for (ptrdiff_t t = 0; t < MP; t++) tmp[t] = 0;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) tmp[t] += y[j * MP + t] * dy[j * MP + t];
+    for (ptrdiff_t t = 0; t < MP; t++) tmp[t] /= (real)C;
+    for (ptrdiff_t j = 0; j < C; j++)
+        for (ptrdiff_t t = 0; t < MP; t++) {
+            real g = inv[t] * (dy[j * MP + t] - y[j * MP + t] * tmp[t]);
+            dx[j * MP + t] = accumulate ? dx[j * MP + t] + g : g;
+        }
+}
+
+/* act = relu(u)^2 or relu(u), elementwise. */
+static TARGET void FN(mlp_act_forward)(const real *u, real *act, ptrdiff_t n, int relu2)
+{
+    if (relu2)
+        for (ptrdiff_t i = 0; i < n; i++) act[i] = u[i] > 0 ? u[i] * u[i] : 0;
+    else
+        for (ptrdiff_t i = 0; i < n; i++) act[i] = u[i] > 0 ? u[i] : 0;
+}
+
+/* d = d * act'(u), in place: 2u for relu^2, 1 for relu, 0 where u <= 0. */
+static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int relu2)
+{
+    if (relu2)
+        for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? (real)2 * u[i] * d[i] : 0;
+    else
+        for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? d[i] : 0;
 }

@@ -12,7 +12,8 @@
    multiply-add with one rounding on every target, masked tails, the hardware square root, or the
    exponent-bit tricks, and each of those would need per-ISA code anyway -- here it is all in one place.
 
-   Vectors hold VW values of `real`. VLOAD_MASKED / VSTORE_MASKED touch only the first n lanes of a
+   Vectors hold VW values of `real`; VFMA(a, b, c) = a b + c with one rounding; VWHERE_GT(a, b, x) is
+   x in the lanes where a > b and 0 elsewhere. VLOAD_MASKED / VSTORE_MASKED touch only the first n lanes of a
    VMASK_FIRST(n) mask: AVX-512 has mask registers for that; the others pass the lane count and go
    through a small stack copy, so a tail never reads or writes past the end of a buffer (the 128-bit x86
    instance takes the same path as NEON on purpose, so that ASan checks it on x86). With a constant
@@ -73,6 +74,11 @@
 #define VMAX(a, b) VSUFFIX(_mm512_max)(a, b)
 #define VSQRT(x) VSUFFIX(_mm512_sqrt)(x)
 #define VDIV(a, b) VSUFFIX(_mm512_div)(a, b)
+#ifdef FASTOPS_F32
+#define VWHERE_GT(a, b, x) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), x)
+#else
+#define VWHERE_GT(a, b, x) _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ), x)
+#endif
 
 #elif defined(FASTOPS_ISA_AVX2) || defined(FASTOPS_ISA_SSE)
 #define FASTOPS_VECTOR 1
@@ -120,6 +126,7 @@
 #define VMAX(a, b) VOP(max)(a, b)
 #define VSQRT(x) VOP(sqrt)(x)
 #define VDIV(a, b) VOP(div)(a, b)
+#define VWHERE_GT(a, b, x) VOP(and)(VOP(cmp)(a, b, _CMP_GT_OQ), x)
 #define FASTOPS_LANE_COUNT_MASKS 1
 
 #elif defined(FASTOPS_ISA_NEON)
@@ -147,6 +154,11 @@
 #define VMAX(a, b) VNEON(vmaxq)(a, b)
 #define VSQRT(x) VNEON(vsqrtq)(x)
 #define VDIV(a, b) VNEON(vdivq)(a, b)
+#ifdef FASTOPS_F32
+#define VWHERE_GT(a, b, x) vreinterpretq_f32_u32(vandq_u32(vcgtq_f32(a, b), vreinterpretq_u32_f32(x)))
+#else
+#define VWHERE_GT(a, b, x) vreinterpretq_f64_u64(vandq_u64(vcgtq_f64(a, b), vreinterpretq_u64_f64(x)))
+#endif
 #define FASTOPS_LANE_COUNT_MASKS 1
 
 #elif defined(FASTOPS_ISA_GENERIC)
@@ -179,3 +191,11 @@ static inline __attribute__((always_inline)) TARGET void FN(vstore_first)(real *
 #define VLOAD_MASKED(mask, p) FN(vload_first)(p, mask)
 #define VSTORE_MASKED(p, mask, x) FN(vstore_first)(p, mask, x)
 #endif
+
+/* For each vector of lanes [0, n): the statements, with `t` the first lane and `mask` the lanes; whole
+   vectors first (a constant full mask), then at most one partial one. */
+#define FOR_LANES(t, mask, n, ...) do {                                                                  \
+        ptrdiff_t t = 0;                                                                                \
+        for (; t + VW <= (n); t += VW) { const VMASK mask = VMASK_ALL; __VA_ARGS__ }                    \
+        if (t < (n)) { const VMASK mask = VMASK_FIRST((n) - t); __VA_ARGS__ }                           \
+    } while (0)

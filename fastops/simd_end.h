@@ -38,3 +38,5 @@
 #undef VMAX
 #undef VSQRT
 #undef VDIV
+#undef VWHERE_GT
+#undef FOR_LANES
