@@ -553,7 +553,7 @@ typedef struct {
     MatvecFn matvec;
     float *wte, *wpe;                /* float32 embeddings */
     PackedMatrix *mats;              /* per layer: qkv, wo, fc1, fc2; then lm_head */
-    float *cache;                    /* keys and values of every layer, block_size rows each */
+    float *cache;                    /* per layer: keys (C x block_size, transposed), values (block_size x C) */
     float *work;                     /* activations of one token */
     QuantInput xq;                   /* the input of a matrix in int8, in xq_bytes */
     uint8_t *xq_bytes;
@@ -572,13 +572,27 @@ static void infer_rmsnorm(const float *x, float *y, int n)
     for (int j = 0; j < n; j++) y[j] = x[j] * inv;
 }
 
-/* Runs token `tok` at position `pos` (keys and values of 0 .. pos-1 already cached); logits into out. */
+/* max(v, 0) by the sign bit, without a branch on a coin toss (GCC will not if-convert a float compare) */
+static inline float infer_relu(float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits &= ~(uint32_t)((int32_t)bits >> 31);
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
+/* Runs token `tok` at position `pos` (keys and values of 0 .. pos-1 already cached); logits into out.
+   This part is plain C, compiled once for every kernel. Keys are cached transposed (feature-major,
+   keys[i][j] for feature i of position j), so that the scores of all positions are one loop over
+   contiguous positions that vectorises, each still summed over d in order. */
 static void infer_token(InferObject *m, int tok, int pos, float *logits)
 {
     const Shape *s = &m->s;
     const int C = s->C, F = 4 * C, H = s->n_head, D = C / H, T = s->block;
     const float scale = 1.0f / sqrtf((float)D);
-    float *x = m->work, *h = x + C, *qkv = h + C, *o = qkv + 3 * C, *u = o + C, *att = u + F;
+    float *x = m->work, *h = x + C, *qkv = h + C, *o = qkv + 3 * C, *u = o + C;
+    float *restrict att = u + F;
     for (int j = 0; j < C; j++) x[j] = m->wte[(size_t)tok * C + j] + m->wpe[(size_t)pos * C + j];
     infer_rmsnorm(x, x, C);
     for (int l = 0; l < s->n_layer; l++) {
@@ -586,27 +600,38 @@ static void infer_token(InferObject *m, int tok, int pos, float *logits)
         float *keys = m->cache + (size_t)l * 2 * T * C, *values = keys + (size_t)T * C;
         infer_rmsnorm(x, h, C);
         m->matvec(&W[MAT_QKV], h, qkv, &m->xq);
-        memcpy(keys + (size_t)pos * C, qkv + C, (size_t)C * sizeof(float));
+        for (int i = 0; i < C; i++) keys[(size_t)i * T + pos] = qkv[C + i];
         memcpy(values + (size_t)pos * C, qkv + 2 * C, (size_t)C * sizeof(float));
         for (int hd = 0; hd < H; hd++) {
             float top = -INFINITY, total = 0.0f;
+            for (int j = 0; j <= pos; j++) att[j] = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float qd = qkv[hd * D + d];
+                const float *restrict kd = keys + (size_t)(hd * D + d) * T;
+                for (int j = 0; j <= pos; j++) att[j] += qd * kd[j];
+            }
             for (int j = 0; j <= pos; j++) {
-                float dot = 0.0f;
-                for (int d = 0; d < D; d++) dot += qkv[hd * D + d] * keys[(size_t)j * C + hd * D + d];
-                att[j] = dot * scale;
+                att[j] *= scale;
                 top = att[j] > top ? att[j] : top;
             }
             for (int j = 0; j <= pos; j++) { att[j] = expf(att[j] - top); total += att[j]; }
             for (int j = 0; j <= pos; j++) att[j] /= total;
-            for (int d = 0; d < D; d++) o[hd * D + d] = 0.0f;
-            for (int j = 0; j <= pos; j++)
-                for (int d = 0; d < D; d++) o[hd * D + d] += att[j] * values[(size_t)j * C + hd * D + d];
+            float *restrict oh = o + hd * D;
+            for (int d = 0; d < D; d++) oh[d] = 0.0f;
+            for (int j = 0; j <= pos; j++) {
+                const float a = att[j];
+                const float *restrict vj = values + (size_t)j * C + hd * D;
+                for (int d = 0; d < D; d++) oh[d] += a * vj[d];
+            }
         }
         m->matvec(&W[MAT_WO], o, h, &m->xq);
         for (int j = 0; j < C; j++) x[j] += h[j];
         infer_rmsnorm(x, h, C);
         m->matvec(&W[MAT_FC1], h, u, &m->xq);
-        for (int i = 0; i < F; i++) u[i] = u[i] > 0 ? (s->relu2 ? u[i] * u[i] : u[i]) : 0.0f;
+        if (s->relu2)
+            for (int i = 0; i < F; i++) { const float v = infer_relu(u[i]); u[i] = v * v; }
+        else
+            for (int i = 0; i < F; i++) u[i] = infer_relu(u[i]);
         m->matvec(&W[MAT_FC2], u, h, &m->xq);
         for (int j = 0; j < C; j++) x[j] += h[j];
     }

@@ -13,6 +13,8 @@
 #undef ISA_NAME
 #undef TARGET
 #undef GEMM_MR
+#undef GEMM_MB
+#undef GEMM_B_BYTES
 #undef VREAL
 #undef VMASK
 #undef VW

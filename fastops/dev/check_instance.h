@@ -403,6 +403,14 @@ static void FN(dev_model_free)(Model *m)
     free(m->work);
 }
 
+/* Back to the state before any step: params from `init`, the rest zero. */
+static void FN(dev_model_reset)(Model *m, const real *init)
+{
+    for (int b = 0; b < N_BUFS; b++) memset(m->buf[b], 0, (size_t)m->s.n_params * sizeof(real));
+    memcpy(m->buf[BUF_PARAMS], init, (size_t)m->s.n_params * sizeof(real));
+    m->step = 0;
+}
+
 static double FN(buf_err)(Model *t, Model *r, int buf)
 {
     return REL_ERR((const real *)t->buf[buf], (const real *)r->buf[buf], t->s.n_params, 1);
@@ -476,9 +484,12 @@ static void FN(case_step)(const Inst *in, int C, int L, int H, int block, const 
         }
         report(in, "step_train", shape, err, in->tol_step, seconds, step_flops(&s, b), "GFLOP/s");
     }
-    /* with clipping: the gradient, its norm, then the Kernels table's separate Adam pass with a scale */
+    /* with clipping, from the initial state: the gradient, its norm, then the Kernels table's separate Adam
+       pass with a scale */
     if (want("step_clip")) {
         const Kernels *rk = &RF(kernels), *tk = &FN(kernels);
+        FN(dev_model_reset)(&r.m, init);
+        FN(dev_model_reset)(&t.m, init);
         r.m.step++;
         t.m.step++;
         const double lr = r.run_batch(&r.m, b, MODE_GRAD, 0.0, NULL), lt = t.run_batch(&t.m, b, MODE_GRAD, 0.0, NULL);
