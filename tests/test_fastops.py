@@ -108,7 +108,7 @@ def test_blocked_gemm_with_fused_adam_matches_the_portable_kernels(isa, wide_bat
         model, (p, g, m, v) = c_model(cfg, params, isa=name)
         runs[name] = model.train_steps(batches, lrs), p
     assert runs[isa][0] == pytest.approx(runs["generic"][0], rel=1e-12)
-    assert_close(runs[isa][1], runs["generic"][1], 1e-10)
+    assert_close(runs[isa][1], runs["generic"][1], 1e-9)   # the project's bound for float64 parameters after steps
 
 
 @pytest.mark.parametrize("isa", ISAS)
