@@ -2,19 +2,23 @@
 
 Nothing here is assumed from a spec sheet. The probes are the C kernels of ``microgpt._ceilings``:
 
-  * compute: FMA chains (scalar, AVX2, AVX-512 where the CPU has them), fp64 and fp32, on 1 thread
-    and on all the CPUs this process may use;
-  * memory: triad (a = b + s c, STREAM's 24 bytes per element: write-allocate traffic on a is not
-    counted, the same "program bytes" convention as microgpt/flops.py) and read-only sweeps over working
-    sets from 16 KiB to well past the last-level cache. Each cache level's bandwidth is the median of
-    the sweep points that fit in it comfortably (between twice the level below and half the level,
-    sizes from /sys/devices/system/cpu/*/cache), and the knees of the curve are located as a cross-check;
+  * compute: FMA chains on every instruction set of the C engine's vector layer the CPU has (scalar,
+    128-bit SSE+FMA, AVX2, AVX-512 on x86-64; NEON on AArch64), fp64 and fp32, on 1 thread and on all
+    the CPUs this process may use;
+  * memory: triad (a = b + s c) and read-only sweeps, with the widest of those instruction sets, over
+    working sets from 16 KiB to well past the last-level cache. Bytes are program bytes (``BYTES``):
+    24 per triad element (STREAM's and likwid-bench's convention: the write-allocate read of a's line
+    is not counted), as in microgpt/flops.py. Each cache level's bandwidth is the median of the sweep
+    points that fit in it comfortably (from 1.5x the level below to 3/4 of the level, sizes from
+    /sys/devices/system/cpu/*/cache), and the knees of the curve are located as a cross-check;
   * the core clock: a chain of dependent adds (one per cycle), because under a hypervisor /proc/cpuinfo
     only reports the base clock.
 
-Results are cached as JSON in the user cache directory (``$MICROGPT_CACHE`` or ~/.cache/microgpt-lab)
-with a timestamp and a fingerprint of the CPU; a cache from another machine, an older schema, one
-older than ``MAX_AGE_DAYS`` or one that does not parse is reported in one line and measured again.
+tests/test_ceilings_vs_likwid.py holds every level and the fp64 peak to likwid-bench's figures on the
+same machine. Results are cached as JSON in the user cache directory (``$MICROGPT_CACHE`` or
+~/.cache/microgpt-lab) with a timestamp and a fingerprint of the CPU; a cache from another machine, an
+older schema, one older than ``MAX_AGE_DAYS`` or one that does not parse is reported in one line and
+measured again.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ from microgpt import UserError
 from microgpt.data import cache_dir
 from microgpt.files import write_json_atomic
 
-SCHEMA = 1
+SCHEMA = 2      # 2: probes on the vector layer, compact arrays, SSE and NEON peaks, register-add clock
 MAX_AGE_DAYS = 30
-ISAS = ("scalar", "avx2", "avx512")
+ISAS = ("scalar", "sse", "avx2", "avx512", "neon")
 DTYPES = ("f64", "f32")
 KINDS = ("triad", "read")
 LEVELS = ("L1", "L2", "L3", "DRAM")
+#: What one element of each memory probe counts as moved (the probes' own accounting, in the record).
+BYTES = {"triad": "24 bytes per element: 2 loads and 1 store of float64; a write-allocate cache also "
+                  "reads the stored line first (32 bytes move), not counted, as in STREAM and likwid-bench",
+         "read": "8 bytes per element: 1 load of float64"}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
@@ -221,6 +229,7 @@ def measure(quality: str = "full", threads: list[int] | None = None, sizes: list
         "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "created_unix": now,
         "fingerprint": fingerprint(cpu, cache_list), "quality": quality, "seconds": round(now - started, 1),
         "rounds": rounds, "repeats": repeats, "cpu": cpu, "caches": cache_list, "compute": compute,
+        "memory_isa": c.memory_isa(), "bytes_counted": BYTES,
         "bandwidth": {kind: {t: {"sizes": sizes, "bytes_per_s": bws} for t, bws in by_t.items()}
                       for kind, by_t in curves.items()},
         "levels": level_bw, "knees": knee_sizes, "notes": notes,
@@ -308,7 +317,8 @@ def load(path: Path) -> tuple[dict | None, str | None]:
 
     The record: schema, created (UTC ISO) and created_unix, fingerprint, quality, cpu {model, simd_flags,
     cpus, reported_mhz, measured_hz, frequency_source}, caches [{level, size}], compute {dtype: {isa:
-    {threads: FLOP/s}}}, bandwidth {kind: {threads: {sizes, bytes_per_s}}}, levels {kind: {threads:
+    {threads: FLOP/s}}}, memory_isa (the memory probes' instruction set), bytes_counted {kind: what a
+    byte is}, bandwidth {kind: {threads: {sizes, bytes_per_s}}}, levels {kind: {threads:
     {L1..DRAM: bytes/s}}}, knees {kind: {threads: [bytes]}}, notes [what looked disturbed]. Thread
     counts are string keys (JSON).
     """
