@@ -11,7 +11,8 @@ steps (the fused rung takes them all in one C call), repeated; the table shows m
 of this process's CPU time (the machine may be shared: CPU time excludes the waits, not the cache
 contention). tokens/s counts predicted positions; speedups are against train.py in the same run.
 The fused rung runs the kernels of the instruction sets of --isa (default auto: the best available), each
-as its own rows, labelled c[avx2].
+as its own rows, labelled c[avx2]; the int8 section times InferenceGPT per token on the same ones (the
+int8 kernel of avx512 is VNNI; avx2-vnni, AVX-VNNI, joins avx2 where the CPU has it).
 """
 
 from __future__ import annotations
@@ -167,8 +168,18 @@ def batch_throughput(repeats: int, out=sys.stdout, isas: list[str | None] = (Non
           f"fp32 {machine.peak(record, 'f32', 1) / 1e9:.1f} GFLOP/s on one thread)", file=out)
 
 
-def int8_report(out=sys.stdout, steps: int = 2000) -> None:
-    """Train (64,2,16) for `steps` steps, then compare float32 and int8 InferenceGPT on the held-out names."""
+def int8_isas(isas: list[str] | None) -> list[str]:
+    """InferenceGPT's instruction sets for the fused rung's --isa list: those it runs here for int8 (avx512 needs
+    VNNI), with avx2-vnni (AVX-VNNI, an int8 kernel of its own) beside avx2 where the CPU has it."""
+    have, out = fastops.InferenceGPT.available_isas(), []
+    for isa in isas or have[:1]:
+        out += [i for i in (("avx2-vnni", "avx2") if isa == "avx2" else (isa,)) if i in have and i not in out]
+    return out
+
+
+def int8_report(out=sys.stdout, steps: int = 2000, isas: list[str] | None = None) -> None:
+    """Train (64,2,16) for `steps` steps, then compare float32 and int8 InferenceGPT on the held-out names;
+    the model alone per token on each instruction set of `isas` (default: the best)."""
     from microgpt.sampling import sample
     from microgpt.config import SampleConfig
     from microgpt.tokenizers import CharTokenizer
@@ -201,25 +212,29 @@ def int8_report(out=sys.stdout, steps: int = 2000) -> None:
     print(f"size {b32 / b8:.2f}x smaller, sampling {t32 / t8:.2f}x faster end to end, validation loss "
           f"{l8 - l32:+.4f} (isa {models[True].isa})", file=out)
     # The model alone: logits() as sampling calls it (one token longer each call, KV cache reused).
-    print("\n| config | float32 us/token | int8 us/token | int8 speedup | float32 bytes | int8 bytes |", file=out)
-    print("|---|---:|---:|---:|---:|---:|", file=out)
-    rng = random.Random(0)
+    print("\n| config | kernels (float32 / int8) | float32 us/token | int8 us/token | int8 speedup | float32 bytes "
+          "| int8 bytes |", file=out)
+    print("|---|---|---:|---:|---:|---:|---:|", file=out)
     for label, shape in CONFIGS.items():
         params = init_params(model_cfg(shape), 1).data
+        rng = random.Random(0)
         seqs = [[26] + [rng.randrange(26) for _ in range(shape[2] - 1)] for _ in range(100)]
-        per_token, size = {}, {}
-        for int8 in (False, True):
-            model = fastops.InferenceGPT(params, 27, shape[0], shape[1], 4, shape[2], int8=int8)
-            times = []
-            for _ in range(5):
-                t = time.process_time()
-                for seq in seqs:
-                    for n in range(1, len(seq) + 1):
-                        model.logits(seq[:n])
-                times.append((time.process_time() - t) / (len(seqs) * shape[2]))
-            per_token[int8], size[int8] = statistics.median(times), model.weight_bytes
-        print(f"| {label} | {per_token[False] * 1e6:.2f} | {per_token[True] * 1e6:.2f} | "
-              f"{per_token[False] / per_token[True]:.2f}x | {size[False]:,} | {size[True]:,} |", file=out, flush=True)
+        for isa in int8_isas(isas):
+            per_token, size, kernel = {}, {}, {}
+            for int8 in (False, True):
+                model = fastops.InferenceGPT(params, 27, shape[0], shape[1], 4, shape[2], int8=int8,
+                                             isa=isa if int8 or isa != "avx2-vnni" else "avx2")
+                times = []
+                for _ in range(5):
+                    t = time.process_time()
+                    for seq in seqs:
+                        for n in range(1, len(seq) + 1):
+                            model.logits(seq[:n])
+                    times.append((time.process_time() - t) / (len(seqs) * shape[2]))
+                per_token[int8], size[int8], kernel[int8] = statistics.median(times), model.weight_bytes, model.isa
+            print(f"| {label} | {kernel[False]} / {kernel[True]} | {per_token[False] * 1e6:.2f} | "
+                  f"{per_token[True] * 1e6:.2f} | {per_token[False] / per_token[True]:.2f}x | {size[False]:,} | "
+                  f"{size[True]:,} |", file=out, flush=True)
 
 
 # ---- the same cases for pytest-benchmark ----
@@ -271,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "batch"):
         batch_throughput(repeats, isas=isas)
     if args.only in (None, "int8"):
-        int8_report()
+        int8_report(isas=isas)
 
 
 if __name__ == "__main__":
