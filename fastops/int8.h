@@ -183,7 +183,7 @@ static inline int32_t load4(const void *p)
      MV_TARGET_F32, MV_TARGET_I8   the instruction set, for the compiler
    A pass computes `nb` blocks of 16 rows at once, each row still one chain of multiply-adds in column
    order: nb independent chains hide the multiply-add latency, which one block at a time waited on
-   (measured per token on a Sapphire Rapids core: (128,4,32) avx512-vnni 22 -> 17 us, (64,2,16) float32
+   (measured per token on one core of an AVX-512/AMX Xeon: (128,4,32) avx512-vnni 22 -> 17 us, (64,2,16) float32
    avx512 8.2 -> 6.8 us). Passes take MV_PASS = MV_FL / 2 blocks, so 8 vector accumulators, then 4, 2, 1
    for the remainder; nb is a constant in each call, so the passes' loops unroll and the accumulators
    live in registers. */
