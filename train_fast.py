@@ -157,9 +157,8 @@ def int8_sampler(cfg: ModelConfig, params: FlatParams,
             note = f"; --isa {isa} has no int8 kernels here"
     except ValueError as e:
         raise UserError(f"--int8: fastops.InferenceGPT cannot run this model ({e})") from None
-    kernel = "avx512-vnni" if model.isa == "avx512" else model.isa  # InferenceGPT's avx512 int8 kernel is VNNI
     fp32_bytes = 4 * len(params)  # every parameter is a weight (no biases, no norm gains)
-    return model.logits, (f"int8 weights ({kernel}): {model.weight_bytes:,} bytes, "
+    return model.logits, (f"int8 weights ({model.isa}): {model.weight_bytes:,} bytes, "
                           f"{fp32_bytes / model.weight_bytes:.2f}x smaller than float32{note}")
 
 
