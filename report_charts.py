@@ -65,30 +65,48 @@ def _label_line(ax, x: float, slope: float, x_stop: float, text: str, color: str
     place(x, above)                                       # nowhere is clear: the first choice
 
 
-def _label_roof(ax, y: float, text: str, x_min: float, x_max: float, diagonals: list[tuple[float, float]]) -> None:
+def _label_roof(ax, y: float, text: str, x_min: float, x_max: float, diagonals: list[tuple[float, float]],
+                points: list[tuple[float, float]] = ()) -> None:
     """Label the horizontal roof at height y at the first of right-above, right-below, left-above,
-    left-below where no bandwidth line (y = bw x for x up to x_end) crosses the text."""
+    left-below where no bandwidth line (y = bw x for x up to x_end) crosses the text and no marker in
+    ``points`` hides it; failing those, the same sliding leftwards from the right end."""
     renderer = ax.figure.canvas.get_renderer()
-    for x, ha in ((x_max / 1.1, "right"), (x_min * 1.1, "left")):
-        for va in ("bottom", "top"):
-            label = ax.annotate(text, (x, y), xytext=(0, 2 if va == "bottom" else -2), textcoords="offset points",
-                                ha=ha, va=va, fontsize=8.5)
-            box = label.get_window_extent(renderer).transformed(ax.transData.inverted())
-            if not any(box.x0 <= x_end and box.y0 < bw * min(box.x1, x_end) and bw * box.x0 < box.y1
-                       for bw, x_end in diagonals):
-                return
-            label.remove()
-    ax.annotate(text, (x_max / 1.1, y), xytext=(0, 2), textcoords="offset points", ha="right", va="bottom",
+    places = [(x, ha, va) for x, ha in ((x_max / 1.1, "right"), (x_min * 1.1, "left")) for va in ("bottom", "top")]
+    places += [(x_max / 1.1 / 1.5 ** i, "right", va) for i in range(1, 12) for va in ("bottom", "top")]
+    fallback = None                                       # uncrossed, hiding the fewest markers
+    for x, ha, va in places:
+        if not x_min < x <= x_max:
+            continue
+        label = ax.annotate(text, (x, y), xytext=(0, 2 if va == "bottom" else -2), textcoords="offset points",
+                            ha=ha, va=va, fontsize=8.5)
+        window = label.get_window_extent(renderer)
+        box = window.transformed(ax.transData.inverted())
+        crossed = any(box.x0 <= x_end and box.y0 < bw * min(box.x1, x_end) and bw * box.x0 < box.y1
+                      for bw, x_end in diagonals)
+        hidden = sum(window.x0 - 9 <= px <= window.x1 + 9 and window.y0 - 9 <= py <= window.y1 + 9
+                     for px, py in ax.transData.transform(points)) if len(points) else 0
+        label.remove()
+        if not crossed and not hidden:
+            break
+        if not crossed and (fallback is None or hidden < fallback[0]):
+            fallback = (hidden, x, ha, va)
+    else:
+        _, x, ha, va = fallback or (0, x_max / 1.1, "right", "bottom")
+    ax.annotate(text, (x, y), xytext=(0, 2 if va == "bottom" else -2), textcoords="offset points", ha=ha, va=va,
                 fontsize=8.5)
 
 
-def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[Path]:
+def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path, title: str | None = None,
+                   roofs: list[tuple[str, float]] = ()) -> list[Path]:
     """Log-log roofline: measured fp64/fp32 compute peaks, L1/L2/L3/DRAM triad bandwidths, one marker per
-    engine x config (``rows`` as from roofline.analyse: engine, config, intensity, achieved, threads)."""
+    engine x config (``rows`` as from roofline.analyse: engine, config, intensity, achieved, threads; the
+    colour follows "engine", the shape "config" -- roofline.py --ops --engine c passes phases as engines).
+    ``roofs``: further (label, FLOP/s) compute roofs, e.g. one instruction set's peak, drawn dash-dotted."""
     threads = max(r["threads"] for r in rows)
     peaks = [("fp32 peak", machine.peak(ceilings, "f32", threads), "-"),
              ("fp64 peak", machine.peak(ceilings, "f64", threads), "-"),
              ("fp64 scalar (unvectorised)", machine.peak(ceilings, "f64", threads, isa="scalar"), "--")]
+    peaks += [(label, flops, "-.") for label, flops in roofs if all(abs(flops / p - 1) > 0.02 for _, p, _ in peaks)]
     levels = machine.levels(ceilings, threads)
     top = peaks[0][1]
 
@@ -129,8 +147,8 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     legend_height = 0.02 + 0.04 * math.ceil(len(engines) / 6)
 
     cpu = ceilings["cpu"]
-    ax.set_title(f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
-                 f"(measured ceilings)", fontsize=11)
+    ax.set_title(title or f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
+                          f"(measured ceilings)", fontsize=11)
     ax.set_xlabel("arithmetic intensity (FLOP / byte, program bytes)")
     ax.set_ylabel("FLOP/s")
     ax.grid(True, which="major", color="#dddddd", lw=0.6)
@@ -138,7 +156,8 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path) -> list[P
     # labels last: their place and angle on screen depend on the final layout
     diagonals = [(bw, top / bw) for bw in bws]
     for label, flops, _ in peaks:
-        _label_roof(ax, flops, f"{label} {flops / 1e9:.0f} GFLOP/s", x_min, x_max, diagonals)
+        _label_roof(ax, flops, f"{label} {flops / 1e9:.0f} GFLOP/s", x_min, x_max, diagonals,
+                    [(r["intensity"], r["achieved"]) for r in rows])
     for i, (name, bw) in enumerate(levels.items()):
         # on the side with more room before the neighbouring bandwidth line
         room_above = bws[i - 1] / bw if i else math.inf

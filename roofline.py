@@ -4,7 +4,9 @@
     python roofline.py --all-configs       # the standard configs, every engine but the *-compile ones; < 1 min
     python roofline.py --engines c --isa all --configs medium,large,xl   # the c engine on each instruction set
     python roofline.py --measure           # re-measure the machine's ceilings first (full sweep, ~20 s)
-    python roofline.py --ops               # the per-op FLOP/byte table of one step
+    python roofline.py --ops               # the per-op FLOP/byte table of one step, and its C phases
+    python roofline.py --ops --engine c --configs medium --batch-size 32 --isa all
+                                           # the fused C step's measured phases on the roofline
     python roofline.py --results FILE      # engine timings from benchmark results instead of timing here
 
 For every engine x config it prints FLOPs and bytes per step (microgpt/flops.py, from the real document
@@ -22,6 +24,22 @@ lengths of the timed steps), arithmetic intensity, achieved GFLOP/s, the binding
 The c engine runs the kernels of one instruction set (``--isa``: auto, the best, by default; a comma list
 or ``all`` times each as its own row, ``c[avx2]``). A row that names an instruction set the ceilings
 measured (avx2, avx512) is held to that set's compute roof ("compute avx2"); others to the fastest.
+
+``--ops --engine c`` profiles the fused C step instead of timing it whole: the MICROGPT_PROFILE=1 build of
+fastops (microgpt/native.py compiles it into the cache on first use, ~20 s) trains a few dozen steps on
+the real names, and each phase that fastops/profile.h times (embed, linear_forward, attention, norm_act,
+cross_entropy, linear_backward; adam only with clipping) gets its time per step, its FLOPs and the bytes
+the C step moves (microgpt/flops.py phase_costs), and a place under the roofs: the binding roof at its
+intensity is the instruction set's compute peak or the bandwidth of the level that holds the step's
+working set (the phases take turns over the same weights, moments and activations each step, so the
+step's working set decides where their data come from; a phase more than 25% faster than that level
+allows found its data closer, and is held to the nearest level that covers it). The verdict is
+"compute-bound" or "<level>-bound" when the phase reaches at least a quarter of that roof, and
+"latency-bound" below it: neither FLOP throughput nor bandwidth accounts for its time, which goes to
+dependency chains, short loops, thread hand-offs and cache misses nothing prefetched. Each phase is timed
+at its fastest sample's rate (on a shared machine a preempted sample runs at half speed or less);
+"outside phases" is the rest of the step's wall time (the Python call, packing the batch). The chart has
+one point per phase.
 
 Results JSON (``--results`` reads it, ``--save-results`` writes it): a list of records, or an object
 whose "results" key holds that list. A record:
@@ -42,14 +60,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 
 from microgpt import UserError, machine, timing
 from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig
-from microgpt.flops import StepCost, step_cost, step_ops
+from microgpt.flops import PHASES, PhaseCost, StepCost, phase_costs, step_cost, step_ops
 
 DTYPES = {"float64": ("f64", 8), "float32": ("f32", 4)}
 #: A roof counts as reached at half its height: the rest is the usual gap of real code to a micro-benchmark.
@@ -61,6 +82,19 @@ SCALAR_FRACTION = 0.25
 FRAMEWORK_PREFIXES = ("torch", "jax", "mlx")
 #: Cap on timed steps per engine x config (a C step takes ~10 us: the time budget alone would allow 10^5).
 MAX_TIMED_STEPS = 5000
+#: A phase below a quarter of the roof that binds at its intensity is "latency-bound": the roof accounts for
+#: under a quarter of its time (the same 4x as SCALAR_FRACTION). From a quarter up the phase is named after
+#: that roof, and "% roof" says how close it comes.
+LATENCY_FRACTION = 0.25
+#: A level's roof is a triad's bandwidth; other access patterns (read-mostly, several streams) run up to about
+#: this much faster from the same level, so only a phase faster still is taken to find its data in a closer one.
+OUTRUN_MARGIN = 1.25
+#: The measured profile: warm-up steps, then PROFILE_SAMPLES samples of as many steps as --seconds allows, or
+#: more samples (of fewer steps) until PROFILE_MIN_STEPS steps; each phase is timed at its fastest sample's
+#: rate (analyse_phases).
+PROFILE_WARMUP, PROFILE_SAMPLES, PROFILE_MIN_STEPS = 2, 9, 45
+#: Progress lines (stderr) once building or profiling has taken this long.
+PROGRESS_AFTER_S = 2.0
 
 
 def si(x: float, unit: str = "") -> str:
@@ -69,6 +103,16 @@ def si(x: float, unit: str = "") -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g} {prefix}{unit}"
     return f"{x:.3g} {unit}".rstrip()
+
+
+def percent(x: float) -> str:
+    """12.3 -> '12%', 123.4 -> '123%', 4.56 -> '4.6%'."""
+    return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
+
+
+def duration(seconds: float) -> str:
+    """0.00123 -> '1.23 ms', 4.5e-6 -> '4.5 us'."""
+    return f"{seconds * 1e3:.3g} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:.3g} us"
 
 
 def config_label(cfg: ModelConfig) -> str:
@@ -191,15 +235,23 @@ def roof_isa(ceilings: dict, dtype: str, isa: str | None) -> str | None:
     return isa if isa and isa in ceilings["compute"].get(dtype, {}) else None
 
 
+def binding_roof(ai: float, ceilings: dict, dtype: str, threads: int, level: str,
+                 isa: str | None = None) -> tuple[str, float]:
+    """The lower roof at intensity ``ai``: ("compute" or "compute avx2", its peak) or (``level``, ai x bandwidth)."""
+    by_isa = roof_isa(ceilings, dtype, isa)
+    compute = machine.peak(ceilings, dtype, threads, isa=by_isa)
+    memory = ai * machine.bandwidth(ceilings, level, threads)
+    if compute <= memory:
+        return "compute" + (f" {by_isa}" if by_isa else ""), compute
+    return level, memory
+
+
 def classify(ai: float, achieved: float, ceilings: dict, dtype: str, threads: int, level: str,
              isa: str | None = None) -> dict:
     """Where a point of intensity ``ai`` (FLOP/byte) running at ``achieved`` FLOP/s sits under the roofs;
     code on the kernels of a measured instruction set ``isa`` is held to that set's compute roof."""
-    by_isa = roof_isa(ceilings, dtype, isa)
-    compute = machine.peak(ceilings, dtype, threads, isa=by_isa)
+    roof, attainable = binding_roof(ai, ceilings, dtype, threads, level, isa)
     memory = ai * machine.bandwidth(ceilings, level, threads)
-    attainable = min(compute, memory)
-    roof = ("compute" + (f" {by_isa}" if by_isa else "")) if compute <= memory else level
     scalar = min(machine.peak(ceilings, dtype, threads, isa="scalar"), memory)
     if achieved >= BOUND_FRACTION * attainable:
         verdict = "compute-bound" if roof.startswith("compute") else f"{level}-bound"
@@ -223,6 +275,159 @@ def analyse(record: dict, ceilings: dict) -> dict:
             "flops": cost.flops, "bytes": cost.bytes, "intensity": cost.intensity, "achieved": achieved,
             "level": level, "exact": bool(record.get("doc_lengths")),
             **classify(cost.intensity, achieved, ceilings, dtype, record["threads"], level, isa)}
+
+
+# --- the fused C step, phase by phase (--ops --engine c) --------------------------------------------------
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_profiled_fastops(log=_log):
+    """The MICROGPT_PROFILE=1 build of fastops; says so when it is being compiled (first use after a change)."""
+    from microgpt import native
+    notice = threading.Timer(0.5, log, ["building the profiled fastops (MICROGPT_PROFILE=1; once per version of "
+                                        "the sources, ~20 s) ..."])
+    notice.daemon = True
+    t0 = time.perf_counter()
+    notice.start()
+    try:
+        module = native.profiled_fastops()
+    finally:
+        notice.cancel()
+    if time.perf_counter() - t0 > 0.5:
+        log(f"profiled fastops ready after {time.perf_counter() - t0:.0f} s: {module.__file__}")
+    return module
+
+
+def profiled_engine(module):
+    """train_fast.FastEngine (the c engine, built exactly as the benchmarks build it) on the profiled ``module``."""
+    import train_fast
+
+    class ProfiledFastEngine(train_fast.FastEngine):
+        def __init__(self, *args, **kwargs):
+            installed = train_fast._fastops
+            train_fast._fastops = lambda: module   # FastEngine asks for the module once, while it constructs
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                train_fast._fastops = installed
+    return ProfiledFastEngine
+
+
+def profile_phases(engine_cls, cfg: ModelConfig, docs: list[list[int]], batch_size: int, dtype: str, threads: int,
+                   budget_s: float, isa: str | None = None, label: str = "", log=_log,
+                   started: float | None = None) -> dict:
+    """Trains on ``docs`` with the profiled c engine: PROFILE_SAMPLES samples of k steps after a warm-up, and
+    for each sample the seconds per step of every phase (GPT.profile), the wall time and the doc lengths.
+    Progress goes to ``log`` once the command (begun at ``started``) has run PROGRESS_AFTER_S."""
+    start = time.perf_counter()
+    started = start if started is None else started
+    if start - started > PROGRESS_AFTER_S:
+        log(f"profiling {label} ...")
+    timer = timing.EngineTimer(engine_cls, cfg, docs, batch_size, dtype, threads, isa=isa)
+    model = timer.engine.model
+    timer.warm_up(PROFILE_WARMUP)
+    # slow steps make short samples, and more of them: each is a fresh chance to run undisturbed
+    k = timer.steps_for(budget_s / PROFILE_SAMPLES, MAX_TIMED_STEPS // PROFILE_SAMPLES)
+    n_samples = max(PROFILE_SAMPLES, math.ceil(PROFILE_MIN_STEPS / k))
+    model.profile(reset=True)
+    samples, last_log = [], start
+    for i in range(n_samples):
+        wall_ms, _, lengths = timer.sample(k)
+        prof = model.profile(reset=True)
+        samples.append({"step_s": wall_ms / 1e3, "lengths": lengths,
+                        "seconds": {name: p["seconds"] / k for name, p in prof.items()},
+                        "calls": {name: p["calls"] / k for name, p in prof.items()}})
+        if time.perf_counter() - last_log > PROGRESS_AFTER_S:       # a line every few seconds at most
+            last_log = time.perf_counter()
+            log(f"  {label}: sample {i + 1}/{n_samples} ({k} step{'s' * (k > 1)}, {duration(wall_ms / 1e3)}/step)")
+    return {"isa": timer.isa, "steps_per_sample": k, "samples": samples}
+
+
+def phase_verdict(ai: float, achieved: float, ceilings: dict, dtype: str, threads: int, level: str,
+                  isa: str | None = None) -> dict:
+    """The roof that binds a phase at intensity ``ai``, how close it comes, and compute-, <level>- or latency-bound.
+    ``level`` holds the step's working set; a phase that outruns its bandwidth by more than OUTRUN_MARGIN
+    evidently found its data closer (written or read just before it), and is held to the nearest closer level
+    whose bandwidth covers it."""
+    bandwidths = machine.levels(ceilings, threads)
+    closer = [name for name in machine.LEVELS if name in bandwidths]
+    closer = closer[:closer.index(level) + 1] if level in closer else [level]
+    while len(closer) > 1 and achieved > OUTRUN_MARGIN * ai * bandwidths[closer[-1]]:
+        closer.pop()
+    level = closer[-1]
+    roof, attainable = binding_roof(ai, ceilings, dtype, threads, level, isa)
+    if achieved >= LATENCY_FRACTION * attainable:
+        verdict = "compute-bound" if roof.startswith("compute") else f"{level}-bound"
+    else:
+        verdict = "latency-bound"
+    return {"roof": roof, "roof_flops": attainable, "percent": 100 * achieved / attainable, "verdict": verdict}
+
+
+def mean_phase_costs(cfg: ModelConfig, steps: list[list[int]], dtype_bytes: int,
+                     fused_max_tokens: int) -> dict[str, PhaseCost]:
+    """phase_costs averaged over the steps (FLOPs and bytes per step, as floats)."""
+    total = {name: PhaseCost(name) for name in PHASES}
+    for lengths in steps:
+        for name, cost in phase_costs(cfg, lengths, dtype_bytes, fused_max_tokens=fused_max_tokens).items():
+            total[name].flops += cost.flops
+            total[name].bytes += cost.bytes
+            total[name].fusion_saved_bytes += cost.fusion_saved_bytes
+    for cost in total.values():
+        cost.flops, cost.bytes = cost.flops / len(steps), cost.bytes / len(steps)
+        cost.fusion_saved_bytes /= len(steps)
+    return total
+
+
+def analyse_phases(run: dict, cfg: ModelConfig, dtype: str, threads: int, ceilings: dict,
+                   fused_max_tokens: int) -> dict:
+    """Each phase of a profile_phases run placed on the roofline: rows for the phases that ran, then the time
+    outside them, then the whole step (the sum of the rows above it).
+
+    A phase's FLOPs and bytes are its mean per step over every profiled step; its time per step is that
+    work at the phase's fastest rate in any sample: other processes only ever slow code down, and on a
+    shared machine a preempted sample can take twice as long (the same "best of" as the lab's timing tests)."""
+    size = DTYPES[dtype][1]
+    samples = run["samples"]
+    steps = [lengths for sample in samples for lengths in sample["lengths"]]
+    costs = mean_phase_costs(cfg, steps, size, fused_max_tokens)
+    per_sample = [mean_phase_costs(cfg, sample["lengths"], size, fused_max_tokens) for sample in samples]
+    level = machine.level_for(ceilings, max(step_cost(cfg, lengths, size).working_set_bytes for lengths in steps),
+                              threads)
+    short = DTYPES[dtype][0]
+    seconds = {}
+    for name in PHASES:
+        if costs[name].flops:
+            best = max(c[name].flops / s["seconds"][name] for c, s in zip(per_sample, samples)
+                       if s["seconds"][name] > 0)
+            seconds[name] = costs[name].flops / best
+        else:
+            seconds[name] = min(s["seconds"][name] for s in samples)
+    # the counters' ticks are calibrated against the wall clock to ~1e-4: never below zero
+    seconds["outside phases"] = max(0.0, min(s["step_s"] - sum(s["seconds"].values()) for s in samples))
+    step_s = sum(seconds.values())
+
+    def row(name: str, seconds: float, flops: float, nbytes: float) -> dict:
+        r = {"phase": name, "seconds": seconds, "share": 100 * seconds / step_s, "flops": flops, "bytes": nbytes}
+        if flops and seconds > 0:
+            ai = flops / nbytes
+            r.update(intensity=ai, achieved=flops / seconds,
+                     **phase_verdict(ai, flops / seconds, ceilings, short, threads, level, run["isa"]))
+        return r
+
+    rows = []
+    for name in PHASES:
+        if costs[name].flops == 0 and not any(s["calls"][name] for s in samples):
+            continue                                           # adam: its own pass only with clipping
+        rows.append(row(name, seconds[name], costs[name].flops, costs[name].bytes))
+    rows.append(row("outside phases", seconds["outside phases"], 0, 0))
+    rows.append(row("step", step_s, sum(c.flops for c in costs.values()), sum(c.bytes for c in costs.values())))
+    n = len(steps)
+    return {"isa": run["isa"], "rows": rows, "level": level, "steps": n, "steps_per_sample": run["steps_per_sample"],
+            "samples": len(samples),
+            "wall_s": statistics.median(s["step_s"] for s in samples), "tokens": sum(map(sum, steps)) / n,
+            "fused": sum(sum(lengths) <= fused_max_tokens for lengths in steps) / n}
 
 
 # --- printing -------------------------------------------------------------------------------------------
@@ -270,6 +475,32 @@ def print_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int) -> None:
                  si(sum(o.upd_flops for o in ops)), "100", si(cost.bytes, "B"), f"{cost.intensity:.2f}", ""])
     print_table(rows, ["op", "fwd FLOP", "bwd FLOP", "Adam FLOP", "% FLOP", "bytes", "FLOP/B", ""])
     print(f"working set {machine.binary_size(cost.working_set_bytes)} (weights, grads, Adam moments, saved activations)")
+    phases = [p for p in phase_costs(cfg, lengths, dtype_bytes).values() if p.flops]
+    print("the same step in the phases of the fused C engine (bytes as it moves them, Adam fused into the backward "
+          "pass; --engine c times them):")
+    print_table([[p.name, si(p.flops), f"{100 * p.flops / total_flops:.1f}", si(p.bytes, "B"), f"{p.intensity:.2f}"]
+                 for p in phases], ["phase", "FLOP", "% FLOP", "bytes", "FLOP/B"])
+
+
+def print_phases(analysis: dict, label: str, cfg: ModelConfig, batch_size: int, dtype: str, threads: int) -> None:
+    a = analysis
+    path = ("fused pass" if a["fused"] == 1 else "gemms" if a["fused"] == 0
+            else f"fused pass in {100 * a['fused']:.0f}% of steps, gemms in the rest")
+    print(f"phases of the fused C step: {label} {config_label(cfg)}, batch {batch_size}, {dtype}, {threads} "
+          f"thread{'s' * (threads > 1)}; {a['steps']} steps on real names ({a['samples']} samples of "
+          f"{a['steps_per_sample']}; each phase at its fastest sample's rate; the median step took "
+          f"{duration(a['wall_s'])}); {a['tokens']:.1f} predictions/step; linear backward: {path}; "
+          f"step working set in {a['level']}")
+    rows = []
+    for r in a["rows"]:
+        placed = "achieved" in r
+        rows.append([r["phase"], duration(r["seconds"]), f"{r['share']:.1f}",
+                     si(r["flops"]) if r["flops"] else "", si(r["bytes"], "B") if r["bytes"] else "",
+                     f"{r['intensity']:.2f}" if placed else "", f"{r['achieved'] / 1e9:.3g}" if placed else "",
+                     f"{r['roof']} {r['roof_flops'] / 1e9:.3g}" if placed else "",
+                     percent(r['percent']) if placed else "", r.get("verdict", "")])
+    print_table(rows, ["phase", "time/step", "% step", "FLOP/step", "bytes/step", "FLOP/B", "GFLOP/s", "roof GFLOP/s",
+                       "% roof", "verdict"])
 
 
 # --- main -----------------------------------------------------------------------------------------------
@@ -281,12 +512,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"the standard grid ({', '.join(DEFAULT_CONFIGS)}), not just the first")
     p.add_argument("--configs", metavar="NAMES",
                    help=f"comma-separated names from {', '.join(STANDARD_CONFIGS)} instead (large, xl: only so)")
-    p.add_argument("--ops", action="store_true", help="print the per-op FLOP/byte table of one step")
+    p.add_argument("--ops", action="store_true",
+                   help="print the per-op FLOP/byte table of one step and its phases in the fused C step")
+    p.add_argument("--engine", metavar="NAME",
+                   help="with --ops: c profiles the fused C step's phases while it trains (the only engine with a "
+                        "per-phase profile) and places each on the roofline")
     p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
     p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
     p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="documents to time on (default: names.txt)")
     p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
+    shape = p.add_argument_group("model shape (one config instead of --configs; the rest from the defaults)")
+    for flag in ("n-embd", "n-layer", "n-head", "block-size"):
+        shape.add_argument(f"--{flag}", type=int)
+    shape.add_argument("--mlp-act")
     p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--threads", type=int, default=1, help="threads each engine may use")
     p.add_argument("--isa", default="auto",
@@ -295,25 +534,97 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=0.5, help="timing budget per engine x config (default 0.5)")
     p.add_argument("--max-step-seconds", type=float, default=1.5,
                    help="skip an engine x config predicted to take longer per step (default 1.5)")
-    p.add_argument("--chart", default="out/roofline", metavar="STEM", help="chart path without suffix ('' = none)")
+    p.add_argument("--chart", metavar="STEM", help="chart path without suffix ('' = none; default out/roofline, "
+                                                    "and out/roofline-phases for --ops --engine c)")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.threads < 1:
         raise UserError("--batch-size and --threads must be integers >= 1")
     if not args.seconds > 0 or not args.max_step_seconds > 0:
         raise UserError("--seconds and --max-step-seconds must be > 0")
+    if args.engine is not None:
+        if args.engine != "c":
+            raise UserError(f"--engine {args.engine}: only the fused C step has a per-phase profile (--ops --engine c)")
+        if not args.ops:
+            raise UserError("--engine c profiles the phases of a step with --ops; to time whole steps use --engines")
+        if args.results or args.engines:
+            raise UserError("--ops --engine c profiles the c engine here; --results and --engines are for "
+                            "whole-step timings")
     return args
+
+
+def chosen_configs(args: argparse.Namespace) -> list[ModelConfig]:
+    """--configs / --all-configs by name, or the one config of the shape flags."""
+    shape = {k: getattr(args, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "mlp_act")
+             if getattr(args, k) is not None}
+    if shape:
+        if args.configs or args.all_configs:
+            raise UserError("the shape flags (--n-embd, --n-layer, --n-head, --block-size, --mlp-act) make one "
+                            "config: drop --configs / --all-configs")
+        return [ModelConfig(**shape).validate()]
+    chosen = args.configs.split(",") if args.configs else list(DEFAULT_CONFIGS[:len(DEFAULT_CONFIGS) if
+                                                                             args.all_configs else 1])
+    unknown = [name for name in chosen if name not in STANDARD_CONFIGS]
+    if unknown:
+        raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
+    return [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=b)
+            for c, l, h, b in (STANDARD_CONFIGS[name] for name in chosen)]
+
+
+def profile_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
+    """--ops --engine c: each config x instruction set profiled phase by phase, printed and charted."""
+    from microgpt.tokenizers import build_tokenizer, wrap
+    from train_fast import parse_isas
+    started = time.perf_counter()
+    isas = parse_isas(args.isa)
+    module = load_profiled_fastops()
+    path = machine.cache_path()
+    ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
+    sys.stderr.flush()
+    print_ceilings(ceilings, path)
+    print()
+    texts = load_texts(args.data)
+    tokenizer = build_tokenizer("char", texts, texts)
+    engine_cls = profiled_engine(module)
+    points, roofs = [], {}
+    for cfg in configs:
+        cfg = ModelConfig(**{**timing.model_dict(cfg), "vocab_size": tokenizer.vocab_size})
+        docs = [wrap(tokenizer, text, cfg.block_size) for text in texts]
+        for isa in isas:
+            label = timing.engine_label("c", isa)
+            try:
+                run = profile_phases(engine_cls, cfg, docs, args.batch_size, args.dtype, args.threads, args.seconds,
+                                     isa, f"{label} {config_label(cfg)} batch {args.batch_size}", started=started)
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{label} {config_label(cfg)}: {e}") from None
+            label = timing.engine_label("c", run["isa"])
+            analysis = analyse_phases(run, cfg, args.dtype, args.threads, ceilings, module.FUSED_MAX_TOKENS)
+            print_phases(analysis, label, cfg, args.batch_size, args.dtype, args.threads)
+            print()
+            run_label = f"{label} {config_label(cfg)} b{args.batch_size}"
+            points += [{"engine": r["phase"], "config": run_label, "intensity": r["intensity"],
+                        "achieved": r["achieved"], "threads": args.threads}
+                       for r in analysis["rows"] if "achieved" in r and r["phase"] != "step"]
+            by_isa = roof_isa(ceilings, DTYPES[args.dtype][0], run["isa"])
+            if by_isa:
+                roofs[f"{args.dtype.replace('float', 'fp')} {by_isa}"] = machine.peak(
+                    ceilings, DTYPES[args.dtype][0], args.threads, isa=by_isa)
+    stem = "out/roofline-phases" if args.chart is None else args.chart
+    if stem and points:
+        import report_charts
+        cpu = ceilings["cpu"]["model"]
+        written = report_charts.roofline_chart(ceilings, points, stem, roofs=list(roofs.items()),
+                                               title=f"Phases of the fused C step — {cpu}, {args.threads} "
+                                                     f"thread{'s' * (args.threads > 1)}")
+        print(f"chart: {', '.join(map(str, written))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        chosen = args.configs.split(",") if args.configs else list(DEFAULT_CONFIGS[:len(DEFAULT_CONFIGS) if
-                                                                                 args.all_configs else 1])
-        unknown = [name for name in chosen if name not in STANDARD_CONFIGS]
-        if unknown:
-            raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
-        configs = [ModelConfig(n_embd=c, n_layer=l, n_head=h, block_size=b)
-                   for c, l, h, b in (STANDARD_CONFIGS[name] for name in chosen)]
+        configs = chosen_configs(args)
+        if args.ops and args.engine:
+            return profile_main(args, configs)
         if args.ops:
             texts = load_texts(args.data)
             from microgpt.tokenizers import build_tokenizer
@@ -362,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table([[r["engine"], r["config"], r["batch_size"], r["dtype"].replace("float", "f"), r["threads"],
                       f"{r['ms_per_step']:.3g}", ("" if r["exact"] else "~") + si(r["flops"]), si(r["bytes"], "B"),
                       f"{r['intensity']:.2f}", f"{r['achieved'] / 1e9:.3g}", f"{r['roof']} {r['roof_flops'] / 1e9:.3g}",
-                      f"{r['percent']:.2g}%", r["verdict"]] for r in rows],
+                      percent(r['percent']), r["verdict"]] for r in rows],
                     ["engine", "config", "batch", "dtype", "thr", "ms/step", "FLOP/step", "bytes/step", "FLOP/B",
                      "GFLOP/s", "roof GFLOP/s", "% roof", "verdict"])
         for line in skipped:
@@ -372,9 +683,10 @@ def main(argv: list[str] | None = None) -> int:
                   "time them with --engines, or read benchmark timings with --results")
         if not rows:
             print("no engine could be timed")
-        if args.chart and rows:
+        stem = "out/roofline" if args.chart is None else args.chart
+        if stem and rows:
             import report_charts
-            written = report_charts.roofline_chart(ceilings, rows, args.chart)
+            written = report_charts.roofline_chart(ceilings, rows, stem)
             print(f"chart: {', '.join(map(str, written))}")
         return 0
     except UserError as e:

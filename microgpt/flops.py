@@ -28,21 +28,31 @@ they stream through) and its gradient written once; activations saved by the for
 again by the backward pass. Index arrays (token ids) are not counted. These are the fewest bytes an
 unfused implementation must move between the core and the memory level that holds its working set;
 ``working_set_bytes`` says which level that is. Fusing operations moves fewer bytes, re-reading moves more.
+
+``phase_costs`` groups the same per-op numbers into the phases that the fused C step's profile times
+(fastops/profile.h), and takes off the bytes that the C step's fusion of Adam into the backward pass does
+not move (see ``phase_costs``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from microgpt import UserError
 from microgpt.config import ModelConfig
-from microgpt.params import num_params
+from microgpt.params import layout, num_params
 
 ATTENTION_MODES = ("causal", "dense")
 
 #: Adam's FLOPs per parameter: m = b1 m + (1 - b1) g (3); v = b2 v + (1 - b2) g g (4);
 #: p -= lr_t m / (sqrt(v c2) + eps) with the per-step scalars lr_t and c2 (7).
 ADAM_FLOPS_PER_PARAM = 14
+#: Adam's values moved per parameter: reads p, g, m, v and writes p, m, v.
+ADAM_VALUES_PER_PARAM = 7
+#: Gradient clipping per parameter: the squared norm (an FMA, reading g once more) and the rescale (a multiply).
+CLIP_NORM_FLOPS_PER_PARAM, CLIP_NORM_VALUES_PER_PARAM = 2, 1
+CLIP_SCALE_FLOPS_PER_PARAM = 1
 
 
 @dataclass
@@ -130,8 +140,9 @@ def step_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int = 8, attenti
     ops.append(_linear("lm_head", T, C, V, s))
     ops.append(Op("cross-entropy", T * (4 * V + 3), T * (2 * V + 1), s * T * V, s * 2 * T * V))
     # the update: reads p, g, m, v and writes p, m, v (clipping reads g once more for its norm)
-    ops.append(Op("adam", 0, 0, 0, 0, upd_flops=P * (ADAM_FLOPS_PER_PARAM + (3 if grad_clip else 0)),
-                  upd_bytes=s * P * (7 + (1 if grad_clip else 0))))
+    clip_flops = CLIP_NORM_FLOPS_PER_PARAM + CLIP_SCALE_FLOPS_PER_PARAM if grad_clip else 0
+    ops.append(Op("adam", 0, 0, 0, 0, upd_flops=P * (ADAM_FLOPS_PER_PARAM + clip_flops),
+                  upd_bytes=s * P * (ADAM_VALUES_PER_PARAM + (CLIP_NORM_VALUES_PER_PARAM if grad_clip else 0))))
     return ops
 
 
@@ -170,3 +181,118 @@ def step_cost(cfg: ModelConfig, lengths: list[int], dtype_bytes: int = 8, attent
                     matmul_fwd_flops=sum(op.fwd_flops for op in ops if op.matmul),
                     matmul_bwd_flops=sum(op.bwd_flops for op in ops if op.matmul),
                     working_set_bytes=working_set_bytes(cfg, lengths, dtype_bytes))
+
+
+# --- the phases of the fused C step ----------------------------------------------------------------------
+
+#: The phases fastops/profile.h times in a step of the fused C engine (GPT.profile()), in run_batch's order.
+PHASES = ("embed", "linear_forward", "attention", "norm_act", "cross_entropy", "linear_backward", "adam")
+#: Clipping's gradient-norm pass: GPT.train_steps runs it between the backward pass and the adam phase,
+#: outside every profiled phase; ``phase_costs`` lists it (after PHASES) only with grad_clip.
+GRAD_NORM = "grad_norm"
+#: fastops/common.h FUSED_MAX_TOKENS (the module exports it): a step of at most this many predictions takes
+#: the fused backward pass of each linear layer (one walk over W, m and v); a longer one, two gemms.
+FUSED_MAX_TOKENS = 64
+#: Bytes per weight of a linear layer that the C step's backward-with-Adam does not move, against the per-op
+#: count (the backward pass reads W and writes dW, then Adam reads p, g, m, v and writes p, m, v: 9 values):
+#: the gradient is neither written nor read back (it goes from registers into Adam), and the fused pass also
+#: reads the old weight once for both dX and the update (6 values); the gemm path reads it twice (7).
+FUSION_SAVED_VALUES = {"fused": 3, "gemm": 2}
+
+
+@dataclass
+class PhaseCost:
+    """One phase of the fused C step: FLOPs and the bytes the C step moves (``unfused_bytes`` would be the
+    per-op count; ``ops`` names the step_ops entries that feed it)."""
+
+    name: str
+    flops: int = 0
+    bytes: int = 0
+    fusion_saved_bytes: int = 0
+    ops: list[str] = field(default_factory=list)
+
+    @property
+    def unfused_bytes(self) -> int:
+        return self.bytes + self.fusion_saved_bytes
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else math.inf
+
+    def add(self, op: str, flops: int, nbytes: int) -> None:
+        self.flops += flops
+        self.bytes += nbytes
+        if op not in self.ops:
+            self.ops.append(op)
+
+
+def _share(value: int, part: int, whole: int) -> int:
+    """``value * part / whole`` for a value that is a sum of ``whole`` equal terms (exact)."""
+    assert value * part % whole == 0, (value, part, whole)
+    return value * part // whole
+
+
+def phase_costs(cfg: ModelConfig, lengths: list[int], dtype_bytes: int = 8, grad_clip: bool = False,
+                fused_max_tokens: int = FUSED_MAX_TOKENS) -> dict[str, PhaseCost]:
+    """One step of the fused C engine (fastops/model.h run_batch) in the phases its profile times.
+
+    Every op of ``step_ops`` (causal attention: the useful work) goes to the phase whose PROFILE_LAP
+    brackets its kernel, forward and backward apart:
+
+      * embed: the embedding (both ways), the first RMSNorm's forward, and Adam on wte and wpe;
+      * linear_forward: every y = W x of the forward pass and the residual adds (the gemm accumulates into x);
+      * attention: scores, softmax and weighted sum of every layer, forward and backward;
+      * norm_act: the RMSNorms (but the first forward), the MLP activation, and the residual stream's
+        backward adds (RMSNorm's backward accumulates into dx), forward and backward;
+      * cross_entropy: softmax, loss and its gradient;
+      * linear_backward: dX and dW of every linear layer (lm_head included), with Adam on their weights
+        fused in; without clipping only -- the bytes are the per-op count less FUSION_SAVED_VALUES per weight;
+      * adam (grad_clip only): Adam on every parameter in a pass of its own, the rescale included; the
+        linear layers' backward then writes dW and moves exactly the per-op bytes;
+      * grad_norm (grad_clip only): the gradient-norm pass, timed outside every phase.
+
+    The FLOPs of the phases sum to ``step_cost(...).flops``; their ``unfused_bytes`` to ``step_cost(...).bytes``.
+    Layout copies (the token-major transposes around the fused pass, the zeroed embedding gradient) are
+    not counted: copies are free throughout this model.
+    """
+    ops = step_ops(cfg, lengths, dtype_bytes, "causal", grad_clip)
+    names = list(PHASES) + ([GRAD_NORM] if grad_clip else [])
+    phases = {name: PhaseCost(name) for name in names}
+    linear = ("linear_forward", "linear_backward")
+    route = {"embedding": ("embed", "embed"), "rmsnorm": ("norm_act", "norm_act"),
+             "attn q/k/v": linear, "attn output": linear, "mlp fc1": linear, "mlp fc2": linear, "lm_head": linear,
+             "attn scores": ("attention",) * 2, "attn softmax": ("attention",) * 2,
+             "attn weighted sum": ("attention",) * 2, "residual add": ("linear_forward", "norm_act"),
+             f"mlp {cfg.mlp_act}": ("norm_act",) * 2, "cross-entropy": ("cross_entropy",) * 2}
+    P = num_params(cfg)
+    tables = sum(t.size for t in layout(cfg) if t.name in ("wte", "wpe"))
+    for op in ops:
+        if op.name == "adam":
+            if grad_clip:
+                per_param = ADAM_FLOPS_PER_PARAM + CLIP_SCALE_FLOPS_PER_PARAM
+                whole = per_param + CLIP_NORM_FLOPS_PER_PARAM
+                values = ADAM_VALUES_PER_PARAM + CLIP_NORM_VALUES_PER_PARAM
+                phases["adam"].add(op.name, _share(op.upd_flops, per_param, whole),
+                                   _share(op.upd_bytes, ADAM_VALUES_PER_PARAM, values))
+                phases[GRAD_NORM].add(op.name, _share(op.upd_flops, CLIP_NORM_FLOPS_PER_PARAM, whole),
+                                      _share(op.upd_bytes, CLIP_NORM_VALUES_PER_PARAM, values))
+            else:   # fused where the gradients are computed: the tables' in embed, the rest in linear_backward
+                phases["embed"].add(op.name, _share(op.upd_flops, tables, P), _share(op.upd_bytes, tables, P))
+                phases["linear_backward"].add(op.name, _share(op.upd_flops, P - tables, P),
+                                              _share(op.upd_bytes, P - tables, P))
+            continue
+        fwd, bwd = route[op.name]
+        if op.name == "rmsnorm":    # the first of the 1 + 2 n_layer norms runs in embed on the way forward
+            norms = 1 + 2 * cfg.n_layer
+            first_flops, first_bytes = _share(op.fwd_flops, 1, norms), _share(op.fwd_bytes, 1, norms)
+            phases["embed"].add(op.name, first_flops, first_bytes)
+            phases[fwd].add(op.name, op.fwd_flops - first_flops, op.fwd_bytes - first_bytes)
+        else:
+            phases[fwd].add(op.name, op.fwd_flops, op.fwd_bytes)
+        phases[bwd].add(op.name, op.bwd_flops, op.bwd_bytes)
+    if not grad_clip:
+        path = "fused" if sum(lengths) <= fused_max_tokens else "gemm"
+        saved = dtype_bytes * (P - tables) * FUSION_SAVED_VALUES[path]
+        phases["linear_backward"].bytes -= saved
+        phases["linear_backward"].fusion_saved_bytes = saved
+    return phases

@@ -7,7 +7,8 @@ import pytest
 
 from microgpt import UserError
 from microgpt.config import ModelConfig
-from microgpt.flops import doc_lengths, step_cost, step_ops, working_set_bytes
+from microgpt.flops import (ADAM_FLOPS_PER_PARAM, ADAM_VALUES_PER_PARAM, FUSED_MAX_TOKENS, FUSION_SAVED_VALUES,
+                            GRAD_NORM, PHASES, doc_lengths, phase_costs, step_cost, step_ops, working_set_bytes)
 from microgpt.params import num_params
 
 CONFIGS = [
@@ -191,3 +192,85 @@ def test_matmul_flops_equal_flop_counter_on_the_torch_engine(n):
     expected = sum(op.fwd_flops + op.bwd_flops for name, op in ops.items()
                    if op.matmul and name not in ("attn scores", "attn weighted sum"))
     assert counter.get_total_flops() == expected
+
+
+# --- the phases of the fused C step ------------------------------------------------------------------
+
+def _linear_weights(cfg):
+    return num_params(cfg) - (cfg.vocab_size + cfg.block_size) * cfg.n_embd
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "wide-relu", "deep"])
+@pytest.mark.parametrize("lengths", LENGTHS + [[16] * 5], ids=str)
+@pytest.mark.parametrize("grad_clip", [False, True], ids=["fused-adam", "clip"])
+@pytest.mark.parametrize("dtype_bytes", [8, 4])
+def test_phases_sum_to_the_step_totals(cfg, lengths, grad_clip, dtype_bytes):
+    lengths = _lengths_for(cfg, lengths)
+    phases = phase_costs(cfg, lengths, dtype_bytes, grad_clip)
+    cost = step_cost(cfg, lengths, dtype_bytes, grad_clip=grad_clip)
+    assert list(phases) == list(PHASES) + ([GRAD_NORM] if grad_clip else [])
+    assert sum(p.flops for p in phases.values()) == cost.flops
+    assert sum(p.unfused_bytes for p in phases.values()) == cost.bytes
+    # every op of the step lands somewhere, and only the Adam fusion moves fewer bytes than the per-op count
+    assert {op for p in phases.values() for op in p.ops} == {op.name for op in step_ops(cfg, lengths)}
+    assert all(p.fusion_saved_bytes == 0 for name, p in phases.items() if name != "linear_backward")
+    path = "fused" if sum(lengths) <= FUSED_MAX_TOKENS else "gemm"
+    saved = 0 if grad_clip else dtype_bytes * _linear_weights(cfg) * FUSION_SAVED_VALUES[path]
+    assert phases["linear_backward"].fusion_saved_bytes == saved
+    assert all(p.flops > 0 and p.bytes > 0 for p in phases.values() if p.name != "adam" or grad_clip)
+
+
+def test_phase_hand_counts():
+    cfg, lengths = ModelConfig(n_layer=2), [5, 9]
+    T, C, W = 14, cfg.n_embd, _linear_weights(cfg)
+    fused, clipped = phase_costs(cfg, lengths), phase_costs(cfg, lengths, grad_clip=True)
+    # 2 FLOPs per weight and token forward (+ the residual adds), 4 backward (dX and dW) + Adam's 14 per weight
+    assert fused["linear_forward"].flops == 2 * W * T + 2 * cfg.n_layer * T * C
+    assert fused["linear_backward"].flops == 4 * W * T + ADAM_FLOPS_PER_PARAM * W
+    assert clipped["linear_backward"].flops == 4 * W * T
+    assert clipped["adam"].flops == 15 * num_params(cfg) and clipped[GRAD_NORM].flops == 2 * num_params(cfg)
+    assert fused["adam"].flops == fused["adam"].bytes == 0
+    # one document, fused pass: W, m, v read and written once per weight (6 values), against the per-op 9
+    ops = {op.name: op for op in step_ops(cfg, lengths)}
+    linear_bwd = sum(ops[n].bwd_bytes for n in ("attn q/k/v", "attn output", "mlp fc1", "mlp fc2", "lm_head"))
+    assert fused["linear_backward"].bytes == linear_bwd + 8 * W * (ADAM_VALUES_PER_PARAM - 3)
+    # attention: every op of attention, both ways, and nothing else
+    assert fused["attention"].flops == sum(ops[n].fwd_flops + ops[n].bwd_flops
+                                           for n in ("attn scores", "attn softmax", "attn weighted sum"))
+    assert fused["cross_entropy"].flops == T * (4 * cfg.vocab_size + 3) + T * (2 * cfg.vocab_size + 1)
+
+
+def test_phases_scale_with_the_batch():
+    cfg = ModelConfig(n_embd=32, n_layer=2, block_size=16)
+    one, two, three = (phase_costs(cfg, [7] * b) for b in (1, 2, 3))
+    # every phase grows by the same amount per document of the same length: per-token work, plus a part that
+    # does not depend on the batch (the weights read once per step, Adam's update)
+    for name in ("embed", "linear_forward", "attention", "norm_act", "cross_entropy", "linear_backward"):
+        for field in ("flops", "bytes"):
+            a, b, c = (getattr(p[name], field) for p in (one, two, three))
+            assert c - b == b - a > 0, (name, field)
+    # no fixed part: activations only (attention is per document, 7 x 8 / 2 pairs each)
+    for name in ("attention", "norm_act", "cross_entropy"):
+        assert two[name].flops == 2 * one[name].flops and two[name].bytes == 2 * one[name].bytes, name
+    assert two["linear_forward"].flops == 2 * one["linear_forward"].flops
+    assert 2 * one["linear_forward"].bytes - two["linear_forward"].bytes == 8 * _linear_weights(cfg)  # W once
+    fixed = 2 * one["linear_backward"].flops - two["linear_backward"].flops
+    assert fixed == ADAM_FLOPS_PER_PARAM * _linear_weights(cfg)
+    # attention is quadratic in the document's length, not the batch's
+    assert phase_costs(cfg, [14])["attention"].flops > 2 * phase_costs(cfg, [7])["attention"].flops
+
+
+def test_longer_batches_take_the_gemm_path():
+    cfg = ModelConfig(n_embd=32, n_layer=2, block_size=16)
+    W = _linear_weights(cfg)
+    fused = phase_costs(cfg, [16] * 4)                      # 64 predictions: the fused pass
+    gemm = phase_costs(cfg, [16] * 4, fused_max_tokens=63)
+    assert gemm["linear_backward"].flops == fused["linear_backward"].flops
+    assert gemm["linear_backward"].bytes - fused["linear_backward"].bytes == 8 * W    # W read twice, not once
+    assert phase_costs(cfg, [16] * 4 + [1])["linear_backward"].fusion_saved_bytes == 2 * 8 * W
+    assert phase_costs(cfg, [5], dtype_bytes=4)["norm_act"].bytes * 2 == phase_costs(cfg, [5])["norm_act"].bytes
+
+
+def test_fused_threshold_matches_the_c_engine():
+    fastops = pytest.importorskip("fastops", reason="build the C extension first: pip install -e .")
+    assert fastops.FUSED_MAX_TOKENS == FUSED_MAX_TOKENS

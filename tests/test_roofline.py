@@ -8,6 +8,7 @@ neighbouring levels (L1/L2 read, L3/DRAM on a busy socket) can be close.
 import copy
 import itertools
 import json
+import statistics
 import time
 
 import pytest
@@ -230,3 +231,131 @@ def test_cli_errors_are_one_line(cache, tmp_path):
     r = run_cli("--results", tmp_path / "missing.json", script="roofline.py",
                 env={"MICROGPT_CACHE": str(cache.parent)})
     assert r.returncode == 2 and r.stderr.startswith("error: cannot read --results") and "Traceback" not in r.stderr
+
+
+# --- the fused C step phase by phase (--ops --engine c) -------------------------------------------------
+
+PROFILE_ARGS = ["--ops", "--engine", "c", "--n-embd", "16", "--n-layer", "2", "--n-head", "4", "--block-size", "8",
+                "--seconds", "0.02"]
+
+
+@pytest.fixture(scope="module")
+def profile_cache(tmp_path_factory, record):
+    """A private cache holding the session's ceilings and the profiled fastops (compiled here once, ~20 s)."""
+    pytest.importorskip("fastops", reason="build the C extension first: pip install -e .")
+    path = tmp_path_factory.mktemp("profile-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MICROGPT_CACHE", str(path))
+        module = roofline.load_profiled_fastops(log=lambda message: None)
+        machine.save(record, machine.cache_path())
+    return path, module
+
+
+def test_phase_verdicts(record):
+    peak, l2 = machine.peak(record, "f64"), machine.bandwidth(record, "L2")
+    high = 4 * peak / l2                                          # compute binds above the ridge
+    assert roofline.phase_verdict(high, 0.6 * peak, record, "f64", 1, "L2")["verdict"] == "compute-bound"
+    low = peak / l2 / 8                                           # L2 binds below it
+    memory = roofline.phase_verdict(low, 0.3 * low * l2, record, "f64", 1, "L2")
+    assert memory["verdict"] == "L2-bound" and memory["roof"] == "L2" and memory["percent"] == pytest.approx(30)
+    slow = roofline.phase_verdict(low, 0.2 * low * l2, record, "f64", 1, "L2")
+    assert slow["verdict"] == "latency-bound" and slow["roof"] == "L2"          # under LATENCY_FRACTION
+    # faster than the step's level can feed it: the data came from a closer level
+    l3 = machine.bandwidth(record, "L3")
+    closer = roofline.phase_verdict(0.01, 0.01 * 1.5 * l3, record, "f64", 1, "L3")
+    assert closer["roof"] in ("L1", "L2") and closer["percent"] <= 100
+    near = roofline.phase_verdict(0.01, 0.01 * 1.1 * l3, record, "f64", 1, "L3")   # within the triad's margin
+    assert near["roof"] == "L3" and near["verdict"] == "L3-bound" and near["percent"] == pytest.approx(110)
+    assert roofline.phase_verdict(high, 0.6 * peak, record, "f64", 1, "L2", isa="avx2")["roof"] in \
+        ("compute avx2", "compute")
+
+
+def _sample(cfg, scale, lengths, steps=2):
+    """A synthetic profile sample: every phase's seconds per step proportional to its FLOPs."""
+    costs = roofline.mean_phase_costs(cfg, lengths, 8, 64)
+    seconds = {name: scale * c.flops / 1e10 for name, c in costs.items()}
+    return {"step_s": sum(seconds.values()) + scale * 1e-6, "lengths": lengths, "seconds": seconds,
+            "calls": {name: float(c.flops > 0) for name, c in costs.items()}}
+
+
+def test_analyse_phases_takes_each_phase_at_its_fastest_sample(record):
+    cfg = ModelConfig(n_layer=2)
+    lengths = [[5, 7], [6, 6]]
+    run = {"isa": None, "steps_per_sample": 2,
+           "samples": [_sample(cfg, 3.0, lengths), _sample(cfg, 1.0, lengths), _sample(cfg, 2.0, lengths)]}
+    a = roofline.analyse_phases(run, cfg, "float64", 1, record, 64)
+    rows = {r["phase"]: r for r in a["rows"]}
+    assert list(rows) == ["embed", "linear_forward", "attention", "norm_act", "cross_entropy", "linear_backward",
+                          "outside phases", "step"]                       # adam: no pass of its own here
+    assert all(r["achieved"] == pytest.approx(1e10) for name, r in rows.items() if name not in ("outside phases",
+                                                                                                "step"))
+    assert rows["outside phases"]["seconds"] == pytest.approx(1e-6)
+    assert sum(r["seconds"] for n, r in rows.items() if n != "step") == pytest.approx(rows["step"]["seconds"])
+    assert sum(r["share"] for n, r in rows.items() if n != "step") == pytest.approx(100)
+    assert rows["step"]["flops"] == pytest.approx(statistics.fmean(step_cost(cfg, l).flops for l in lengths))
+    assert a["fused"] == 1 and a["tokens"] == 12
+    assert a["level"] == machine.level_for(record, max(step_cost(cfg, l).working_set_bytes for l in lengths))
+
+
+def test_profile_counts_match_the_phase_model(profile_cache, names_file):
+    """The profile's calls per step are where fastops/model.h puts each PROFILE_LAP, which phase_costs mirrors."""
+    _, module = profile_cache
+    from microgpt.tokenizers import build_tokenizer, wrap
+    texts = roofline.load_texts([str(names_file)])
+    tok = build_tokenizer("char", texts, texts)
+    cfg = ModelConfig(n_embd=16, n_layer=2, n_head=4, block_size=8, vocab_size=tok.vocab_size)
+    docs = [wrap(tok, t, cfg.block_size) for t in texts]
+    run = roofline.profile_phases(roofline.profiled_engine(module), cfg, docs, 3, "float64", 1, 0.01)
+    L = cfg.n_layer
+    for sample in run["samples"]:
+        assert sample["calls"] == {"embed": 2, "linear_forward": 4 * L + 1, "attention": 2 * L, "norm_act": 6 * L + 1,
+                                   "cross_entropy": 1, "linear_backward": 4 * L + 1, "adam": 0}
+        assert 0 < sum(sample["seconds"].values()) <= sample["step_s"]
+        assert all(len(lengths) == 3 for lengths in sample["lengths"])
+    assert run["isa"] in module.available_isas()
+
+
+def test_ops_engine_c_profiles_each_phase_and_charts_it(profile_cache, names_file, tmp_path, monkeypatch, capsys):
+    path, module = profile_cache
+    monkeypatch.setenv("MICROGPT_CACHE", str(path))
+    stem = tmp_path / "charts" / "phases"
+    isas = module.available_isas()
+    assert roofline.main([*PROFILE_ARGS, "--data", str(names_file), "--batch-size", "2", "--isa", "all",
+                          "--chart", str(stem)]) == 0
+    out = capsys.readouterr().out
+    for isa in isas:
+        assert f"phases of the fused C step: c[{isa}] C16 L2 H4 B8, batch 2, float64" in out
+    table = out[out.index("phases of the fused C step"):]
+    for phase in ("embed", "linear_forward", "attention", "norm_act", "cross_entropy", "linear_backward",
+                  "outside phases", "step"):
+        assert f"\n{phase} " in table, phase
+    assert "\nadam " not in table                                 # no clipping: Adam runs inside the backward pass
+    assert any(v in table for v in ("compute-bound", "-bound", "latency-bound"))
+    for suffix in (".svg", ".png"):
+        assert stem.with_suffix(suffix).stat().st_size > 1000
+
+
+def test_analytic_ops_lists_the_phases(names_file, capsys):
+    assert roofline.main(["--ops", "--data", str(names_file), "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "phases of the fused C engine" in out and "\nlinear_backward " in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ops", "--engine", "python"], "only the fused C step has a per-phase profile"),
+    (["--engine", "c"], "with --ops"),
+    (["--ops", "--engine", "c", "--results", "x.json"], "--results"),
+    (["--ops", "--engine", "c", "--isa", "vax"], "--isa vax is not available"),
+    (["--ops", "--engine", "c", "--n-embd", "15"], "--n-head must divide --n-embd"),
+    (["--ops", "--n-embd", "32", "--configs", "small"], "drop --configs"),
+])
+def test_profile_cli_errors_are_one_line(tmp_path, args, message):
+    r = run_cli(*args, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_profile_without_a_compiler_is_one_line(tmp_path, names_file):
+    pytest.importorskip("fastops", reason="build the C extension first: pip install -e .")
+    r = run_cli(*PROFILE_ARGS, "--data", names_file, script="roofline.py",
+                env={"MICROGPT_CACHE": str(tmp_path), "CC": str(tmp_path / "no-such-cc")})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no C compiler" in r.stderr, r.stderr
