@@ -34,19 +34,6 @@ typedef struct {
     real *att, *o, *dqkv, *scratch;
 } FN(AttnArgs);
 
-/* y[t] = sum_i a[i * a_stride] x[i * ld + t] for n lanes (n a multiple of LANE_PAD), summed in i order.
-   Each group of LANE_PAD lanes is one register accumulator, so the sum never round-trips memory. */
-static inline TARGET void FN(lanes_combine)(real *restrict y, const real *a, ptrdiff_t a_stride, const real *x,
-                                            ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n)
-{
-    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD) {
-        real acc[LANE_PAD] = {0};
-        for (ptrdiff_t i = 0; i < rows; i++)
-            for (int t = 0; t < LANE_PAD; t++) acc[t] += a[i * a_stride] * x[i * ld + t0 + t];
-        memcpy(y + t0, acc, sizeof acc);
-    }
-}
-
 /* Copies rows of a feature-major array (T lanes from s0) into a tile with TP lanes, zero-padded. */
 static TARGET void FN(load_tile)(real *tile, ptrdiff_t ld_tile, const real *src, ptrdiff_t rows, ptrdiff_t MP,
                                  ptrdiff_t s0, ptrdiff_t T, ptrdiff_t TP)
