@@ -1,9 +1,10 @@
 /* _ceilings: micro-kernels that measure this machine's peak FLOP/s and memory bandwidth.
  *
- * Every probe runs on `threads` pthreads pinned one per allowed CPU, does one untimed warm-up
- * repetition (page faults, cache fill, clock ramp-up), then `repeats` timed repetitions separated by
- * a barrier, and reports the best one (as STREAM and the Empirical Roofline Toolkit do): noise from
- * other processes only ever makes a run slower, so the fastest run is the closest to the ceiling.
+ * Every probe runs on `threads` threads of the C engine's pool (fastops/pool.h; the calling thread is
+ * thread 0) pinned one per allowed CPU, does one untimed warm-up repetition (page faults, cache fill,
+ * clock ramp-up), then `repeats` timed repetitions separated by a barrier, and reports the best one
+ * (as STREAM and the Empirical Roofline Toolkit do): noise from other processes only ever makes a run
+ * slower, so the fastest run is the closest to the ceiling.
  * A repetition's time is from the first thread's start to the last thread's finish.
  *
  * The kernels are written once against the C engine's vector layer, fastops/simd.h (VREAL vectors of
@@ -137,11 +138,12 @@ static const probe_kernels FN(kernels) = {FN(fma_peak), VW, NACC, NULL, NULL, NU
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "../fastops/pool.h"
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define X86 1
@@ -150,9 +152,6 @@ static const probe_kernels FN(kernels) = {FN(fma_peak), VW, NACC, NULL, NULL, NU
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
 #define ARM64 1
 #include <arm_neon.h>
-#endif
-#ifdef __linux__
-#include <sched.h>
 #endif
 
 #define MAX_THREADS 256
@@ -405,6 +404,7 @@ static size_t layout(size_t n, int arrays, size_t *off_b, size_t *off_c)
 
 /* ---------------------------------------------------------------------------------------------
  * Thread harness: one job description shared by all threads; each thread works in its own region.
+ * A job runs as one parallel_for on a pool of `threads` threads, thread i taking index i.
  * ------------------------------------------------------------------------------------------- */
 
 enum job_kind { JOB_FMA, JOB_TRIAD, JOB_READ, JOB_INTENSITY };
@@ -412,15 +412,13 @@ enum job_kind { JOB_FMA, JOB_TRIAD, JOB_READ, JOB_INTENSITY };
 typedef struct {
     enum job_kind kind;
     int threads, repeats;
-    /* Threads wait at the gate until all were created (gate 1) or creation failed (gate -1), then
-     * meet at a barrier before every repetition (pthread_barrier_t is missing on macOS). Pinned
-     * threads spin there, so they start a repetition within ~0.1 us of each other instead of one
-     * wake-up apart (tens of us, as long as a whole L1 repetition); oversubscribed ones sleep. */
-    pthread_mutex_t lock;
-    pthread_cond_t opened, turn;
-    int gate, arrived, spin;
-    long generation;
-    int cpus[MAX_THREADS];  /* CPU each thread is pinned to, -1 = not pinned */
+    /* The pool's threads are pinned one per allowed CPU when there are enough CPUs (pinned), and meet
+     * at a barrier before every repetition. Pinned threads spin there, so they start a repetition
+     * within ~0.1 us of each other instead of one wake-up apart (tens of us, as long as a whole L1
+     * repetition); oversubscribed ones sleep. */
+    Pool pool;
+    int pinned;
+    PoolBarrier barrier;
     /* FMA */
     fma_fn fma;
     long iters;
@@ -434,39 +432,6 @@ typedef struct {
     double *t_start, *t_end;
     double sink[MAX_THREADS];
 } job;
-
-typedef struct {
-    job *j;
-    int id;
-} worker_arg;
-
-static void barrier_wait(job *j)
-{
-    if (j->spin) {
-        long generation = __atomic_load_n(&j->generation, __ATOMIC_ACQUIRE);
-        if (__atomic_add_fetch(&j->arrived, 1, __ATOMIC_ACQ_REL) == j->threads) {
-            __atomic_store_n(&j->arrived, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(&j->generation, generation + 1, __ATOMIC_RELEASE);
-        } else {
-            while (__atomic_load_n(&j->generation, __ATOMIC_ACQUIRE) == generation) {
-#ifdef X86
-                _mm_pause();
-#endif
-            }
-        }
-        return;
-    }
-    pthread_mutex_lock(&j->lock);
-    long generation = j->generation;
-    if (++j->arrived == j->threads) {
-        j->arrived = 0;
-        j->generation++;
-        pthread_cond_broadcast(&j->turn);
-    } else {
-        while (generation == j->generation) pthread_cond_wait(&j->turn, &j->lock);
-    }
-    pthread_mutex_unlock(&j->lock);
-}
 
 static double run_once(job *j, int id, long rep)
 {
@@ -484,53 +449,48 @@ static double run_once(job *j, int id, long rep)
     }
 }
 
-static void *worker(void *p)
+/* One thread's part of a job: parallel_for over [0, threads) with grain 1 hands thread i the one index i. */
+static void job_task(void *arg, ptrdiff_t begin, ptrdiff_t end, int thread)
 {
-    worker_arg *w = (worker_arg *)p;
-    job *j = w->j;
-    int id = w->id;
-    pthread_mutex_lock(&j->lock);
-    while (j->gate == 0) pthread_cond_wait(&j->opened, &j->lock);
-    int go = j->gate > 0;
-    pthread_mutex_unlock(&j->lock);
-    if (!go) return NULL;
-#ifdef __linux__
-    if (j->cpus[id] >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(j->cpus[id], &set);
-        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    }
-#endif
+    (void)end;
+    (void)thread;
+    job *j = (job *)arg;
+    int id = (int)begin;
     if (j->first_touch) { /* first touch of the whole region by the thread that will use it */
         double *r = (double *)(j->buf + (size_t)id * j->region);
         for (size_t i = 0; i < j->region / sizeof(double); i++) r[i] = 1.0;
     }
     for (int r = 0; r <= j->repeats; r++) { /* r = 0 is the untimed warm-up */
-        barrier_wait(j);
+        pool_barrier_wait(&j->barrier);
         double t0 = now_seconds();
         j->sink[id] += run_once(j, id, r);
         double t1 = now_seconds();
         j->t_start[r * j->threads + id] = t0;
         j->t_end[r * j->threads + id] = t1;
     }
-    return NULL;
 }
 
-/* Runs the job; returns the best repetition's wall time in seconds, or -1 with a Python error set. */
+/* Starts the job's pool of j->threads threads and pins them one per allowed CPU if there are enough
+ * (pool_pin pins the calling thread too; job_stop gives it back its affinity). Returns 0, or -1 with a
+ * Python error set. */
+static int job_start(job *j)
+{
+    if (pool_start(&j->pool, j->threads) < 0) {
+        PyErr_Format(PyExc_OSError, "could only start %d of %d threads: %s", j->pool.n_threads, j->threads,
+                     j->pool.error);
+        pool_stop(&j->pool);
+        return -1;
+    }
+    j->pinned = pool_pin(&j->pool) == 1;
+    return 0;
+}
+
+static void job_stop(job *j) { pool_stop(&j->pool); }
+
+/* Runs the job on its started pool; returns the best repetition's wall time in seconds, or -1 with a
+ * Python error set. */
 static double run_job(job *j)
 {
-    int ncpus = 0, cpu_ids[MAX_THREADS];
-#ifdef __linux__
-    cpu_set_t allowed;
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
-        for (int c = 0; c < CPU_SETSIZE && ncpus < MAX_THREADS; c++)
-            if (CPU_ISSET(c, &allowed)) cpu_ids[ncpus++] = c;
-#endif
-    /* Pin only when every thread gets its own CPU; oversubscribed runs are left to the scheduler. */
-    for (int t = 0; t < j->threads; t++) j->cpus[t] = j->threads <= ncpus ? cpu_ids[t] : -1;
-    j->spin = j->threads > 1 && j->threads <= ncpus;
-
     size_t slots = (size_t)(j->repeats + 1) * (size_t)j->threads;
     j->t_start = calloc(slots, sizeof(double));
     j->t_end = calloc(slots, sizeof(double));
@@ -540,35 +500,11 @@ static double run_job(job *j)
         PyErr_NoMemory();
         return -1.0;
     }
-    pthread_mutex_init(&j->lock, NULL);
-    pthread_cond_init(&j->opened, NULL);
-    pthread_cond_init(&j->turn, NULL);
-    j->gate = j->arrived = 0;
-    j->generation = 0;
-    pthread_t tids[MAX_THREADS];
-    worker_arg args[MAX_THREADS];
-    int started = 0;
+    pool_barrier_init(&j->barrier, j->threads, j->threads > 1 && j->pinned ? -1 : 0);
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < j->threads; t++) {
-        args[t] = (worker_arg){j, t};
-        if (pthread_create(&tids[t], NULL, worker, &args[t]) != 0) break;
-        started++;
-    }
-    pthread_mutex_lock(&j->lock);
-    j->gate = started == j->threads ? 1 : -1;
-    pthread_cond_broadcast(&j->opened);
-    pthread_mutex_unlock(&j->lock);
-    for (int t = 0; t < started; t++) pthread_join(tids[t], NULL);
+    parallel_for(&j->pool, job_task, j, j->threads, 1);
     Py_END_ALLOW_THREADS
-    pthread_cond_destroy(&j->turn);
-    pthread_cond_destroy(&j->opened);
-    pthread_mutex_destroy(&j->lock);
-    if (started < j->threads) {
-        free(j->t_start);
-        free(j->t_end);
-        PyErr_Format(PyExc_OSError, "could only start %d of %d threads", started, j->threads);
-        return -1.0;
-    }
+    pool_barrier_destroy(&j->barrier);
 
     double best = -1.0;
     for (int r = 1; r <= j->repeats; r++) {
@@ -638,7 +574,9 @@ static PyObject *py_peak_flops(PyObject *self, PyObject *args, PyObject *kw)
 
     const probe_kernels *k = f32 ? e->f32 : e->f64;
     job j = {.kind = JOB_FMA, .threads = threads, .repeats = repeats, .fma = k->fma, .iters = iters};
+    if (job_start(&j) < 0) return NULL;
     double seconds = run_job(&j);
+    job_stop(&j);
     if (seconds < 0) return NULL;
     double flops = 2.0 * (double)k->lanes * k->nacc * (double)iters * threads; /* an FMA is 2 FLOPs */
     return PyFloat_FromDouble(flops / seconds);
@@ -698,6 +636,7 @@ static PyObject *sweep(job *j, PyObject *sizes_arg, int arrays, long min_bytes, 
         return PyErr_NoMemory();
     }
     PyObject *out = PyList_New(0);
+    int started = out && job_start(j) == 0;
     /* The largest size first, so its threads first-touch their own regions. */
     j->n_per_thread = n_max;
     layout(n_max, arrays, &j->off_b, &j->off_c);
@@ -705,7 +644,7 @@ static PyObject *sweep(job *j, PyObject *sizes_arg, int arrays, long min_bytes, 
     j->passes = 1;
     int saved_repeats = j->repeats;
     j->repeats = 1;
-    double ok = out ? run_job(j) : -1.0;
+    double ok = started ? run_job(j) : -1.0;
     j->repeats = saved_repeats;
     j->first_touch = 0;
     for (Py_ssize_t i = 0; ok >= 0 && i < PyList_GET_SIZE(sizes); i++) {
@@ -718,6 +657,7 @@ static PyObject *sweep(job *j, PyObject *sizes_arg, int arrays, long min_bytes, 
         if (!value || PyList_Append(out, value) < 0) ok = -1.0;
         Py_XDECREF(value);
     }
+    job_stop(j);
     free(j->buf);
     Py_DECREF(sizes);
     if (ok < 0) Py_CLEAR(out);
