@@ -4,13 +4,15 @@
 #   fastops/dev/build.sh [native|asan|aarch64|all] [OUTDIR]
 #
 #   native   check_kernels          gcc -O3, the x86 (or host) instances
-#   asan     check_kernels_asan     the same with -fsanitize=address,undefined (tails must stay in bounds)
+#   asan     check_kernels_asan     -O1 -fsanitize=address,undefined: tails must stay in bounds (all of
+#                                   the ISAs take minutes to build; ASAN_CFLAGS="-DDEV_AVX512=0
+#                                   -DDEV_AVX2=0" leaves two out, as tests/test_kernel_harness.py does)
 #   aarch64  check_kernels_aarch64  aarch64-linux-gnu-gcc -O3 -static: NEON + generic, run it under
 #                                   qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, qemu-user)
 #   all      the three, side by side (the default)
 #
-# OUTDIR defaults to fastops/dev/build (git-ignored). CC, AARCH64_CC and EXTRA_CFLAGS (e.g. -Werror)
-# override the compilers and add flags.
+# OUTDIR defaults to fastops/dev/build (git-ignored). CC and AARCH64_CC override the compilers,
+# EXTRA_CFLAGS (e.g. -Werror) adds flags to every build, ASAN_CFLAGS to the sanitizer build.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 what="${1:-all}"
@@ -21,7 +23,8 @@ cc="${CC:-gcc}"
 acc="${AARCH64_CC:-aarch64-linux-gnu-gcc}"
 # gnu11, not c11: it keeps -ffp-contract=fast, as setup.py builds the extension
 flags=(-O3 -std=gnu11 -Wall -Wextra -pthread ${EXTRA_CFLAGS:-})
-sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+sanitize=(-O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+          ${ASAN_CFLAGS:-})
 
 build() {
     case "$1" in
