@@ -15,8 +15,11 @@ from setuptools import Extension, setup
 if sys.platform == "win32":
     compile_args, link_args = ["/O2"], []
 else:
-    # gnu11 (not c11) keeps -ffp-contract=fast so the compiler may fuse multiply-adds.
-    compile_args, link_args = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"], []
+    # gnu11 (not c11) keeps -ffp-contract=fast so the compiler may fuse multiply-adds. -fno-trapping-math:
+    # no floating-point exception is ever unmasked here, and assuming none lets GCC turn the clamps and
+    # selects of the plain-loop exp into blends without mask registers (AVX2, SSE: measured 2.2-6x).
+    compile_args, link_args = ["-O3", "-std=gnu11", "-fno-trapping-math", "-Wall", "-Wextra",
+                               "-Werror=implicit-function-declaration"], []
     if os.environ.get("MICROGPT_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
         compile_args += sanitize

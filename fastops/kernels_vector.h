@@ -213,39 +213,43 @@ FN(fused_rows)(const int R, const int first, const FN(FusedArgs) *f, ptrdiff_t i
 
 /* ---- per-token operations on feature-major arrays: vectors of MP contiguous token lanes ---- */
 
-/* y = x / sqrt(mean(x^2) + eps) for every token; inv keeps 1 / sqrt(...) for the backward pass. Each
-   vector of lanes sums its squares over the C rows in registers. */
+/* y = x / sqrt(mean(x^2) + eps) for every token; inv keeps 1 / sqrt(...) for the backward pass. Rows
+   outer, lanes inner, the running sums in inv: each row streams through once (a lane vector walking
+   down all C rows brought every line back from beyond L1 at C x MP = 512 x 128). */
 static TARGET void FN(rmsnorm_forward)(const real *x, real *y, real *inv, ptrdiff_t C, ptrdiff_t MP)
 {
+    FOR_LANES(t, mask, MP, VSTORE_MASKED(inv + t, mask, VZERO()););
+    for (ptrdiff_t j = 0; j < C; j++)
+        FOR_LANES(t, mask, MP, const VREAL xj = VLOAD_MASKED(mask, x + j * MP + t);
+                  VSTORE_MASKED(inv + t, mask, VFMA(xj, xj, VLOAD_MASKED(mask, inv + t))););
+    const VREAL one = VSET1((real)1), n = VSET1((real)C), eps = VSET1((real)RMS_EPS);
     FOR_LANES(t, mask, MP,
-        VREAL ss = VZERO();
-        for (ptrdiff_t j = 0; j < C; j++) {
-            const VREAL xj = VLOAD_MASKED(mask, x + j * MP + t);
-            ss = VFMA(xj, xj, ss);
-        }
-        const VREAL r = VDIV(VSET1((real)1), VSQRT(VADD(VDIV(ss, VSET1((real)C)), VSET1((real)RMS_EPS))));
-        VSTORE_MASKED(inv + t, mask, r);
-        for (ptrdiff_t j = 0; j < C; j++) VSTORE_MASKED(y + j * MP + t, mask, VMUL(VLOAD_MASKED(mask, x + j * MP + t), r));
-    );
+              VSTORE_MASKED(inv + t, mask, VDIV(one, VSQRT(VADD(VDIV(VLOAD_MASKED(mask, inv + t), n), eps)))););
+    for (ptrdiff_t j = 0; j < C; j++)
+        FOR_LANES(t, mask, MP, VSTORE_MASKED(y + j * MP + t, mask,
+                                             VMUL(VLOAD_MASKED(mask, x + j * MP + t), VLOAD_MASKED(mask, inv + t))););
 }
 
-/* dx (+)= inv * (dy - y * mean(y * dy)), the RMSNorm gradient written with its output y = x * inv. */
+/* dx (+)= inv * (dy - y * mean(y * dy)), the RMSNorm gradient written with its output y = x * inv;
+   tmp (MP lanes) holds the running sums, as in rmsnorm_forward. */
 static TARGET void FN(rmsnorm_backward)(const real *y, const real *inv, const real *dy, real *dx, real *tmp,
                                         ptrdiff_t C, ptrdiff_t MP, int accumulate)
 {
-    (void)tmp;
-    FOR_LANES(t, mask, MP,
-        VREAL dot = VZERO();
-        for (ptrdiff_t j = 0; j < C; j++)
-            dot = VFMA(VLOAD_MASKED(mask, y + j * MP + t), VLOAD_MASKED(mask, dy + j * MP + t), dot);
-        const VREAL mean = VDIV(dot, VSET1((real)C)), r = VLOAD_MASKED(mask, inv + t);
-        for (ptrdiff_t j = 0; j < C; j++) {
+    FOR_LANES(t, mask, MP, VSTORE_MASKED(tmp + t, mask, VZERO()););
+    for (ptrdiff_t j = 0; j < C; j++)
+        FOR_LANES(t, mask, MP, VSTORE_MASKED(tmp + t, mask, VFMA(VLOAD_MASKED(mask, y + j * MP + t),
+                                                                 VLOAD_MASKED(mask, dy + j * MP + t),
+                                                                 VLOAD_MASKED(mask, tmp + t))););
+    const VREAL n = VSET1((real)C);
+    FOR_LANES(t, mask, MP, VSTORE_MASKED(tmp + t, mask, VDIV(VLOAD_MASKED(mask, tmp + t), n)););
+    for (ptrdiff_t j = 0; j < C; j++)
+        FOR_LANES(t, mask, MP,
             const ptrdiff_t i = j * MP + t;
             /* dy - y * mean, rounded as the reference rounds it (the product first) */
-            const VREAL g = VMUL(r, VSUB(VLOAD_MASKED(mask, dy + i), VMUL(VLOAD_MASKED(mask, y + i), mean)));
+            const VREAL g = VMUL(VLOAD_MASKED(mask, inv + t),
+                                 VSUB(VLOAD_MASKED(mask, dy + i), VMUL(VLOAD_MASKED(mask, y + i), VLOAD_MASKED(mask, tmp + t))));
             VSTORE_MASKED(dx + i, mask, accumulate ? VADD(VLOAD_MASKED(mask, dx + i), g) : g);
-        }
-    );
+        );
 }
 
 /* act = relu(u)^2 or relu(u), elementwise. */

@@ -27,7 +27,7 @@ from microgpt.data import cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [REPO / "fastops.c", *sorted((REPO / "fastops").glob("*.h"))]
-COMPILE_ARGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Werror=implicit-function-declaration"]
+COMPILE_ARGS = ["-O3", "-std=gnu11", "-fno-trapping-math", "-fPIC", "-shared", "-pthread", "-Werror=implicit-function-declaration"]
 
 
 def _sources_digest(macros: dict[str, str]) -> str:

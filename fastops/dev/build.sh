@@ -22,7 +22,7 @@ src="$here/check_kernels.c"
 cc="${CC:-gcc}"
 acc="${AARCH64_CC:-aarch64-linux-gnu-gcc}"
 # gnu11, not c11: it keeps -ffp-contract=fast, as setup.py builds the extension
-flags=(-O3 -std=gnu11 -Wall -Wextra -pthread ${EXTRA_CFLAGS:-})
+flags=(-O3 -std=gnu11 -fno-trapping-math -Wall -Wextra -pthread ${EXTRA_CFLAGS:-})
 sanitize=(-O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
           ${ASAN_CFLAGS:-})
 
