@@ -3,6 +3,7 @@
     python benchmarks/engine_table.py                      # all engines x tiny/small/medium x batch 1, 32
     python benchmarks/engine_table.py --engines c,numpy --batch-sizes 1 --dtype float32 -o out/table.json
     python benchmarks/engine_table.py --engines c --isa all --configs large,xl --batch-sizes 32
+    python benchmarks/engine_table.py --pivot out/table.json       # the README's layout: engines x configs
 
 --isa picks the instruction sets of the c engine's kernels, a comma list (avx512,avx2,sse,...; auto = the
 best available, the default; all = every one this CPU and build run): each is its own row, c[avx2], and
@@ -37,6 +38,27 @@ def ratio(x: float) -> str:
     return f"{x:,.0f}x" if x >= 10 else f"{x:.2g}x"
 
 
+def pivot_table(rows: list[dict]) -> str:
+    """Rows of -o JSON files as one markdown table per dtype: an engine per row (c once per isa), a config x
+    batch per column, CPU ms per step, the fastest of each column in bold."""
+    out = []
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        cells: dict[str, dict[str, float]] = {}
+        for r in (r for r in rows if r["dtype"] == dtype):
+            label = f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"]
+            cells.setdefault(label, {})[f"{r['config_name']} b{r['batch_size']}"] = r["cpu_ms_per_step"]
+        columns = list(dict.fromkeys(c for by_col in cells.values() for c in by_col))
+        best = {c: min(v[c] for v in cells.values() if c in v) for c in columns}
+        out += [f"{dtype}, ms of CPU time per step:", "", "| engine | " + " | ".join(columns) + " |",
+                "|---|" + "---:|" * len(columns)]
+        for label, by_col in cells.items():
+            shown = [("**{:.3g}**" if by_col[c] == best[c] else "{:.3g}").format(by_col[c]) if c in by_col else "-"
+                     for c in columns]
+            out.append(f"| `{label}` | " + " | ".join(shown) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES))
@@ -53,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="the c engine's instruction sets, comma-separated: auto (the best), all, or names such as "
                         "avx512,avx2,sse,neon,generic (default: auto)")
     p.add_argument("-o", "--output", help="also write the rows as JSON")
+    p.add_argument("--pivot", nargs="+", metavar="JSON", help="print the rows of earlier -o files as the README's "
+                   "table (engines x configs) and exit")
     args = p.parse_args(argv)
+    if args.pivot:
+        try:
+            rows = [r for f in args.pivot for r in json.loads(Path(f).read_text())]
+            print(pivot_table(rows))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            print(f"error: --pivot needs the JSON files engine_table.py -o writes ({e})", file=sys.stderr)
+            return 2
+        return 0
     try:
         names = args.engines.split(",")
         configs = args.configs.split(",")

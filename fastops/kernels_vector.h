@@ -29,8 +29,14 @@ static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdi
     if (i < end) FN(adam_vector)(a, i, VLOAD_MASKED(VMASK_FIRST(end - i), grad + (i - begin)), VMASK_FIRST(end - i));
 }
 
-#define GEMM_MB (GEMM_MR * 16)      /* rows of A per cache block of a long sum */
-#define GEMM_B_BYTES (256 * 1024)   /* bytes of B per column block of a row-by-row pass */
+#ifndef GEMM_MB_TILES
+#define GEMM_MB_TILES 16
+#endif
+#ifndef GEMM_B_KB
+#define GEMM_B_KB 256
+#endif
+#define GEMM_MB (GEMM_MR * GEMM_MB_TILES)   /* rows of A per cache block of a long sum */
+#define GEMM_B_BYTES (GEMM_B_KB * 1024)     /* bytes of B per column block of a row-by-row pass */
 
 /* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
    With `adam`, C is the gradient of the parameters at the same offset: instead of being stored it is

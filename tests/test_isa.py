@@ -123,6 +123,16 @@ def test_engine_table_measures_every_isa_side_by_side(names_file, tmp_path):
                                env={"MICROGPT_DATA": str(names_file)}), f"--isa {name} is not available")
 
 
+    # the README's layout from the same file: one row per isa, the fastest of the column in bold
+    pivot = run_cli("--pivot", out, script="benchmarks/engine_table.py")
+    assert pivot.returncode == 0, pivot.stderr
+    table = [line for line in pivot.stdout.splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in table] == [f"c[{isa}]" for isa in AVAILABLE]
+    assert sum("**" in line for line in table) == 1
+    one_line_error(run_cli("--pivot", tmp_path / "missing.json", script="benchmarks/engine_table.py"),
+                   "--pivot needs the JSON files")
+
+
 @needs_c
 def test_engine_table_runs_the_large_configs_on_request(names_file, tmp_path):
     out = tmp_path / "table.json"
