@@ -38,6 +38,10 @@ def ratio(x: float) -> str:
     return f"{x:,.0f}x" if x >= 10 else f"{x:.2g}x"
 
 
+def ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
+
+
 def pivot_table(rows: list[dict]) -> str:
     """Rows of -o JSON files as one markdown table per dtype: an engine per row (c once per isa), a config x
     batch per column, CPU ms per step, the fastest of each column in bold."""
@@ -52,7 +56,7 @@ def pivot_table(rows: list[dict]) -> str:
         out += [f"{dtype}, ms of CPU time per step:", "", "| engine | " + " | ".join(columns) + " |",
                 "|---|" + "---:|" * len(columns)]
         for label, by_col in cells.items():
-            shown = [("**{:.3g}**" if by_col[c] == best[c] else "{:.3g}").format(by_col[c]) if c in by_col else "-"
+            shown = [(f"**{ms(by_col[c])}**" if by_col[c] == best[c] else ms(by_col[c])) if c in by_col else "-"
                      for c in columns]
             out.append(f"| `{label}` | " + " | ".join(shown) + " |")
         out.append("")
