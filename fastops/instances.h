@@ -6,64 +6,19 @@
 
 #include "common.h"
 
+#define INSTANCE_FILE "instance.h"
 #define FASTOPS_ISA_GENERIC
 #define SUFFIX f64_generic
-#include "instance.h"
+#include INSTANCE_FILE
 #undef SUFFIX
 #define FASTOPS_F32
 #define SUFFIX f32_generic
-#include "instance.h"
+#include INSTANCE_FILE
 #undef SUFFIX
 #undef FASTOPS_F32
 #undef FASTOPS_ISA_GENERIC
-
-#ifdef HAVE_X86_DISPATCH
-#define FASTOPS_ISA_AVX512
-#define SUFFIX f64_avx512
-#include "instance.h"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_avx512
-#include "instance.h"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_AVX512
-
-#define FASTOPS_ISA_AVX2
-#define SUFFIX f64_avx2
-#include "instance.h"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_avx2
-#include "instance.h"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_AVX2
-
-#define FASTOPS_ISA_SSE
-#define SUFFIX f64_sse
-#include "instance.h"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_sse
-#include "instance.h"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_SSE
-#endif
-
-#ifdef HAVE_NEON
-#define FASTOPS_ISA_NEON
-#define SUFFIX f64_neon
-#include "instance.h"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_neon
-#include "instance.h"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_NEON
-#endif
+#include "each_instance.h"
+#undef INSTANCE_FILE
 
 /* Instruction sets, best first, and each one's kernels for float64 and float32. */
 typedef struct { const char *name; const Kernels *f64, *f32; } Isa;

@@ -185,52 +185,9 @@ typedef struct {
  * The instances, each the first part of this file compiled for one scalar type and instruction set.
  * ------------------------------------------------------------------------------------------- */
 #define CEILINGS_INSTANCE
-#ifdef X86
-#define FASTOPS_ISA_AVX512
-#define SUFFIX f64_avx512
-#include "ceilings.c"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_avx512
-#include "ceilings.c"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_AVX512
-
-#define FASTOPS_ISA_AVX2
-#define SUFFIX f64_avx2
-#include "ceilings.c"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_avx2
-#include "ceilings.c"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_AVX2
-
-#define FASTOPS_ISA_SSE
-#define SUFFIX f64_sse
-#include "ceilings.c"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_sse
-#include "ceilings.c"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_SSE
-#endif
-#ifdef ARM64
-#define FASTOPS_ISA_NEON
-#define SUFFIX f64_neon
-#include "ceilings.c"
-#undef SUFFIX
-#define FASTOPS_F32
-#define SUFFIX f32_neon
-#include "ceilings.c"
-#undef SUFFIX
-#undef FASTOPS_F32
-#undef FASTOPS_ISA_NEON
-#endif
+#define INSTANCE_FILE "../microgpt/ceilings.c"   /* relative to fastops/, where each_instance.h includes it */
+#include "../fastops/each_instance.h"
+#undef INSTANCE_FILE
 #undef CEILINGS_INSTANCE
 
 /* ---------------------------------------------------------------------------------------------
