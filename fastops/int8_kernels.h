@@ -290,28 +290,7 @@ static inline int32_t load4(const void *p)
 #define MV_XQ XQ_U
 MATVEC_F32(avx512)
 MATVEC_I8(avx512vnni)
-#undef MV_TARGET_F32
-#undef MV_TARGET_I8
-#undef MV_FL
-#undef MV_VF
-#undef MV_VI
-#undef mv_zero
-#undef mv_set1
-#undef mv_load
-#undef mv_fma
-#undef mv_mul
-#undef mv_store_first
-#undef mv_iload
-#undef mv_isub
-#undef mv_itof
-#undef MV_ACC
-#undef mv_acc_zero
-#undef mv_acc_sum
-#undef MV_X
-#undef mv_x
-#undef mv_dot4
-#undef MV_BIASED
-#undef MV_XQ
+#include "int8_end.h"
 
 /* -- AVX2 + FMA (256 bits) and SSE4.1 + FMA (128 bits): float32, and int8 through vpmaddubsw with the
    sign of x_q moved onto the weights (see the top of this file); AVX-VNNI on 256 bits where the CPU has
@@ -482,28 +461,7 @@ static inline __attribute__((always_inline)) MvPairs mv_dot4_pairs(MvPairs acc, 
 #endif
 MATVEC_F32(neon)
 MATVEC_I8(neon)
-#undef MV_TARGET_F32
-#undef MV_TARGET_I8
-#undef MV_FL
-#undef MV_VF
-#undef MV_VI
-#undef mv_zero
-#undef mv_set1
-#undef mv_load
-#undef mv_fma
-#undef mv_mul
-#undef mv_store_first
-#undef mv_iload
-#undef mv_isub
-#undef mv_itof
-#undef MV_ACC
-#undef mv_acc_zero
-#undef mv_acc_sum
-#undef MV_X
-#undef mv_x
-#undef mv_dot4
-#undef MV_BIASED
-#undef MV_XQ
+#include "int8_end.h"
 #endif
 
 #ifdef HAVE_AVXVNNI
