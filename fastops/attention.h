@@ -58,15 +58,15 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
     const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *acc = v + C * TPb + 3 * TPb * TPb;
+    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb;
     FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);   /* q, k, v tiles are consecutive */
     for (ptrdiff_t h = 0; h < H; h++) {
         const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb;
         real *P = a->att + (s0 * H + h * T) * TPb;
         /* scores s_j[t] = q[t] . k_j / sqrt(D), -inf where j > t */
+        FN(lanes_combine_rows)(P, TPb, TP, kh, 1, TPb, qh, TPb, D, TP, T);
         for (ptrdiff_t j = 0; j < T; j++) {
             real *Pj = P + j * TPb;
-            FN(lanes_combine)(Pj, kh + j, TPb, qh, TPb, D, TP);
             for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
         }
         /* softmax over j, max-subtracted, lane by lane */
@@ -85,10 +85,7 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
                 for (int t = 0; t < LANE_PAD; t++) P[j * TPb + t0 + t] /= total[t];
         }
         /* o[t] = sum_j P_j[t] v_j */
-        for (ptrdiff_t d = 0; d < D; d++) {
-            FN(lanes_combine)(acc, vh + d * TPb, 1, P, TPb, T, TP);
-            memcpy(a->o + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
-        }
+        FN(lanes_combine_rows)(a->o + h * D * MP + s0, MP, T, vh, TPb, 1, P, TPb, T, TP, D);
     }
 }
 
@@ -99,14 +96,14 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
     const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
     real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *dO = v + C * TPb;
-    real *dS = dO + C * TPb, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb, *acc = dST + TPb * TPb;
+    real *dS = dO + C * TPb, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb;
     FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);
     FN(load_tile)(dO, TPb, a->dO, C, MP, s0, T, TP);
     for (ptrdiff_t h = 0; h < H; h++) {
         const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb, *dOh = dO + h * D * TPb;
         const real *P = a->att_saved + (s0 * H + h * T) * TPb;
         /* through o = sum_j P_j v_j:  dP_j[t] = dO[t] . v_j */
-        for (ptrdiff_t j = 0; j < T; j++) FN(lanes_combine)(dS + j * TPb, vh + j, TPb, dOh, TPb, D, TP);
+        FN(lanes_combine_rows)(dS, TPb, TP, vh, 1, TPb, dOh, TPb, D, TP, T);
         /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); padding lanes t >= T get 0 */
         for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
             real mean[LANE_PAD] = {0};
@@ -119,19 +116,12 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
                 }
         }
         /* through s_j = q . k_j:  dq[t] = sum_j dS_j[t] k_j */
-        for (ptrdiff_t d = 0; d < D; d++) {
-            FN(lanes_combine)(acc, kh + d * TPb, 1, dS, TPb, T, TP);
-            memcpy(a->dqkv + (h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
-        }
+        FN(lanes_combine_rows)(a->dqkv + h * D * MP + s0, MP, T, kh, TPb, 1, dS, TPb, T, TP, D);
         /* dv_j = sum_t P_j[t] dO[t] and dk_j = sum_t dS_j[t] q[t]: keys become the lanes */
         FN(transpose_tile)(PT, P, TPb, T, TP);
         FN(transpose_tile)(dST, dS, TPb, T, TP);
-        for (ptrdiff_t d = 0; d < D; d++) {
-            FN(lanes_combine)(acc, dOh + d * TPb, 1, PT, TPb, T, TP);
-            memcpy(a->dqkv + (2 * C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
-            FN(lanes_combine)(acc, qh + d * TPb, 1, dST, TPb, T, TP);
-            memcpy(a->dqkv + (C + h * D + d) * MP + s0, acc, (size_t)T * sizeof(real));
-        }
+        FN(lanes_combine_rows)(a->dqkv + (2 * C + h * D) * MP + s0, MP, T, dOh, TPb, 1, PT, TPb, T, TP, D);
+        FN(lanes_combine_rows)(a->dqkv + (C + h * D) * MP + s0, MP, T, qh, TPb, 1, dST, TPb, T, TP, D);
     }
 }
 

@@ -282,30 +282,54 @@ static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int
                   VSTORE_MASKED(d + i, mask, VWHERE_GT(x, zero, VLOAD_MASKED(mask, d + i))););
 }
 
-/* ---- attention's inner product over token lanes ---- */
+/* ---- attention's inner products over token lanes ---- */
 
-/* y[t] = sum_i a[i * a_stride] x[i * ld + t] for n lanes (n a multiple of LANE_PAD), summed in i order,
-   two vectors of lanes at a time in registers (a C array of accumulators stayed in memory: measured 9
-   instructions per multiply-add). */
+/* Up to 4 rows at once: y[r y_next + t] = sum_i a[r a_next + i a_stride] x[i ld + t] for r < R and the n
+   lanes t (n a multiple of LANE_PAD), each sum in i order; only the first `keep` lanes of a y row are
+   written (a document's own tokens in an array of the whole batch). The R x 2 accumulators are
+   independent chains: one row at a time was latency-bound (a chain of 7 dependent multiply-adds per
+   name-length sum), and its accumulators, a C array, stayed in memory. */
 static inline __attribute__((always_inline)) TARGET void
-FN(lanes_combine)(real *restrict y, const real *a, ptrdiff_t a_stride, const real *x, ptrdiff_t ld, ptrdiff_t rows,
-                  ptrdiff_t n)
+FN(lanes_rows)(const int R, real *y, ptrdiff_t y_next, ptrdiff_t keep, const real *a, ptrdiff_t a_next,
+               ptrdiff_t a_stride, const real *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n)
 {
-    ptrdiff_t t = 0;
-    for (; t + 2 * VW <= n; t += 2 * VW) {
-        VREAL acc0 = VZERO(), acc1 = VZERO();
+    for (ptrdiff_t t = 0; t < n && t < keep; t += 2 * VW) {
+        /* lanes of the two vectors; below VW only where a vector is wider than LANE_PAD (AVX-512 float32) */
+        const ptrdiff_t n0 = n - t < VW ? n - t : VW, n1 = n - t - VW < 0 ? 0 : n - t - VW < VW ? n - t - VW : VW;
+        const VMASK m0 = VW <= LANE_PAD ? VMASK_ALL : VMASK_FIRST(n0);
+        const VMASK m1 = VW <= LANE_PAD ? VMASK_ALL : VMASK_FIRST(n1 ? n1 : 1);
+        VREAL c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO(), c20 = VZERO(), c21 = VZERO(),
+              c30 = VZERO(), c31 = VZERO();
         for (ptrdiff_t i = 0; i < rows; i++) {
-            const VREAL ai = VSET1(a[i * a_stride]);
-            acc0 = VFMA(ai, VLOAD(x + i * ld + t), acc0);
-            acc1 = VFMA(ai, VLOAD(x + i * ld + t + VW), acc1);
+            const real *xi = x + i * ld + t, *ai = a + i * a_stride;
+            const VREAL x0 = VLOAD_MASKED(m0, xi), x1 = n1 ? VLOAD_MASKED(m1, xi + VW) : x0;
+#define LANES_ROW(r) if (R > r) { const VREAL ar = VSET1(ai[r * a_next]);                           \
+                                  c##r##0 = VFMA(ar, x0, c##r##0); if (n1) c##r##1 = VFMA(ar, x1, c##r##1); }
+            LANES_ROW(0) LANES_ROW(1) LANES_ROW(2) LANES_ROW(3)
+#undef LANES_ROW
         }
-        VSTORE(y + t, acc0);
-        VSTORE(y + t + VW, acc1);
+        const ptrdiff_t k0 = keep - t < n0 ? keep - t : n0, k1 = keep - t - VW < n1 ? keep - t - VW : n1;
+#define LANES_STORE(r) if (R > r) {                                                                  \
+            real *yr = y + r * y_next + t;                                                            \
+            if (k0 == VW) VSTORE(yr, c##r##0); else VSTORE_MASKED(yr, VMASK_FIRST(k0), c##r##0);       \
+            if (k1 == VW) VSTORE(yr + VW, c##r##1); else if (k1 > 0) VSTORE_MASKED(yr + VW, VMASK_FIRST(k1), c##r##1); }
+        LANES_STORE(0) LANES_STORE(1) LANES_STORE(2) LANES_STORE(3)
+#undef LANES_STORE
     }
-    for (; t < n; t += VW) {
-        const VMASK mask = n - t >= VW ? VMASK_ALL : VMASK_FIRST(n - t);
-        VREAL acc = VZERO();
-        for (ptrdiff_t i = 0; i < rows; i++) acc = VFMA(VSET1(a[i * a_stride]), VLOAD_MASKED(mask, x + i * ld + t), acc);
-        VSTORE_MASKED(y + t, mask, acc);
+}
+
+/* lanes_rows over `count` rows, four at a time. */
+static TARGET void FN(lanes_combine_rows)(real *y, ptrdiff_t y_next, ptrdiff_t keep, const real *a, ptrdiff_t a_next,
+                                          ptrdiff_t a_stride, const real *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
+                                          ptrdiff_t count)
+{
+    ptrdiff_t r = 0;
+    for (; r + 4 <= count; r += 4)
+        FN(lanes_rows)(4, y + r * y_next, y_next, keep, a + r * a_next, a_next, a_stride, x, ld, rows, n);
+    switch (count - r) {
+    case 3: FN(lanes_rows)(3, y + r * y_next, y_next, keep, a + r * a_next, a_next, a_stride, x, ld, rows, n); break;
+    case 2: FN(lanes_rows)(2, y + r * y_next, y_next, keep, a + r * a_next, a_next, a_stride, x, ld, rows, n); break;
+    case 1: FN(lanes_rows)(1, y + r * y_next, y_next, keep, a + r * a_next, a_next, a_stride, x, ld, rows, n); break;
+    default: break;
     }
 }

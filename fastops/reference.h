@@ -1,5 +1,5 @@
 /* fastops/reference.h: the portable kernels -- the same contracts as fastops/kernels_vector.h in plain C
-   loops (Adam, gemm, the fused backward, RMSNorm, the MLP activation, attention's lanes_combine), for CPUs without a vector instance and as the reference the kernel harness checks the vector
+   loops (Adam, gemm, the fused backward, RMSNorm, the MLP activation, attention's lanes_combine_rows), for CPUs without a vector instance and as the reference the kernel harness checks the vector
    instances against. */
 
 /* Adam on elements [begin, end) of the flat buffers; grad[j] is the gradient of element begin + j. */
@@ -103,17 +103,19 @@ static TARGET void FN(mlp_act_backward)(const real *u, real *d, ptrdiff_t n, int
         for (ptrdiff_t i = 0; i < n; i++) d[i] = u[i] > 0 ? d[i] : 0;
 }
 
-/* ---- attention's inner product over token lanes ---- */
+/* ---- attention's inner products over token lanes ---- */
 
-/* y[t] = sum_i a[i * a_stride] x[i * ld + t] for n lanes (n a multiple of LANE_PAD), summed in i order.
-   Each group of LANE_PAD lanes is one register accumulator, so the sum never round-trips memory. */
-static inline TARGET void FN(lanes_combine)(real *restrict y, const real *a, ptrdiff_t a_stride, const real *x,
-                                            ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n)
+/* y[r y_next + t] = sum_i a[r a_next + i a_stride] x[i ld + t] for r < count and the n lanes t (n a
+   multiple of LANE_PAD), each sum in i order; only the first `keep` lanes of a y row are written. */
+static TARGET void FN(lanes_combine_rows)(real *y, ptrdiff_t y_next, ptrdiff_t keep, const real *a, ptrdiff_t a_next,
+                                          ptrdiff_t a_stride, const real *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
+                                          ptrdiff_t count)
 {
-    for (ptrdiff_t t0 = 0; t0 < n; t0 += LANE_PAD) {
-        real acc[LANE_PAD] = {0};
-        for (ptrdiff_t i = 0; i < rows; i++)
-            for (int t = 0; t < LANE_PAD; t++) acc[t] += a[i * a_stride] * x[i * ld + t0 + t];
-        memcpy(y + t0, acc, sizeof acc);
-    }
+    for (ptrdiff_t r = 0; r < count; r++)
+        for (ptrdiff_t t0 = 0; t0 < n && t0 < keep; t0 += LANE_PAD) {
+            real acc[LANE_PAD] = {0};
+            for (ptrdiff_t i = 0; i < rows; i++)
+                for (int t = 0; t < LANE_PAD; t++) acc[t] += a[r * a_next + i * a_stride] * x[i * ld + t0 + t];
+            memcpy(y + r * y_next + t0, acc, (size_t)(keep - t0 < LANE_PAD ? keep - t0 : LANE_PAD) * sizeof(real));
+        }
 }
