@@ -22,9 +22,10 @@ static inline TARGET real FN(vexp)(real x)
 }
 
 /* ---- causal self-attention of one document, all heads ----
-   Query positions are vector lanes: the document's T tokens are copied into local tiles padded with
-   zeros to TP = T rounded up to LANE_PAD lanes, and every loop runs over whole groups of lanes. For key
-   j and query lane t, P[j][t] is the softmax weight (0 for j > t); it is kept for the backward pass. */
+   Query positions are vector lanes: a document's T tokens are read where they lie in the batch's
+   feature-major arrays, as TP = T rounded up to LANE_PAD lanes, and every loop runs over whole groups of
+   lanes. For key j and query lane t, P[j][t] is the softmax weight (0 for j > t); it is kept for the
+   backward pass. */
 
 typedef struct {
     const Shape *s;
@@ -33,16 +34,6 @@ typedef struct {
     const real *qkv, *dO, *att_saved;
     real *att, *o, *dqkv, *scratch;
 } FN(AttnArgs);
-
-/* Copies rows of a feature-major array (T lanes from s0) into a tile with TP lanes, zero-padded. */
-static TARGET void FN(load_tile)(real *tile, ptrdiff_t ld_tile, const real *src, ptrdiff_t rows, ptrdiff_t MP,
-                                 ptrdiff_t s0, ptrdiff_t T, ptrdiff_t TP)
-{
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        for (ptrdiff_t t = 0; t < T; t++) tile[r * ld_tile + t] = src[r * MP + s0 + t];
-        for (ptrdiff_t t = T; t < TP; t++) tile[r * ld_tile + t] = 0;
-    }
-}
 
 /* Transposes the T x T corner of a (T x TP lanes) tile into another, zero-padding its lanes. */
 static TARGET void FN(transpose_tile)(real *out, const real *in, ptrdiff_t ld, ptrdiff_t T, ptrdiff_t TP)
@@ -58,13 +49,14 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
     const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb;
-    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);   /* q, k, v tiles are consecutive */
+    (void)scratch;
+    /* q, k, v read in place: rows of MP lanes from the document's first token (see attention_docs) */
+    const real *q = a->qkv + s0, *k = q + C * MP, *v = k + C * MP;
     for (ptrdiff_t h = 0; h < H; h++) {
-        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb;
+        const real *qh = q + h * D * MP, *kh = k + h * D * MP, *vh = v + h * D * MP;
         real *P = a->att + (s0 * H + h * T) * TPb;
         /* scores s_j[t] = q[t] . k_j / sqrt(D), -inf where j > t */
-        FN(lanes_combine_rows)(P, TPb, TP, kh, 1, TPb, qh, TPb, D, TP, T);
+        FN(lanes_combine_rows)(P, TPb, TP, kh, 1, MP, qh, MP, D, TP, T);
         for (ptrdiff_t j = 0; j < T; j++) {
             real *Pj = P + j * TPb;
             for (ptrdiff_t t = 0; t < TP; t++) Pj[t] = t >= j ? Pj[t] * scale : -(real)INFINITY;
@@ -85,7 +77,7 @@ static TARGET void FN(attention_forward_doc)(const FN(AttnArgs) *a, int doc, rea
                 for (int t = 0; t < LANE_PAD; t++) P[j * TPb + t0 + t] /= total[t];
         }
         /* o[t] = sum_j P_j[t] v_j */
-        FN(lanes_combine_rows)(a->o + h * D * MP + s0, MP, T, vh, TPb, 1, P, TPb, T, TP, D);
+        FN(lanes_combine_rows)(a->o + h * D * MP + s0, MP, T, vh, MP, 1, P, TPb, T, TP, D);
     }
 }
 
@@ -95,15 +87,13 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
     const ptrdiff_t C = a->s->C, H = a->s->n_head, D = C / H, MP = a->MP, TPb = round_up(a->s->block, LANE_PAD);
     const ptrdiff_t s0 = a->b->doc_start[doc], T = a->b->doc_start[doc + 1] - s0, TP = round_up(T, LANE_PAD);
     const real scale = (real)1 / R_SQRT((real)D);
-    real *q = scratch, *k = q + C * TPb, *v = k + C * TPb, *dO = v + C * TPb;
-    real *dS = dO + C * TPb, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb;
-    FN(load_tile)(q, TPb, a->qkv, 3 * C, MP, s0, T, TP);
-    FN(load_tile)(dO, TPb, a->dO, C, MP, s0, T, TP);
+    const real *q = a->qkv + s0, *k = q + C * MP, *v = k + C * MP, *dO = a->dO + s0;   /* in place */
+    real *dS = scratch, *PT = dS + TPb * TPb, *dST = PT + TPb * TPb;
     for (ptrdiff_t h = 0; h < H; h++) {
-        const real *qh = q + h * D * TPb, *kh = k + h * D * TPb, *vh = v + h * D * TPb, *dOh = dO + h * D * TPb;
+        const real *qh = q + h * D * MP, *kh = k + h * D * MP, *vh = v + h * D * MP, *dOh = dO + h * D * MP;
         const real *P = a->att_saved + (s0 * H + h * T) * TPb;
         /* through o = sum_j P_j v_j:  dP_j[t] = dO[t] . v_j */
-        FN(lanes_combine_rows)(dS, TPb, TP, vh, 1, TPb, dOh, TPb, D, TP, T);
+        FN(lanes_combine_rows)(dS, TPb, TP, vh, 1, MP, dOh, MP, D, TP, T);
         /* through the softmax: dS_j = P_j (dP_j - sum_i P_i dP_i) / sqrt(D); padding lanes t >= T get 0 */
         for (ptrdiff_t t0 = 0; t0 < TP; t0 += LANE_PAD) {
             real mean[LANE_PAD] = {0};
@@ -116,12 +106,12 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
                 }
         }
         /* through s_j = q . k_j:  dq[t] = sum_j dS_j[t] k_j */
-        FN(lanes_combine_rows)(a->dqkv + h * D * MP + s0, MP, T, kh, TPb, 1, dS, TPb, T, TP, D);
+        FN(lanes_combine_rows)(a->dqkv + h * D * MP + s0, MP, T, kh, MP, 1, dS, TPb, T, TP, D);
         /* dv_j = sum_t P_j[t] dO[t] and dk_j = sum_t dS_j[t] q[t]: keys become the lanes */
         FN(transpose_tile)(PT, P, TPb, T, TP);
         FN(transpose_tile)(dST, dS, TPb, T, TP);
-        FN(lanes_combine_rows)(a->dqkv + (2 * C + h * D) * MP + s0, MP, T, dOh, TPb, 1, PT, TPb, T, TP, D);
-        FN(lanes_combine_rows)(a->dqkv + (C + h * D) * MP + s0, MP, T, qh, TPb, 1, dST, TPb, T, TP, D);
+        FN(lanes_combine_rows)(a->dqkv + (2 * C + h * D) * MP + s0, MP, T, dOh, MP, 1, PT, TPb, T, TP, D);
+        FN(lanes_combine_rows)(a->dqkv + (C + h * D) * MP + s0, MP, T, qh, MP, 1, dST, TPb, T, TP, D);
     }
 }
 
@@ -142,7 +132,11 @@ static TARGET void FN(prefetch_doc)(const FN(AttnArgs) *a, const real *base, ptr
 }
 
 /* Documents begin .. end-1 one after another, forward or backward; while one computes, the rows of the
-   next are fetched. */
+   next are fetched. q, k, v and dO are read in place, a document's TP lanes from its first token: the
+   lanes past its T tokens belong to the next document (or padding, or, after the last row of dO, its
+   LANE_PAD elements of slack); they only reach padding query lanes, whose results are never stored and
+   whose score gradients are zeroed. (Copying each document into zero-padded tiles first cost a third of
+   attention's instructions.) */
 static TARGET void FN(attention_docs)(const FN(AttnArgs) *a, ptrdiff_t begin, ptrdiff_t end, int thread, int backward)
 {
     const ptrdiff_t C = a->s->C;

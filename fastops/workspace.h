@@ -1,10 +1,10 @@
 /* fastops/workspace.h: one kernel instance's scratch memory for a batch, carved into named arrays. */
 
-/* Per-thread attention scratch: tiles of q, k, v, dO (C rows each), three TPb x TPb tiles, one row. */
+/* Per-thread attention scratch: the backward pass's three TPb x TPb tiles (dS, P^T, dS^T). */
 static ptrdiff_t FN(attention_scratch)(const Shape *s)
 {
     const ptrdiff_t TPb = round_up(s->block, LANE_PAD);
-    return (4 * (ptrdiff_t)s->C + 3 * TPb + 1) * TPb;
+    return 3 * TPb * TPb;
 }
 
 /* Scratch of one batch. Feature-major arrays have rows of MP token lanes; per-layer arrays hold
@@ -33,7 +33,7 @@ static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, 
     TAKE(o, L * C * MP); TAKE(h2, L * C * MP); TAKE(inv2, L * MP); TAKE(u, L * F * MP); TAKE(act, L * F * MP);
     TAKE(logits, s->vocab * MP); TAKE(lane_w, MP); TAKE(lane_loss, MP);
     TAKE(lane_a, MP); TAKE(lane_b, MP); TAKE(lane_c, MP);
-    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP); TAKE(tok_major, F * MP); TAKE(dx_tok, (F + DX_SKEW) * MP);
+    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP + LANE_PAD);   /* attention reads a whole lane group past its last row */ TAKE(tok_major, F * MP); TAKE(dx_tok, (F + DX_SKEW) * MP);
     TAKE(g_rows, n_threads * F);
     TAKE(att_scratch, n_threads * FN(attention_scratch)(s));
 #undef TAKE
