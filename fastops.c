@@ -26,7 +26,8 @@
  *     attention.h            causal attention and exp, plain loops the compiler
  *                            vectorises for the instance's instruction set
  *     model.h                the whole model on one batch (run_batch)
- *   fastops/instances.h    every instance this build compiles; the best the CPU runs is picked at run time
+ *   fastops/instances.h    every instance this build compiles (the list: each_instance.h, shared with the
+ *                          roofline's probes); the best the CPU runs is picked at run time
  *   fastops/check.h        the buffer argument check; gpt.h, ops.h, int8.h: the Python types and functions
  *   fastops/dev/           the kernel harness: each vector kernel checked against reference.h and timed
  */

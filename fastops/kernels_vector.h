@@ -1,6 +1,6 @@
 /* fastops/kernels_vector.h: the optimised kernels, written once against the vector layer (fastops/simd.h)
    and compiled for every vector instruction set: Adam on vectors, gemm's register tile, the fused
-   small-batch backward pass, RMSNorm, the MLP activation and attention's lanes_combine. fastops/reference.h
+   small-batch backward pass, RMSNorm, the MLP activation and attention's lanes_combine_rows. fastops/reference.h
    has the same in plain C. */
 
 /* Adam on one vector of gradients g for the (masked) elements at index i; divisions by bc1 and bc2
