@@ -1,23 +1,13 @@
 /* fastops/int8_end.h: forgets one instruction set's helpers of fastops/int8_kernels.h before the next. */
-#undef MV_TARGET_F32
-#undef MV_TARGET_I8
-#undef MV_FL
-#undef MV_VF
-#undef MV_VI
+#include "int8_width_end.h"
 #undef mv_zero
 #undef mv_set1
 #undef mv_load
 #undef mv_fma
 #undef mv_mul
 #undef mv_store_first
-#undef mv_iload
 #undef mv_isub
 #undef mv_itof
-#undef MV_ACC
-#undef mv_acc_zero
 #undef mv_acc_sum
-#undef MV_X
-#undef mv_x
-#undef mv_dot4
-#undef MV_BIASED
-#undef MV_XQ
+#undef MV_X_SIGNED
+#undef MV_DOT4_SIGNED

@@ -351,20 +351,7 @@ MATVEC_I8(avx2)
 #define MV_XQ XQ_U
 MATVEC_I8(avx2vnni)
 #endif
-#undef MV_OP
-#undef MV_FL
-#undef MV_VF
-#undef MV_VI
-#undef MV_ACC
-#undef mv_iload
-#undef mv_acc_zero
-#undef MV_TARGET_F32
-#undef MV_TARGET_I8
-#undef MV_X
-#undef mv_x
-#undef mv_dot4
-#undef MV_BIASED
-#undef MV_XQ
+#include "int8_width_end.h"
 
 #define MV_OP(op) _mm_##op
 #define MV_FL 4
@@ -383,31 +370,7 @@ MATVEC_I8(avx2vnni)
 #define MV_XQ (XQ_S | XQ_A)
 MATVEC_F32(sse)
 MATVEC_I8(sse)
-#undef MV_OP
-#undef MV_FL
-#undef MV_VF
-#undef MV_VI
-#undef MV_ACC
-#undef mv_iload
-#undef mv_acc_zero
-#undef MV_TARGET_F32
-#undef MV_TARGET_I8
-#undef MV_X
-#undef mv_x
-#undef mv_dot4
-#undef MV_BIASED
-#undef MV_XQ
-#undef mv_zero
-#undef mv_set1
-#undef mv_load
-#undef mv_fma
-#undef mv_mul
-#undef mv_store_first
-#undef mv_isub
-#undef mv_itof
-#undef mv_acc_sum
-#undef MV_X_SIGNED
-#undef MV_DOT4_SIGNED
+#include "int8_end.h"
 #endif
 
 #ifdef HAVE_NEON
