@@ -83,6 +83,16 @@ static TARGET double FN(triad)(real *restrict a, const real *restrict b, const r
  * 8 accumulators): with one add per loaded vector the vector ALUs, which execute only 2 of them per
  * cycle on most cores (512-bit ones on ports 0 and 5 of Intel's), would limit the loads instead of
  * the L1, ~25% below likwid-bench's load kernel, which discards what it loads. */
+/* The sum of 8 vector accumulators' lanes: what a memory probe returns, so its loads cannot be dropped. */
+static inline TARGET double FN(sum_of)(VREAL acc[8])
+{
+    _Pragma("GCC unroll 8") for (int k = 1; k < 8; k++) acc[0] = VADD(acc[0], acc[k]);
+    real out[VW], sum = 0;
+    VSTORE(out, acc[0]);
+    for (int k = 0; k < VW; k++) sum += out[k];
+    return (double)sum;
+}
+
 static TARGET double FN(read)(const real *restrict a, size_t n, long passes)
 {
     VREAL acc[8];
@@ -93,11 +103,7 @@ static TARGET double FN(read)(const real *restrict a, size_t n, long passes)
                 acc[k] = VFMA(VLOAD(a + i + 2 * k * VW), VLOAD(a + i + (2 * k + 1) * VW), acc[k]);
         COMPILER_BARRIER();
     }
-    _Pragma("GCC unroll 8") for (int k = 1; k < 8; k++) acc[0] = VADD(acc[0], acc[k]);
-    real out[VW], sum = 0;
-    VSTORE(out, acc[0]);
-    for (int k = 0; k < VW; k++) sum += out[k];
-    return (double)sum;
+    return FN(sum_of)(acc);
 }
 
 /* Known-intensity kernel for checking the roofline itself: reads a[i] and applies `fmas` dependent
@@ -116,11 +122,7 @@ static TARGET double FN(intensity)(const real *restrict a, size_t n, long passes
         }
         COMPILER_BARRIER();
     }
-    _Pragma("GCC unroll 8") for (int k = 1; k < 8; k++) acc[0] = VADD(acc[0], acc[k]);
-    real out[VW], sum = 0;
-    VSTORE(out, acc[0]);
-    for (int k = 0; k < VW; k++) sum += out[k];
-    return (double)sum;
+    return FN(sum_of)(acc);
 }
 
 static const probe_kernels FN(kernels) = {FN(fma_peak), VW, NACC, FN(triad), FN(read), FN(intensity)};
