@@ -34,6 +34,9 @@ MAGIC = b"MGPTCKPT"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ")
 SECTIONS = ("params", "adam_m", "adam_v")
+#: what the weights compute; a checkpoint of one kind never loads as another (a masked-diffusion model has the
+#: same layout plus a [MASK] token, so without this it would resume or sample as a next-token model, silently)
+KINDS = {"autoregressive": "python train.py --sample-from", "diffusion": "python -m engines.diffusion --sample-from"}
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Checkpoint:
     rng_state: list | None = None   # random.Random.getstate() of the training RNG, as JSON lists
     data: dict = field(default_factory=dict)   # which documents, so resume can check it sees the same data
     meta: dict = field(default_factory=dict)   # engine, dtype, best validation loss, ...
+    kind: str = "autoregressive"                # one of KINDS; files written before it existed are autoregressive
 
 
 def _to_le_bytes(values: array) -> bytes:
@@ -84,6 +88,7 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "rng_state": ckpt.rng_state,
         "data": ckpt.data,
         "meta": ckpt.meta,
+        "kind": ckpt.kind,
         "dtype": "float64",
         "sections": sections,
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
@@ -92,8 +97,8 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     write_atomic(path, _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + payload)
 
 
-def load(path: str | os.PathLike) -> Checkpoint:
-    """Read and validate a checkpoint; any defect raises UserError with one line."""
+def load(path: str | os.PathLike, kind: str = "autoregressive") -> Checkpoint:
+    """Read and validate a checkpoint of ``kind``; any defect, or another kind, raises UserError with one line."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -120,10 +125,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
         expected = sum(size for _, size in sections.values())
         step, adam_t = int(header["step"]), int(header["adam_t"])
         tokenizer = header["tokenizer"]
+        found = header.get("kind", "autoregressive")
     except UserError as e:
         raise UserError(f"checkpoint {path} has an invalid config: {e}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"checkpoint {path} has a garbled header ({type(e).__name__}: {e})") from None
+    if found != kind:
+        how = KINDS.get(found)
+        raise UserError(f"{path} is a {found} checkpoint, not {kind}" + (f"; use {how} {path}" if how else ""))
     payload = raw[body_start:]
     if len(payload) != expected:
         raise UserError(f"checkpoint {path} is truncated or padded (payload {len(payload)} bytes, expected {expected})")
@@ -140,4 +149,5 @@ def load(path: str | os.PathLike) -> Checkpoint:
         arrays[name] = _from_le_bytes(payload[start:start + size])
     return Checkpoint(model=model, train=train, tokenizer=tokenizer, params=FlatParams(model, arrays["params"]),
                       adam=AdamState(arrays["adam_m"], arrays["adam_v"], adam_t), step=step,
-                      rng_state=header.get("rng_state"), data=header.get("data", {}), meta=header.get("meta", {}))
+                      rng_state=header.get("rng_state"), data=header.get("data", {}), meta=header.get("meta", {}),
+                      kind=found)
