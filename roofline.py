@@ -68,7 +68,8 @@ import threading
 import time
 from pathlib import Path
 
-from microgpt import UserError, machine, timing
+from microgpt import UserError, cli, machine, timing
+from microgpt.cli import config_label, duration, percent, si
 from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig
 from microgpt.flops import PHASES, PhaseCost, StepCost, phase_costs, step_cost, step_ops
 
@@ -95,28 +96,6 @@ OUTRUN_MARGIN = 1.25
 PROFILE_WARMUP, PROFILE_SAMPLES, PROFILE_MIN_STEPS = 2, 9, 45
 #: Progress lines (stderr) once building or profiling has taken this long.
 PROGRESS_AFTER_S = 2.0
-
-
-def si(x: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M' (3 significant digits)."""
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}".rstrip()
-
-
-def percent(x: float) -> str:
-    """12.3 -> '12%', 123.4 -> '123%', 4.56 -> '4.6%'."""
-    return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
-
-
-def duration(seconds: float) -> str:
-    """0.00123 -> '1.23 ms', 4.5e-6 -> '4.5 us'."""
-    return f"{seconds * 1e3:.3g} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:.3g} us"
-
-
-def config_label(cfg: ModelConfig) -> str:
-    return f"C{cfg.n_embd} L{cfg.n_layer} H{cfg.n_head} B{cfg.block_size}"
 
 
 # --- engine timings: measured here ----------------------------------------------------------------------
@@ -455,8 +434,8 @@ def print_ceilings(c: dict, path: Path) -> None:
     rows = [[f"{kind}, {t} thr"] + [f"{levels[n] / 1e9:.1f}" if n in levels else "-" for n in names]
             for kind, by_t in c["levels"].items() for t, levels in by_t.items()]
     print_table(rows, ["bandwidth GB/s"] + names)
-    caches = ", ".join(f"L{x['level']} {machine.binary_size(x['size'])}" for x in c["caches"])
-    knees = ", ".join(map(machine.binary_size, c["knees"]["triad"]["1"]))
+    caches = ", ".join(f"L{x['level']} {cli.binary_size(x['size'])}" for x in c["caches"])
+    knees = ", ".join(map(cli.binary_size, c["knees"]["triad"]["1"]))
     print(f"  OS cache sizes (per instance): {caches}; triad curve knees (1 thread): {knees}")
     print("  triad counts 24 B/element (STREAM): the write-allocate read of a's line is not counted")
     for note in c.get("notes", []):
@@ -474,7 +453,7 @@ def print_ops(cfg: ModelConfig, lengths: list[int], dtype_bytes: int) -> None:
     rows.append(["total", si(sum(o.fwd_flops for o in ops)), si(sum(o.bwd_flops for o in ops)),
                  si(sum(o.upd_flops for o in ops)), "100", si(cost.bytes, "B"), f"{cost.intensity:.2f}", ""])
     print_table(rows, ["op", "fwd FLOP", "bwd FLOP", "Adam FLOP", "% FLOP", "bytes", "FLOP/B", ""])
-    print(f"working set {machine.binary_size(cost.working_set_bytes)} (weights, grads, Adam moments, saved activations)")
+    print(f"working set {cli.binary_size(cost.working_set_bytes)} (weights, grads, Adam moments, saved activations)")
     phases = [p for p in phase_costs(cfg, lengths, dtype_bytes).values() if p.flops]
     print("the same step in the phases of the fused C engine (bytes as it moves them, Adam fused into the backward "
           "pass; --engine c times them):")
@@ -506,7 +485,7 @@ def print_phases(analysis: dict, label: str, cfg: ModelConfig, batch_size: int, 
 # --- main -----------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--measure", action="store_true", help="re-measure the machine's ceilings (full sweep)")
     p.add_argument("--all-configs", action="store_true",
                    help=f"the standard grid ({', '.join(DEFAULT_CONFIGS)}), not just the first")
@@ -522,10 +501,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="documents to time on (default: names.txt)")
     p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
-    shape = p.add_argument_group("model shape (one config instead of --configs; the rest from the defaults)")
-    for flag in ("n-embd", "n-layer", "n-head", "block-size"):
-        shape.add_argument(f"--{flag}", type=int)
-    shape.add_argument("--mlp-act")
+    shape = p.add_argument_group("model shape, the trainer's flags (one config instead of --configs; the rest from "
+                                 "the defaults)")
+    cli.add_config_flags(shape, ModelConfig, only=cli.SHAPE_KEYS)
     p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--threads", type=int, default=1, help="threads each engine may use")
     p.add_argument("--isa", default="auto",
@@ -554,8 +532,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def chosen_configs(args: argparse.Namespace) -> list[ModelConfig]:
     """--configs / --all-configs by name, or the one config of the shape flags."""
-    shape = {k: getattr(args, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "mlp_act")
-             if getattr(args, k) is not None}
+    shape = {k: getattr(args, k) for k in cli.SHAPE_KEYS if getattr(args, k) is not None}
     if shape:
         if args.configs or args.all_configs:
             raise UserError("the shape flags (--n-embd, --n-layer, --n-head, --block-size, --mlp-act) make one "
@@ -619,79 +596,79 @@ def profile_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        configs = chosen_configs(args)
-        if args.ops and args.engine:
-            return profile_main(args, configs)
-        if args.ops:
-            texts = load_texts(args.data)
-            from microgpt.tokenizers import build_tokenizer
-            vocab = build_tokenizer("char", texts, texts).vocab_size
-            sample = random.Random(0).sample(texts, args.batch_size)
-            for cfg in configs:
-                lengths = [min(len(t) + 1, cfg.block_size) for t in sample]
-                print_ops(ModelConfig(**{**timing.model_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
-                print()
-            return 0
-
-        from engines import ENGINES
-        names = args.engines.split(",") if args.engines else list(ENGINES)
-        unknown = [n for n in names if n not in ENGINES]
-        if unknown:
-            raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
-        isas: list[str | None] = [None]
-        if args.isa.strip().lower() != "auto":
-            if args.results:
-                raise UserError("--isa chooses the kernels timed here; the records of --results name their own isa")
-            if "c" not in names:
-                raise UserError("--isa picks the kernels of the c engine, which is not among the engines timed")
-            from train_fast import parse_isas
-            isas = parse_isas(args.isa)
-        left_out = []
-        if not args.engines:
-            # the quick run leaves out every JIT framework; --all-configs only those that compile for tens
-            # of seconds per config (their timings come from benchmark results through --results)
-            slow = [n for n in names if n.startswith(FRAMEWORK_PREFIXES) and (not args.all_configs or
-                                                                             n.endswith("-compile"))]
-            left_out, names = slow, [n for n in names if n not in slow]
-        path = machine.cache_path()
-        ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
-        sys.stderr.flush()
-        print_ceilings(ceilings, path)
-        print()
-
-        if args.results:
-            records, skipped = load_results(args.results), []
-        else:
-            records, skipped = measure_engines(names, configs, load_texts(args.data), args.batch_size, args.dtype,
-                                               args.threads, args.seconds, args.max_step_seconds, isas)
-            if args.save_results:
-                machine.save({"results": records}, Path(args.save_results))
-        rows = [analyse(r, ceilings) for r in records]
-        print_table([[r["engine"], r["config"], r["batch_size"], r["dtype"].replace("float", "f"), r["threads"],
-                      f"{r['ms_per_step']:.3g}", ("" if r["exact"] else "~") + si(r["flops"]), si(r["bytes"], "B"),
-                      f"{r['intensity']:.2f}", f"{r['achieved'] / 1e9:.3g}", f"{r['roof']} {r['roof_flops'] / 1e9:.3g}",
-                      percent(r['percent']), r["verdict"]] for r in rows],
-                    ["engine", "config", "batch", "dtype", "thr", "ms/step", "FLOP/step", "bytes/step", "FLOP/B",
-                     "GFLOP/s", "roof GFLOP/s", "% roof", "verdict"])
-        for line in skipped:
-            print(f"skipped {line}")
-        if left_out and not args.results:
-            print(f"not timed in this run (JIT frameworks, seconds of compile each): {', '.join(left_out)}; "
-                  "time them with --engines, or read benchmark timings with --results")
-        if not rows:
-            print("no engine could be timed")
-        stem = "out/roofline" if args.chart is None else args.chart
-        if stem and rows:
-            import report_charts
-            written = report_charts.roofline_chart(ceilings, rows, stem)
-            print(f"chart: {', '.join(map(str, written))}")
+def run(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    configs = chosen_configs(args)
+    if args.ops and args.engine:
+        return profile_main(args, configs)
+    if args.ops:
+        texts = load_texts(args.data)
+        from microgpt.tokenizers import build_tokenizer
+        vocab = build_tokenizer("char", texts, texts).vocab_size
+        sample = random.Random(0).sample(texts, args.batch_size)
+        for cfg in configs:
+            lengths = [min(len(t) + 1, cfg.block_size) for t in sample]
+            print_ops(ModelConfig(**{**timing.model_dict(cfg), "vocab_size": vocab}), lengths, DTYPES[args.dtype][1])
+            print()
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    from engines import ENGINES
+    names = args.engines.split(",") if args.engines else list(ENGINES)
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise UserError(f"--engines: unknown {', '.join(unknown)} (registered: {', '.join(ENGINES)})")
+    isas: list[str | None] = [None]
+    if args.isa.strip().lower() != "auto":
+        if args.results:
+            raise UserError("--isa chooses the kernels timed here; the records of --results name their own isa")
+        if "c" not in names:
+            raise UserError("--isa picks the kernels of the c engine, which is not among the engines timed")
+        from train_fast import parse_isas
+        isas = parse_isas(args.isa)
+    left_out = []
+    if not args.engines:
+        # the quick run leaves out every JIT framework; --all-configs only those that compile for tens
+        # of seconds per config (their timings come from benchmark results through --results)
+        slow = [n for n in names if n.startswith(FRAMEWORK_PREFIXES) and (not args.all_configs or
+                                                                         n.endswith("-compile"))]
+        left_out, names = slow, [n for n in names if n not in slow]
+    path = machine.cache_path()
+    ceilings = machine.ceilings(remeasure=args.measure, quality="full" if args.measure else "quick", path=path)
+    sys.stderr.flush()
+    print_ceilings(ceilings, path)
+    print()
+
+    if args.results:
+        records, skipped = load_results(args.results), []
+    else:
+        records, skipped = measure_engines(names, configs, load_texts(args.data), args.batch_size, args.dtype,
+                                           args.threads, args.seconds, args.max_step_seconds, isas)
+        if args.save_results:
+            machine.save({"results": records}, Path(args.save_results))
+    rows = [analyse(r, ceilings) for r in records]
+    print_table([[r["engine"], r["config"], r["batch_size"], r["dtype"].replace("float", "f"), r["threads"],
+                  f"{r['ms_per_step']:.3g}", ("" if r["exact"] else "~") + si(r["flops"]), si(r["bytes"], "B"),
+                  f"{r['intensity']:.2f}", f"{r['achieved'] / 1e9:.3g}", f"{r['roof']} {r['roof_flops'] / 1e9:.3g}",
+                  percent(r['percent']), r["verdict"]] for r in rows],
+                ["engine", "config", "batch", "dtype", "thr", "ms/step", "FLOP/step", "bytes/step", "FLOP/B",
+                 "GFLOP/s", "roof GFLOP/s", "% roof", "verdict"])
+    for line in skipped:
+        print(f"skipped {line}")
+    if left_out and not args.results:
+        print(f"not timed in this run (JIT frameworks, seconds of compile each): {', '.join(left_out)}; "
+              "time them with --engines, or read benchmark timings with --results")
+    if not rows:
+        print("no engine could be timed")
+    stem = "out/roofline" if args.chart is None else args.chart
+    if stem and rows:
+        import report_charts
+        written = report_charts.roofline_chart(ceilings, rows, stem)
+        print(f"chart: {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == "__main__":

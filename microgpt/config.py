@@ -22,6 +22,26 @@ STANDARD_CONFIGS = {"tiny": (16, 1, 4, 8), "small": (64, 2, 4, 16), "medium": (1
 DEFAULT_CONFIGS = ("tiny", "small", "medium")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 
+#: Each field's --help text; every CLI that takes a config field as a flag shows this one.
+FLAG_HELP = {
+    "vocab_size": "vocabulary size (set by the tokenizer)",
+    "n_embd": "embedding width", "n_layer": "number of transformer blocks",
+    "n_head": "attention heads; must divide --n-embd", "block_size": "maximum context length in tokens",
+    "mlp_act": "MLP activation: relu2 (squared ReLU) or relu", "init_std": "std of the Gaussian initial weights",
+    "num_steps": "optimizer steps", "batch_size": "documents per step (their losses are averaged)",
+    "learning_rate": "peak learning rate", "lr_schedule": "linear, cosine (both decay to 0) or constant",
+    "warmup_steps": "linear warmup steps before the schedule", "beta1": "Adam beta1", "beta2": "Adam beta2",
+    "eps": "Adam epsilon", "grad_clip": "clip gradients to this global L2 norm; 0 disables",
+    "seed": "seed of the initial weights, the data split and the data order",
+    "val_fraction": "fraction of documents held out for validation",
+    "eval_every": "validate every N steps; 0 only at the end",
+    "eval_docs": "validation documents per evaluation; 0 means all",
+    "patience": "stop after N evaluations without improvement; 0 never stops early",
+    "num_samples": "names to sample at the end", "temperature": "sampling temperature (> 0)",
+    "top_k": "sample among the k most likely tokens; 0 disables", "top_p": "nucleus sampling mass; 1 disables",
+    "max_len": "longest sample in tokens; 0 means the block size", "prompt": "every sample starts with this text",
+}
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

@@ -50,14 +50,6 @@ BYTES = {"triad": "24 bytes per element: 2 loads and 1 store of float64; a write
          "read": "8 bytes per element: 1 load of float64"}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
-
-def binary_size(n: float) -> str:
-    """49152 -> '48 KiB' (cache and working-set sizes are powers of two)."""
-    for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit:
-            return f"{n / unit:.3g} {name}"
-    return f"{n:.0f} B"
-
 #: (sweep points per octave, smallest largest working set, rounds, repeats per round, bytes per timed repetition).
 #: Rounds interleave all the probes and keep each one's best: another process that loads a core for a
 #: second spoils one round of a probe, not its result.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from microgpt import UserError, checkpoint
+from microgpt import UserError, checkpoint, cli
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
@@ -32,56 +32,17 @@ from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap
 # Command line
 
 
-def _add_config_flags(group, cls, skip=()) -> None:
-    """One flag per dataclass field, in the hyphen style (--n-embd), with the field's default."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            continue  # booleans get explicit --no-... flags below
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        group.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {f.default})")
-
-
-HELP = {
-    "vocab_size": "vocabulary size (set by the tokenizer)",
-    "n_embd": "embedding width", "n_layer": "number of transformer blocks",
-    "n_head": "attention heads; must divide --n-embd", "block_size": "maximum context length in tokens",
-    "mlp_act": "MLP activation: relu2 (squared ReLU) or relu", "init_std": "std of the Gaussian initial weights",
-    "num_steps": "optimizer steps", "batch_size": "documents per step (their losses are averaged)",
-    "learning_rate": "peak learning rate", "lr_schedule": "linear, cosine (both decay to 0) or constant",
-    "warmup_steps": "linear warmup steps before the schedule", "beta1": "Adam beta1", "beta2": "Adam beta2",
-    "eps": "Adam epsilon", "grad_clip": "clip gradients to this global L2 norm; 0 disables",
-    "seed": "seed of the initial weights, the data split and the data order",
-    "val_fraction": "fraction of documents held out for validation",
-    "eval_every": "validate every N steps; 0 only at the end",
-    "eval_docs": "validation documents per evaluation; 0 means all",
-    "patience": "stop after N evaluations without improvement; 0 never stops early",
-    "num_samples": "names to sample at the end", "temperature": "sampling temperature (> 0)",
-    "top_k": "sample among the k most likely tokens; 0 disables", "top_p": "nucleus sampling mass; 1 disables",
-    "max_len": "longest sample in tokens; 0 means the block size", "prompt": "every sample starts with this text",
-}
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (not usage + error) and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser(description: str, default_engine: str, int8: bool = False) -> argparse.ArgumentParser:
     """The shared flags; ``--int8`` is listed only for an entry point with an int8 sampler (train_fast.py)."""
     from engines import ENGINES
 
-    p = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
-    _add_config_flags(g, ModelConfig, skip=("vocab_size",))
+    cli.add_config_flags(g, ModelConfig, skip=("vocab_size",))
     g.add_argument("--no-zero-init-proj", action="store_true",
                    help="initialise attn_wo and mlp_fc2 like the other weights instead of at zero")
     g = p.add_argument_group("training")
-    _add_config_flags(g, TrainConfig)
+    cli.add_config_flags(g, TrainConfig)
     g = p.add_argument_group("data")
     g.add_argument("--data", action="append", metavar="PATH",
                    help="UTF-8 text file, one document per line, or a directory of *.txt; repeatable "
@@ -89,7 +50,7 @@ def build_parser(description: str, default_engine: str, int8: bool = False) -> a
     g.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None, help="tokenizer (default: char)")
     g.add_argument("--bpe-merges", type=int, default=64, help="BPE merges learned from the training split")
     g = p.add_argument_group("sampling")
-    _add_config_flags(g, SampleConfig, skip=("seed",))
+    cli.add_config_flags(g, SampleConfig, skip=("seed",))
     g.add_argument("--sample-seed", type=int, default=None, help="seed of the sampler (default: 42)")
     # parsed everywhere so that train.py can say where the flag lives instead of "unrecognized arguments"
     g.add_argument("--int8", action="store_true",
@@ -194,15 +155,6 @@ def evaluate(engine, docs: list[list[int]], max_docs: int, chunk: int = 64) -> f
     return total / len(docs)
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _fmt_step(seconds: float) -> str:
-    return f"{seconds * 1e6:.1f} µs/step" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms/step"
-
-
 @dataclass
 class History:
     losses: list[float] = field(default_factory=list)     # training loss of each step run
@@ -248,8 +200,8 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             if not quiet and (should_print or evaluate_now or done in (start_step + 1, end)):
                 per_step = train_seconds / (done - start_step)
                 print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                      f"{tokens / train_seconds:,.0f} tok/s | {_fmt_step(per_step)} | "
-                      f"ETA {_fmt_duration(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
+                      f"{tokens / train_seconds:,.0f} tok/s | {cli.per_step(per_step)} | "
+                      f"ETA {cli.hms(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
                 last_print = now
             if evaluate_now:
                 val = evaluate(engine, data.val, tcfg.eval_docs)
@@ -405,8 +357,9 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, 
 
 def main(argv: list[str], default_engine: str, description: str, int8_sampler=None) -> None:
     """CLI entry: one-line errors and exit status 2 instead of tracebacks for bad input."""
-    try:
+    def body() -> None:
         run(argv, default_engine, description, int8_sampler=int8_sampler)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+
+    status = cli.run_main(body)
+    if status:
+        raise SystemExit(status)

@@ -25,6 +25,7 @@ import time
 import pytest
 
 from microgpt import machine
+from microgpt.cli import binary_size
 
 _ceilings = pytest.importorskip("microgpt._ceilings", reason="build the extension: pip install -e .")
 LIKWID = shutil.which("likwid-bench")
@@ -149,7 +150,7 @@ def test_every_ceiling_is_within_15_percent_of_likwid_bench():
             pytest.skip(f"likwid-bench cannot run here: {e}")
 
     unit = lambda name: "GFLOP/s" if name == "peak" else "GB/s"
-    table = "\n".join(f"  {name:>4} {machine.binary_size(sizes[name]) if name in sizes else '':>9}: ours "
+    table = "\n".join(f"  {name:>4} {binary_size(sizes[name]) if name in sizes else '':>9}: ours "
                       f"{ours[name] / 1e9:7.1f}, likwid-bench {theirs[name] / 1e9:7.1f} {unit(name)} "
                       f"({100 * (ours[name] / max(theirs[name], 1e-9) - 1):+.0f}%)" for name in names)
     print(f"\n{isa} probes vs likwid-bench {stream}/{peakflops} after {rounds} round(s), "

@@ -191,7 +191,7 @@ def test_roofline_reads_results_and_writes_the_chart(cache, tmp_path, capsys):
     stem = tmp_path / "charts" / "roofline"
     assert roofline.main(["--results", str(results), "--chart", str(stem)]) == 0
     out = capsys.readouterr().out
-    assert "C16 L1 H4" in out and "C32 L2 H4" in out and "~" in out and "overhead-bound" in out
+    assert "C16L1H4" in out and "C32L2H4" in out and "~" in out and "overhead-bound" in out
     for suffix in (".svg", ".png"):
         assert stem.with_suffix(suffix).stat().st_size > 1000
 
@@ -201,7 +201,7 @@ def test_roofline_times_the_registered_engines(cache, names_file, tmp_path, caps
     assert roofline.main(["--engines", "python", "--data", str(names_file), "--seconds", "0.05", "--chart", "",
                           "--save-results", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "python  C16 L1 H4" in out
+    assert "python  C16L1H4" in out
     (timed,) = roofline.load_results(str(saved))
     assert timed["engine"] == "python" and len(timed["doc_lengths"]) >= 3
 
@@ -324,7 +324,7 @@ def test_ops_engine_c_profiles_each_phase_and_charts_it(profile_cache, names_fil
                           "--chart", str(stem)]) == 0
     out = capsys.readouterr().out
     for isa in isas:
-        assert f"phases of the fused C step: c[{isa}] C16 L2 H4 B8, batch 2, float64" in out
+        assert f"phases of the fused C step: c[{isa}] C16L2H4T8, batch 2, float64" in out
     table = out[out.index("phases of the fused C step"):]
     for phase in ("embed", "linear_forward", "attention", "norm_act", "cross_entropy", "linear_backward",
                   "outside phases", "step"):

@@ -1,0 +1,148 @@
+"""The command-line pieces every entry point shares: one parser, one ending, one way to name things.
+
+- ``OneLineErrorParser``: argparse whose errors are one line (and exit status 2), that accepts the
+  underscore spelling of every flag (``--n_embd 16 --learning_rate 0.01``, as the seed commands of the
+  micro-gpt notes are written) and that suggests the nearest flag for one it does not know.
+- ``run_main``: an entry point's body, with a ``UserError`` turned into ``error: <message>`` on stderr
+  and exit status 2 instead of a traceback.
+- ``config_label``: the one name of a model shape (``C16L1H4``, ``C32L2H4T8-relu``) in ids, tables and charts.
+- number formatting: ``si``, ``percent``, ``duration``, ``hms``, ``per_step``, ``binary_size``.
+
+Standard library only: train.py, the dependency-free reference, parses its flags with this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+
+from microgpt import UserError
+from microgpt.config import FLAG_HELP
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (not usage + error), exit status 2, with a hint;
+    ``--some_flag`` is read as ``--some-flag`` wherever only the hyphen spelling is defined."""
+
+    def _hyphenated(self, arg: str) -> str:
+        if not arg.startswith("--") or arg == "--":
+            return arg
+        name, eq, value = arg.partition("=")
+        if "_" not in name or name in self._option_string_actions:
+            return arg
+        hyphen = name.replace("_", "-")
+        # also an abbreviation argparse would accept (--learning_r -> --learning-r)
+        if any(option.startswith(hyphen) for option in self._option_string_actions):
+            return hyphen + eq + value
+        return arg
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        if "--" in args:  # after "--" every word is a value, even one that looks like a flag
+            cut = args.index("--")
+            args = [self._hyphenated(str(a)) for a in args[:cut]] + args[cut:]
+        else:
+            args = [self._hyphenated(str(a)) for a in args]
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            hints = []
+            for word in message[len(prefix):].split():
+                name = word.partition("=")[0]
+                if name.startswith("-"):
+                    close = difflib.get_close_matches(name.replace("_", "-"), self._option_string_actions, n=1)
+                    if close:
+                        hints.append(f"{name}: did you mean {close[0]}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def add_config_flags(group, cls, skip=(), only=None) -> None:
+    """One flag per field of a config dataclass (or of ``only`` among them), in the hyphen style
+    (--n-embd), default None so that a caller can tell a flag given from one left out; the help names
+    the field's default. Booleans are left to explicit --no-... flags of the caller."""
+    for f in fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        if f.type in ("bool", bool):
+            continue
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                           help=f"{FLAG_HELP[f.name]} (default: {f.default})")
+
+
+def run_main(body: Callable[..., int | None], *args, **kwargs) -> int:
+    """Run an entry point's body; its return value (None: 0) is the exit status, and a UserError is one
+    line on stderr with status 2. Every CLI ends in ``sys.exit(run_main(...))``."""
+    try:
+        status = body(*args, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status
+
+
+# ----------------------------------------------------------------------------------------------------
+# Names and numbers
+
+SHAPE_KEYS = ("n_embd", "n_layer", "n_head", "block_size", "mlp_act")
+
+
+def config_label(config) -> str:
+    """A model shape as one word: 'C16L1H4' (block size 16, relu2), 'C32L2H4T8-relu' otherwise.
+
+    Takes a ModelConfig, a dict with its fields, or a (n_embd, n_layer, n_head, block_size, mlp_act)
+    tuple; benchmark ids are built from it, so the format is also parsed back (benchmark.parse_config).
+    """
+    if isinstance(config, tuple):
+        values = dict(zip(SHAPE_KEYS, config))
+    elif isinstance(config, dict):
+        values = config
+    else:
+        values = {k: getattr(config, k) for k in SHAPE_KEYS}
+    block_size, mlp_act = values.get("block_size", 16), values.get("mlp_act", "relu2")
+    return (f"C{values['n_embd']}L{values['n_layer']}H{values['n_head']}" + (f"T{block_size}" if block_size != 16 else "")
+            + (f"-{mlp_act}" if mlp_act != "relu2" else ""))
+
+
+def si(x: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (3 significant digits)."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def percent(x: float) -> str:
+    """12.3 -> '12%', 123.4 -> '123%', 4.56 -> '4.6%'."""
+    return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
+
+
+def duration(seconds: float) -> str:
+    """0.00123 -> '1.23 ms', 4.5e-6 -> '4.5 us'."""
+    return f"{seconds * 1e3:.3g} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:.3g} us"
+
+
+def hms(seconds: float) -> str:
+    """3725.4 -> '1:02:05' (an ETA or an elapsed time)."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def per_step(seconds: float) -> str:
+    """Seconds per step in a progress line: '850.0 µs/step', '12.34 ms/step'."""
+    return f"{seconds * 1e6:.1f} µs/step" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms/step"
+
+
+def binary_size(n: float) -> str:
+    """49152 -> '48 KiB' (cache, working-set and memory sizes)."""
+    for shift, name in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {name}"
+    return f"{n:.0f} B"
