@@ -132,7 +132,7 @@ def load(path: str | os.PathLike, kind: str = "autoregressive") -> Checkpoint:
         raise UserError(f"checkpoint {path} has a garbled header ({type(e).__name__}: {e})") from None
     if found != kind:
         how = KINDS.get(found)
-        raise UserError(f"{path} is a {found} checkpoint, not {kind}" + (f"; use {how} {path}" if how else ""))
+        raise UserError(f"{path} holds the {found} model, not the {kind} one" + (f"; use {how} {path}" if how else ""))
     payload = raw[body_start:]
     if len(payload) != expected:
         raise UserError(f"checkpoint {path} is truncated or padded (payload {len(payload)} bytes, expected {expected})")
