@@ -63,3 +63,54 @@ def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype):
         tokens[i, :n + 1] = doc
         mask[i, :n] = 1
     return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def bucket(n: int, floor: int = 1) -> int:
+    """``n`` (at least ``floor``) rounded up to 5, 6, 7 or 8 x 2^e: quarter-octave steps, so a jitted step
+    compiles at most four shapes per doubling of the rows and computes under 25% padding."""
+    n = max(n, floor)
+    step = 1 << max((n - 1).bit_length() - 3, 0)
+    return -(-n // step) * step
+
+
+class Grid(NamedTuple):
+    """A step's documents as NumPy arrays of bucketed shapes, for frameworks that compile one program per shape.
+
+    ``rows`` holds the linear layers' inputs: token-major, the real positions back to back then padding rows
+    up to ``bucket(N)`` (``token_major=True``); or the (B, T) grid itself, every document padded to T
+    (length bucketing). Attention runs on the (B, T) grid, T = the longest document rounded up to a power of
+    two (8 to block_size): ``gather`` names, for each grid slot, the row that fills it, and ``slots`` each
+    row's grid slot; the index one past the end (R, or B T) stands for a row of zeros. The two are inverse
+    partial permutations, so each one's gradient is a gather by the other (no scatter-add). Padding rows weigh 0 in the loss,
+    so neither they nor the padded grid slots (after every real position: the causal mask hides them) change
+    a real row's result or gradient.
+    """
+
+    tokens: "np.ndarray"     # (R,) int32
+    positions: "np.ndarray"  # (R,) int32
+    targets: "np.ndarray"    # (R,) int32
+    weights: "np.ndarray"    # (R,) dtype: 1 / (B n_b) for real rows, 0 for padding
+    gather: "np.ndarray"     # (B, T) int32
+    slots: "np.ndarray"      # (R,) int32, B T for padding rows
+
+
+def grid_batch(docs: list[list[int]], cfg: ModelConfig, dtype, token_major: bool = True) -> Grid:
+    import numpy as np
+
+    lengths = check_docs(docs, cfg)
+    B = len(docs)
+    T = min(cfg.block_size, max(8, 1 << (max(lengths) - 1).bit_length()))
+    real = np.concatenate([b * T + np.arange(n) for b, n in enumerate(lengths)]).astype(np.int32)
+    R = bucket(len(real), 8) if token_major else B * T
+    ids, positions, targets = (np.zeros(R, np.int32) for _ in range(3))
+    slots = np.full(R, B * T, np.int32)
+    weights = np.zeros(R, dtype)
+    at = real if not token_major else np.arange(len(real))
+    ids[at] = np.fromiter((tok for doc in docs for tok in doc[:-1]), np.int32, len(real))
+    targets[at] = np.fromiter((tok for doc in docs for tok in doc[1:]), np.int32, len(real))
+    positions[at] = real % T
+    weights[at] = np.repeat([1.0 / (n * B) for n in lengths], lengths)
+    gather = np.full(B * T, R, np.int32)
+    gather[real] = at
+    slots[at] = real
+    return Grid(ids, positions, targets, weights, gather.reshape(B, T), slots)

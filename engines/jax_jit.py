@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src import xla_bridge  # backends_are_initialized(): JAX has no public way to ask if XLA started
 
-from engines.batching import pad_batch
+from engines.batching import Grid, grid_batch
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
 
@@ -68,57 +68,98 @@ def _start_xla(threads: int) -> None:
                          f"run threads={threads} in a new process")
 
 
-def build_functions(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
-    """The jitted functions of one model shape and optimiser; weights are always the first argument."""
-    tensors = layout(cfg)
-    heads, head_dim = cfg.n_head, cfg.head_dim
+def blocks(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
+    """(name, offset, rows, cols) of the flat layout's matrices, each layer's adjacent query, key and value
+    matrices as one (3 n_embd, n_embd) block "qkv": one matrix product computes all three."""
+    out = []
+    for t in layout(cfg):
+        if t.name.endswith(("attn_wk", "attn_wv")):
+            name, offset, rows, cols = out.pop()
+            out.append((name.replace("attn_wq", "qkv"), offset, rows + t.rows, cols))
+        else:
+            out.append((t.name, t.offset, t.rows, t.cols))
+    return out
+
+
+@jax.custom_vjp
+def permute(x, index, inverse):
+    """Rows ``x[index]``, where index == len(x) reads a row of zeros; ``inverse`` is index's inverse partial
+    permutation (engines.batching.Grid's ``gather`` and ``slots``), so the gradient is a gather too. Measured:
+    XLA's CPU scatter-add, jax's own gradient of a gather, made the step's backward several times slower."""
+    return jnp.concatenate([x, jnp.zeros_like(x[:1])])[index]
+
+
+def _permute_fwd(x, index, inverse):
+    return permute(x, index, inverse), (index, inverse)
+
+
+def _permute_bwd(saved, dy):
+    index, inverse = saved
+    return permute(dy, inverse, index), None, None
+
+
+permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def build_functions(cfg: ModelConfig, tcfg: TrainConfig, token_major: bool = True) -> dict:
+    """The jitted functions of one model shape and optimiser; weights are always the first argument.
+
+    The batch arrives as ``engines.batching.Grid`` arrays: rows for the linear layers (token-major, or the
+    (B, T) grid itself when ``token_major`` is False) and the gathers between rows and attention's grid."""
+    parts = blocks(cfg)
+    heads, head_dim, C = cfg.n_head, cfg.head_dim, cfg.n_embd
 
     def rmsnorm(x):
         return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
 
     def unflatten(flat):
-        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
+        return {name: flat[off:off + rows * cols].reshape(rows, cols) for name, off, rows, cols in parts}
 
     def flatten(w):
-        return jnp.concatenate([w[t.name].ravel() for t in tensors])
+        return jnp.concatenate([w[name].ravel() for name, *_ in parts])
 
-    def forward(w, inputs):
-        """Logits (block_size, vocab) of one padded document, all positions at once."""
-        n = inputs.shape[0]
-        causal = jnp.tril(jnp.ones((n, n), bool))
-        x = rmsnorm(w["wte"][inputs] + w["wpe"][:n])
+    def forward(w, tokens, positions, gather, slots):
+        """Logits (rows, vocab) of a batch's rows."""
+        B, T = gather.shape
+        causal = jnp.tril(jnp.ones((T, T), bool))
+
+        def to_grid(rows):   # (R, C) -> (B, T, C), a zero row in the padded slots
+            if not token_major:
+                return rows.reshape(B, T, -1)
+            return permute(rows, gather.reshape(-1), slots).reshape(B, T, -1)
+
+        # Embeddings as one-hot matrix products: their gradients are then products too, not scatter-adds.
+        onehot = lambda ids, n: jax.nn.one_hot(ids, n, dtype=w["wte"].dtype)  # noqa: E731
+        x = rmsnorm(onehot(tokens, cfg.vocab_size) @ w["wte"] + onehot(positions, cfg.block_size) @ w["wpe"])
         for layer in range(cfg.n_layer):
             p = f"layer{layer}."
-            h = rmsnorm(x)
-            # (positions, n_embd) -> (heads, positions, head_dim)
-            q, k, v = ((h @ w[p + name].T).reshape(n, heads, head_dim).transpose(1, 0, 2)
-                       for name in ("attn_wq", "attn_wk", "attn_wv"))
-            scores = jnp.where(causal, q @ k.transpose(0, 2, 1) / math.sqrt(head_dim), -jnp.inf)
-            o = (jax.nn.softmax(scores, axis=-1) @ v).transpose(1, 0, 2).reshape(n, cfg.n_embd)
-            x = x + o @ w[p + "attn_wo"].T
+            qkv = to_grid(rmsnorm(x) @ w[p + "qkv"].T).reshape(B, T, 3, heads, head_dim)
+            q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))       # (B, H, T, D)
+            scores = jnp.where(causal, q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim), -jnp.inf)
+            o = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(B * T, C)
+            x = x + (o if not token_major else permute(o, slots, gather.reshape(-1))) @ w[p + "attn_wo"].T
             u = rmsnorm(x) @ w[p + "mlp_fc1"].T
             u = jnp.where(u > 0, u * u if cfg.mlp_act == "relu2" else u, 0)
             x = x + u @ w[p + "mlp_fc2"].T
         return x @ w["lm_head"].T
 
-    def doc_loss(w, inputs, targets, mask):
-        logits = forward(w, inputs)
-        losses = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-        return jnp.sum(losses * mask) / jnp.sum(mask)
+    def batch_loss(w, tokens, positions, targets, weights, gather, slots):
+        """Sum of weighted row losses = the mean over documents of each document's mean loss."""
+        logits = forward(w, tokens, positions, gather, slots)
+        picked = jnp.sum(logits * jax.nn.one_hot(targets, cfg.vocab_size, dtype=logits.dtype), axis=-1)
+        losses = jax.nn.logsumexp(logits, axis=-1) - picked
+        return jnp.sum(losses * weights)
 
-    def batch_loss(w, inputs, targets, mask):
-        return jnp.mean(jax.vmap(doc_loss, in_axes=(None, 0, 0, 0))(w, inputs, targets, mask))
-
-    def loss_and_grad(flat, inputs, targets, mask):
+    def loss_and_grad(flat, *batch):
         """The gradient is taken per matrix and concatenated once: differentiating the slices of the flat
         vector instead makes XLA pad every matrix's gradient to the full vector length and sum the pads,
         a dozen-fold slower for the larger models."""
-        loss, grads = jax.value_and_grad(batch_loss)(unflatten(flat), inputs, targets, mask)
+        loss, grads = jax.value_and_grad(batch_loss)(unflatten(flat), *batch)
         return loss, flatten(grads)
 
-    def train_step(flat, m, v, inputs, targets, mask, hyper):
+    def train_step(flat, m, v, hyper, *batch):
         """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
-        loss, g = loss_and_grad(flat, inputs, targets, mask)
+        loss, g = loss_and_grad(flat, *batch)
         if tcfg.grad_clip > 0:
             norm = jnp.sqrt(jnp.sum(g * g))
             g = jnp.where(norm > tcfg.grad_clip, g * (tcfg.grad_clip / norm), g)
@@ -132,16 +173,17 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
         # Donating the weights and moments lets XLA update them in place instead of allocating new buffers.
         "train_step": jax.jit(train_step, donate_argnums=(0, 1, 2)),
         "loss_and_grad": jax.jit(loss_and_grad),
-        "eval_loss": jax.jit(lambda flat, inputs, targets, mask: batch_loss(unflatten(flat), inputs, targets, mask)),
-        "logits": jax.jit(lambda flat, inputs, last: forward(unflatten(flat), inputs)[last]),
+        "eval_loss": jax.jit(lambda flat, *batch: batch_loss(unflatten(flat), *batch)),
+        "logits": jax.jit(lambda flat, tokens, positions, gather, slots, last:
+                          forward(unflatten(flat), tokens, positions, gather, slots)[last]),
     }
 
 
-def jitted(cfg: ModelConfig, tcfg: TrainConfig) -> dict:
-    """The functions of ``build_functions``, built once per model shape and optimiser in this process."""
-    key = (tuple(cfg.to_dict().items()), tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.grad_clip)
+def jitted(cfg: ModelConfig, tcfg: TrainConfig, token_major: bool = True) -> dict:
+    """The functions of ``build_functions``, built once per model shape, optimiser and layout in this process."""
+    key = (tuple(cfg.to_dict().items()), tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.grad_clip, token_major)
     if key not in _JITTED:
-        _JITTED[key] = build_functions(cfg, tcfg)
+        _JITTED[key] = build_functions(cfg, tcfg, token_major)
     return _JITTED[key]
 
 
@@ -149,6 +191,7 @@ class JaxEngine:
     """jit + vmap on a flat parameter vector (see engines/__init__.py for the contract)."""
 
     name = "jax"
+    token_major = True
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
                  threads: int = 1, device: str = "cpu"):
@@ -164,7 +207,7 @@ class JaxEngine:
         except RuntimeError as e:
             raise ValueError(f"JAX cannot use device {device!r} here ({e})") from None
         self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
-        self.fn = jitted(model_cfg, train_cfg)
+        self.fn = jitted(model_cfg, train_cfg, self.token_major)
         self.params = self._put(params.data)
         self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
         self.t = 0
@@ -173,8 +216,8 @@ class JaxEngine:
         """A float64 host buffer (array('d') or zero bytes) as a device vector in this engine's dtype."""
         return jax.device_put(np.frombuffer(flat, np.float64).astype(self.dtype), self.device)
 
-    def _batch(self, docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return pad_batch(docs, self.cfg, self.dtype)
+    def _batch(self, docs: list[list[int]]) -> Grid:
+        return grid_batch(docs, self.cfg, self.dtype, self.token_major)
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
         loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
@@ -185,7 +228,7 @@ class JaxEngine:
         self.t += 1
         c = self.tcfg
         hyper = np.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], self.dtype)
-        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *batch, hyper)
+        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, hyper, *batch)
         return float(loss)  # waits for the device: the step is finished when the loss is known
 
     def eval_loss(self, docs: list[list[int]]) -> float:
@@ -194,8 +237,9 @@ class JaxEngine:
     def logits(self, tokens: list[int]) -> list[float]:
         if not 1 <= len(tokens) <= self.cfg.block_size:
             raise ValueError(f"logits need 1..{self.cfg.block_size} tokens (got {len(tokens)})")
-        inputs, _, _ = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
-        return np.asarray(self.fn["logits"](self.params, inputs[0], len(tokens) - 1), np.float64).tolist()
+        g = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        logits = self.fn["logits"](self.params, g.tokens, g.positions, g.gather, g.slots, len(tokens) - 1)
+        return np.asarray(logits, np.float64).tolist()
 
     def export_params(self) -> FlatParams:
         return FlatParams(self.cfg, self._host(self.params))
@@ -211,3 +255,10 @@ class JaxEngine:
     @staticmethod
     def _host(x: jax.Array) -> array:
         return array("d", np.asarray(x, np.float64).tobytes())
+
+
+class JaxPaddedEngine(JaxEngine):
+    """Length bucketing instead of token-major rows: every document padded to the batch's bucketed length T,
+    the (B, T) grid the linear layers' rows. Kept to measure against (see the module docstring)."""
+
+    token_major = False

@@ -54,17 +54,20 @@ def test_float64_matches_reference(setup):
     assert_close(got.v, want.v, 1e-9)
 
 
-def test_padding_compiles_the_step_once_per_batch_size(setup):
-    """Batches of the same size but new length patterns reuse the compiled step; the losses stay exact."""
+def test_token_major_steps_compile_once_per_bucket(setup):
+    """Rows are rounded up to quarter-octave buckets and attention's grid to a power of two: the step compiles
+    once per bucketed shape, not once per pattern of document lengths, and the losses stay exact."""
+    from engines.batching import grid_batch
+    from engines.jax_jit import build_functions
     cfg, tcfg, params, batches = setup
     ref, eng = PythonEngine(cfg, tcfg, params.copy()), JaxEngine(cfg, tcfg, params.copy())
-    eng.train_step(batches[0], 0.01)
-    ref.train_step(batches[0], 0.01)
-    compiled = eng.fn["train_step"]._cache_size()
+    eng.fn = build_functions(cfg, tcfg)   # its own, not the process's shared cache that other tests filled
     short, full = [26, 0, 26], [26] + [1] * 8  # 2 and 8 (= block_size) predictions
-    for docs in ([short, short, short], [full, full, full], [short, full, batches[1][0]]):
+    steps = batches[:12] + [[short, short, short], [full, full, full], [short, full, batches[1][0]]]
+    for docs in steps:
         assert eng.train_step(docs, 0.01) == pytest.approx(ref.train_step(docs, 0.01), rel=1e-9)
-    assert eng.fn["train_step"]._cache_size() == compiled
+    shapes = {(len(g.tokens), g.gather.shape) for g in (grid_batch(d, cfg, "float64") for d in steps)}
+    assert eng.fn["train_step"]._cache_size() == len(shapes) < len(steps)
 
 
 def test_checkpoints_move_between_the_reference_and_jax(setup):
