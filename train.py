@@ -301,6 +301,7 @@ class GPT:
 
 class PythonEngine:
     name = "python"
+    bytes_per_number = 32   # a float object (24 bytes) and its pointer in a list: the trainer's memory check
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
                  threads: int = 1):
@@ -416,5 +417,6 @@ if __name__ == "__main__":
     if "--autograd-demo" in sys.argv[1:]:
         autograd_demo()
     else:
+        import engines
         from microgpt.trainer import main
-        main(sys.argv[1:], default_engine="python", description=__doc__)
+        main(sys.argv[1:], engines, default_engine="python", description=__doc__)

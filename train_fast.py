@@ -349,6 +349,7 @@ class OpsEngine(FlatArraysEngine):
 
 
 if __name__ == "__main__":
+    import engines
     from microgpt.trainer import main
 
-    main(sys.argv[1:], default_engine="c", description=__doc__, int8_sampler=int8_sampler)
+    main(sys.argv[1:], engines, default_engine="c", description=__doc__, int8_sampler=int8_sampler)

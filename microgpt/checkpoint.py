@@ -94,7 +94,17 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
     header_bytes = json.dumps(header).encode("utf-8")
-    write_atomic(path, _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + payload)
+    try:
+        write_atomic(path, _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + payload)
+    except OSError as e:   # write_atomic has removed its temporary file; the old checkpoint is untouched
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; any previous checkpoint there is "
+                        f"unchanged") from None
+
+
+def size_bytes(model: ModelConfig) -> int:
+    """About how large ``save`` makes a checkpoint of ``model``: weights and both Adam moments in float64,
+    and a header (config, layout, tokenizer) well under 64 KiB for the lab's vocabularies."""
+    return 3 * 8 * num_params(model) + 64 * 1024
 
 
 def load(path: str | os.PathLike, kind: str = "autoregressive") -> Checkpoint:

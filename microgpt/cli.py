@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 from microgpt import UserError
 from microgpt.config import FLAG_HELP
@@ -86,6 +90,48 @@ def run_main(body: Callable[..., int | None], *args, **kwargs) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if status is None else status
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks before a run: a run that would fail at its end fails at its start instead
+
+
+def check_writable(flag: str, path, size: int = 0) -> None:
+    """A UserError now if ``path`` could not be written later (atomically, by microgpt.files): a directory
+    there, an ancestor that is a file, a directory we may not write in, or less free space than ``size``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    existing = path.parent
+    while not existing.exists():   # write_atomic creates the missing directories
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory")
+    try:   # a real file, not os.access: root passes os.access on a read-only file system
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+    free = shutil.disk_usage(existing).free
+    if free < size:   # the new file is written beside the old one, so the whole size must be free
+        raise UserError(f"{flag} {path}: {binary_size(free)} free on its file system, and the file needs about "
+                        f"{binary_size(size)}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get without swapping (Linux MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ FLAG_HELP = {
 }
 
 
-def _flag(name: str) -> str:
+def flag_of(name: str) -> str:
+    """A config field as its command-line flag: n_embd -> --n-embd."""
     return "--" + name.replace("_", "-")
 
 
@@ -56,14 +57,14 @@ def _positive_int(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                 f"{_flag(name)} must be an integer >= 1 (got {value!r})")
+                 f"{flag_of(name)} must be an integer >= 1 (got {value!r})")
 
 
 def _finite(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         _require(isinstance(value, (int, float)) and math.isfinite(value),
-                 f"{_flag(name)} must be a finite number (got {value!r})")
+                 f"{flag_of(name)} must be a finite number (got {value!r})")
 
 
 class _Config:
@@ -140,12 +141,12 @@ class TrainConfig(_Config):
         for name in ("warmup_steps", "eval_every", "eval_docs", "patience", "seed"):
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                     f"{_flag(name)} must be an integer >= 0 (got {value!r})")
+                     f"{flag_of(name)} must be an integer >= 0 (got {value!r})")
         _require(self.warmup_steps < self.num_steps,
                  f"--warmup-steps must be < --num-steps ({self.warmup_steps} >= {self.num_steps})")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
-            _require(0 <= value < 1, f"{_flag(name)} must be in [0, 1) (got {value!r})")
+            _require(0 <= value < 1, f"{flag_of(name)} must be in [0, 1) (got {value!r})")
         _require(self.eps > 0, f"--eps must be > 0 (got {self.eps!r})")
         _require(self.grad_clip >= 0, f"--grad-clip must be >= 0, 0 disables it (got {self.grad_clip!r})")
         _require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {self.val_fraction!r})")

@@ -36,14 +36,31 @@ def next_token_distribution(logits: list[float], cfg: SampleConfig) -> list[floa
     return [p / total for p in probs]
 
 
+def check_prompt(tokenizer, block_size: int, cfg: SampleConfig) -> tuple[list[int], int]:
+    """The prompt's token ids and the sample length, or a UserError naming what is wrong: a character
+    (or word) the vocabulary lacks, or a prompt too long to leave room for one more token. Trainers call
+    it before the first step, so that a bad --prompt costs nothing."""
+    max_len = min(cfg.max_len or block_size, block_size)
+    try:
+        prompt = tokenizer.encode(cfg.prompt)
+    except UserError as e:
+        raise UserError(f"--prompt {cfg.prompt!r}: {e}") from None
+    unk = getattr(tokenizer, "unk_id", None)
+    unknown = [w for w, i in zip(cfg.prompt.split(), prompt) if i == unk] if unk is not None else []
+    if unknown:
+        raise UserError(f"--prompt {cfg.prompt!r}: {', '.join(map(repr, unknown))} not in the vocabulary "
+                        f"of {tokenizer.vocab_size} words")
+    if len(prompt) >= max_len:
+        raise UserError(f"--prompt is {len(prompt)} tokens; it must be shorter than the sample length {max_len} "
+                        f"(--max-len, at most --block-size)")
+    return prompt, max_len
+
+
 def sample(logits_fn: Callable[[list[int]], list[float]], tokenizer, block_size: int,
            cfg: SampleConfig) -> list[str]:
     """Draw ``cfg.num_samples`` documents; each is the prompt followed by what the model wrote."""
     rng = random.Random(cfg.seed)
-    prompt = tokenizer.encode(cfg.prompt)
-    max_len = min(cfg.max_len or block_size, block_size)
-    if len(prompt) >= max_len:
-        raise UserError(f"--prompt is {len(prompt)} tokens; it must be shorter than the sample length {max_len}")
+    prompt, max_len = check_prompt(tokenizer, block_size, cfg)
     bos = tokenizer.bos_id
     samples = []
     for _ in range(cfg.num_samples):

@@ -266,6 +266,20 @@ def wrap(tokenizer: Tokenizer, text: str, block_size: int) -> list[int]:
     return ([tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.bos_id])[:block_size + 1]
 
 
+def wrap_all(tokenizer: Tokenizer, texts: list[str], block_size: int) -> tuple[list[list[int]], int, int]:
+    """``wrap`` of every text, and what the cut dropped: (wrapped, how many were cut, the longest
+    wrapped length before the cut), so that a caller can say once how much of its data the block loses."""
+    if not isinstance(block_size, int) or block_size < 1:
+        raise UserError(f"--block-size must be an integer >= 1 (got {block_size!r})")
+    out, cut, longest = [], 0, 0
+    for text in texts:
+        ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.bos_id]
+        longest = max(longest, len(ids))
+        cut += len(ids) > block_size + 1
+        out.append(ids[:block_size + 1])
+    return out, cut, longest
+
+
 def main(argv: list[str] | None = None) -> int:
     """The teaching demo: one real document through the tokenizer and back."""
     parser = argparse.ArgumentParser(prog="python -m microgpt.tokenizers", description=__doc__.splitlines()[0])

@@ -14,7 +14,9 @@ import hashlib
 import inspect
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -23,21 +25,21 @@ from pathlib import Path
 from microgpt import UserError, checkpoint, cli
 from microgpt.cli import OneLineErrorParser  # noqa: F401  (engines/diffusion.py still imports it from here)
 from microgpt.config import FLAG_HELP as HELP  # noqa: F401  (engines/diffusion.py still imports it from here)
-from microgpt.config import ModelConfig, SampleConfig, TrainConfig, lr_at
+from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_of, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
-from microgpt.params import FlatParams, init_params
-from microgpt.sampling import sample
-from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap
+from microgpt.flops import working_set_bytes
+from microgpt.params import FlatParams, init_params, num_params
+from microgpt.sampling import check_prompt, sample
+from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap_all
 
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
 
-def build_parser(description: str, default_engine: str, int8: bool = False) -> argparse.ArgumentParser:
+def build_parser(description: str, default_engine: str, engine_names: list[str],
+                 int8: bool = False) -> argparse.ArgumentParser:
     """The shared flags; ``--int8`` is listed only for an entry point with an int8 sampler (train_fast.py)."""
-    from engines import ENGINES
-
     p = cli.OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     cli.add_config_flags(g, ModelConfig, skip=("vocab_size",))
@@ -50,7 +52,7 @@ def build_parser(description: str, default_engine: str, int8: bool = False) -> a
                    help="UTF-8 text file, one document per line, or a directory of *.txt; repeatable "
                         "(default: makemore's names.txt from $MICROGPT_DATA, the cache, or a download)")
     g.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None, help="tokenizer (default: char)")
-    g.add_argument("--bpe-merges", type=int, default=64, help="BPE merges learned from the training split")
+    g.add_argument("--bpe-merges", type=int, default=None, help="BPE merges learned from the training split (default: 64)")
     g = p.add_argument_group("sampling")
     cli.add_config_flags(g, SampleConfig, skip=("seed",))
     g.add_argument("--sample-seed", type=int, default=None, help="seed of the sampler (default: 42)")
@@ -59,7 +61,7 @@ def build_parser(description: str, default_engine: str, int8: bool = False) -> a
                    help="sample with the weights quantised per row to int8 (fastops.InferenceGPT, VNNI where the CPU "
                         "has it)" if int8 else argparse.SUPPRESS)
     g = p.add_argument_group("engine, checkpoints and output")
-    g.add_argument("--engine", choices=list(ENGINES), default=default_engine, help=f"engine (default: {default_engine})")
+    g.add_argument("--engine", choices=engine_names, default=default_engine, help=f"engine (default: {default_engine})")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
     g.add_argument("--threads", type=int, default=1, help="threads the engine may use (recorded in results)")
     g.add_argument("--isa", default="auto", metavar="NAME",
@@ -68,7 +70,9 @@ def build_parser(description: str, default_engine: str, int8: bool = False) -> a
     g.add_argument("--device", default="cpu", help="cpu, cuda or mps, for engines that support them")
     g.add_argument("--save", metavar="CKPT", help="write a checkpoint here at the end (and every --save-every steps)")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
-    g.add_argument("--resume", metavar="CKPT", help="continue a saved run exactly where it stopped")
+    g.add_argument("--resume", metavar="CKPT",
+                   help="continue a saved run exactly where it stopped; with --num-steps N beyond its total, train on "
+                        "to step N (the learning rate of each later step is then that of an N-step schedule)")
     g.add_argument("--stop-at", type=int, default=0, metavar="STEP",
                    help="pause after this step (saving to --save); --resume continues the same schedule")
     g.add_argument("--sample-from", metavar="CKPT", help="only sample from a saved checkpoint; no training")
@@ -99,6 +103,7 @@ class Dataset:
     train: list[list[int]]          # wrapped token ids, in the seed's shuffled order
     val: list[list[int]]
     info: dict = field(default_factory=dict)   # sources and a digest of the documents, kept in checkpoints
+    notes: list[str] = field(default_factory=list)   # what the encoding did that the user should hear once
 
 
 def load_dataset(paths: list[str] | None, tcfg: TrainConfig, block_size: int, tokenizer_kind: str,
@@ -107,14 +112,23 @@ def load_dataset(paths: list[str] | None, tcfg: TrainConfig, block_size: int, to
     sources = [str(Path(p).resolve()) for p in paths] if paths else [str(default_dataset())]
     docs = load_documents(sources)
     train_docs, val_docs = split_documents(docs, tcfg.val_fraction, tcfg.seed)
+    notes = []
     if tokenizer_dict is None:
         tokenizer = build_tokenizer(tokenizer_kind, train_docs, docs, bpe_merges=bpe_merges)
+        learned = len(getattr(tokenizer, "merges", ()))
+        if tokenizer_kind == "bpe" and learned < bpe_merges:
+            notes.append(f"BPE learned {learned} of the {bpe_merges} merges asked for (--bpe-merges): after "
+                         f"{learned} no pair of tokens occurs twice in the training split (vocab {tokenizer.vocab_size})")
     else:
         tokenizer = tokenizer_from_dict(tokenizer_dict)
+    train, train_cut, train_longest = wrap_all(tokenizer, train_docs, block_size)
+    val, val_cut, val_longest = wrap_all(tokenizer, val_docs, block_size)
+    if train_cut + val_cut:
+        notes.append(f"{train_cut + val_cut:,} of {len(docs):,} documents are longer than --block-size {block_size} "
+                     f"allows (the longest: {max(train_longest, val_longest) - 2} tokens); each is cut to its first "
+                     f"{block_size} predictions")
     digest = hashlib.sha256("\n".join(docs).encode("utf-8")).hexdigest()
-    return Dataset(tokenizer, [wrap(tokenizer, d, block_size) for d in train_docs],
-                   [wrap(tokenizer, d, block_size) for d in val_docs],
-                   {"sources": sources, "sha256": digest, "num_docs": len(docs)})
+    return Dataset(tokenizer, train, val, {"sources": sources, "sha256": digest, "num_docs": len(docs)}, notes)
 
 
 class DataOrder:
@@ -164,13 +178,32 @@ class History:
     stopped_early: bool = False
 
 
+#: A step whose loss exceeds this many times the loss of a uniform guess (ln vocab_size) has diverged:
+#: the model puts less than vocab^-10 on the right token, and no learning rate schedule brings it back.
+DIVERGED_FACTOR = 10.0
+
+
+def evaluations_left(done: int, tcfg: TrainConfig) -> int:
+    """How many validations the run makes after step ``done``: every --eval-every steps, and at the last
+    step when that is not one of them."""
+    on_grid = (tcfg.num_steps // tcfg.eval_every - done // tcfg.eval_every) if tcfg.eval_every else 0
+    last = 0 if tcfg.eval_every and tcfg.num_steps % tcfg.eval_every == 0 else 1
+    return on_grid + (last if done < tcfg.num_steps else 0)
+
+
 def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_step: int = 0,
           stop_step: int = 0, save_path: str | None = None, save_every: int = 0, log_every: int = 0, quiet: bool = False,
           meta: dict | None = None, out=sys.stdout) -> History:
-    """Run steps ``start_step .. (stop_step or num_steps) - 1``; validate, stop early, checkpoint, report."""
+    """Run steps ``start_step .. (stop_step or num_steps) - 1``; validate, stop early, checkpoint, report.
+
+    A loss that is not finite, or that has blown up past DIVERGED_FACTOR x ln(vocab), stops the run with a
+    UserError before anything is saved, so the last checkpoint written (--save-every) stays the last good one.
+    """
     order = DataOrder(data.train, tcfg.batch_size, tcfg.seed)
     hist, best, bad_evals = History(), math.inf, 0
     meta = dict(meta or {})
+    diverged = DIVERGED_FACTOR * math.log(mcfg.vocab_size)
+    saved = [None]    # the step of the last checkpoint written by this run
 
     def save(step: int) -> None:
         if save_path:
@@ -178,21 +211,44 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
                 model=mcfg, train=tcfg, tokenizer=data.tokenizer.to_dict(), params=engine.export_params(),
                 adam=engine.export_adam(), step=step, data=data.info,
                 meta={**meta, "engine": engine.name, "best_val_loss": best if best < math.inf else None}))
+            saved[0] = step
 
     last_print = time.perf_counter()
     tokens, train_seconds = 0, 0.0  # throughput counts training steps only, not validation
+    n_eval = min(tcfg.eval_docs or len(data.val), len(data.val))
+    eval_seconds = None       # the last validation's time; the ETA includes the validations still to come
     step = start_step
+    # Ctrl-C ends the run after the step in progress (an engine stopped halfway through its Adam update
+    # would save half-updated weights); a second Ctrl-C stops at once, without saving
+    interrupted: list[int] = []
+
+    def on_interrupt(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
     try:
         end = stop_step or tcfg.num_steps
         for step in range(start_step, end):
+            if interrupted:
+                save(step)
+                print(f"\ninterrupted after step {step}" + (f"; checkpoint saved to {save_path} (continue with "
+                                                            f"--resume {save_path})" if save_path else ""),
+                      file=out, flush=True)
+                raise SystemExit(130)
             docs = order.batch(step)
             lr = lr_at(step, tcfg)
             t = time.perf_counter()
             loss = engine.train_step(docs, lr)
             train_seconds += time.perf_counter() - t
-            if not math.isfinite(loss):
-                raise UserError(f"training diverged at step {step + 1}: loss is {loss}; lower --learning-rate "
-                                f"or set --grad-clip")
+            if not math.isfinite(loss) or loss > diverged:
+                kept = (f"the checkpoint of step {saved[0]} in {save_path} is kept" if saved[0] is not None else
+                        "nothing was saved" + (" (--save-every N keeps good checkpoints on the way)" if save_path else ""))
+                raise UserError(f"training diverged at step {step + 1}: loss {loss:.4g} (a uniform guess is "
+                                f"{math.log(mcfg.vocab_size):.2f}); lower --learning-rate (now {tcfg.learning_rate:g}) "
+                                f"or set --grad-clip 1; {kept}")
             hist.losses.append(loss)
             tokens += sum(len(d) - 1 for d in docs)
             done = step + 1
@@ -201,12 +257,18 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             should_print = (log_every and done % log_every == 0) or (not log_every and now - last_print >= 1.0)
             if not quiet and (should_print or evaluate_now or done in (start_step + 1, end)):
                 per_step = train_seconds / (done - start_step)
+                # before the first validation, guess it from the training speed: a forward pass is about a
+                # third of a training step's work, per document
+                per_eval = eval_seconds if eval_seconds is not None else per_step / tcfg.batch_size * n_eval / 3
+                eta = per_step * (tcfg.num_steps - done) + per_eval * evaluations_left(done, tcfg) * bool(data.val)
                 print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                       f"{tokens / train_seconds:,.0f} tok/s | {cli.per_step(per_step)} | "
-                      f"ETA {cli.hms(per_step * (tcfg.num_steps - done))}", file=out, flush=True)
+                      f"ETA {cli.hms(eta)}", file=out, flush=True)
                 last_print = now
             if evaluate_now:
+                t = time.perf_counter()
                 val = evaluate(engine, data.val, tcfg.eval_docs)
+                eval_seconds = time.perf_counter() - t
                 hist.val.append((done, val))
                 if not quiet:
                     print(f"step {done}: validation loss {val:.4f}", file=out, flush=True)
@@ -224,11 +286,11 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             if save_every and done % save_every == 0:
                 save(done)
     except KeyboardInterrupt:
-        done = start_step + len(hist.losses)
-        save(done)
-        print(f"\ninterrupted after step {done}" + (f"; checkpoint saved to {save_path}" if save_path else ""),
-              file=out, flush=True)
-        raise SystemExit(130)
+        print(f"\ninterrupted twice during step {step + 1}; nothing saved", file=out, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     save(end)
     return hist
 
@@ -272,60 +334,134 @@ def int8_logits(int8_sampler, mcfg: ModelConfig, params: FlatParams, out,
     return logits
 
 
-def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, int8_sampler=None) -> History | None:
+#: Flags a resumed run may change: how long it trains and how it validates. Every other training and
+#: model flag is the checkpoint's; given with a different value, it is refused (never silently ignored).
+RESUME_MAY_CHANGE = ("num_steps", "eval_every", "eval_docs", "patience")
+
+
+def resumed_configs(args, ckpt) -> tuple[ModelConfig, TrainConfig]:
+    """The checkpoint's configs with the flags a resume may change; a UserError naming every flag given
+    with a value the checkpoint does not have."""
+    given = {**_overrides(args, ModelConfig), **_overrides(args, TrainConfig)}
+    if args.no_zero_init_proj:
+        given["zero_init_proj"] = False
+    kept = {**ckpt.model.to_dict(), **ckpt.train.to_dict()}
+    differ = [f"{flag_of(name)} {value} (checkpoint: {kept[name]})" for name, value in given.items()
+              if name not in RESUME_MAY_CHANGE and value != kept[name]]
+    if args.tokenizer and args.tokenizer != ckpt.tokenizer["kind"]:
+        differ.append(f"--tokenizer {args.tokenizer} (checkpoint: {ckpt.tokenizer['kind']})")
+    merges = len(ckpt.tokenizer.get("merges", ()))
+    if args.bpe_merges is not None and args.bpe_merges != merges:
+        differ.append(f"--bpe-merges {args.bpe_merges} (checkpoint: {merges} learned)")
+    if differ:
+        raise UserError(f"--resume {args.resume} continues the run as it was set up; these cannot change: "
+                        f"{', '.join(differ)} (only {', '.join(map(flag_of, RESUME_MAY_CHANGE))} can)")
+    tcfg = TrainConfig(**{**ckpt.train.to_dict(), **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}})
+    tcfg.validate()
+    if tcfg.num_steps <= ckpt.step:
+        raise UserError(f"--resume {args.resume}: the run is at step {ckpt.step} of {ckpt.train.num_steps}; "
+                        f"give --num-steps above {ckpt.step} to train further (or --sample-from {args.resume} "
+                        f"to sample)")
+    return ckpt.model, tcfg
+
+
+def memory_needed(engine_cls, mcfg: ModelConfig, tcfg: TrainConfig, dtype: str, predictions: int) -> int:
+    """Bytes a training step holds: weights, gradients, both Adam moments and the saved activations of a
+    batch of the longest documents, ``predictions`` tokens each (microgpt.flops.working_set_bytes), times
+    the bytes the engine spends per number (``bytes_per_number``: a Python float in a list takes 32)."""
+    per_number = getattr(engine_cls, "bytes_per_number", 4 if dtype == "float32" else 8)
+    return working_set_bytes(mcfg, [predictions] * tcfg.batch_size, 1) * per_number
+
+
+def check_memory(engine_cls, mcfg: ModelConfig, tcfg: TrainConfig, dtype: str, engine_name: str,
+                 predictions: int) -> None:
+    need, free = memory_needed(engine_cls, mcfg, tcfg, dtype, predictions), cli.available_memory()
+    if free is not None and need > free:
+        raise UserError(f"--engine {engine_name} needs about {cli.binary_size(need)} for this model "
+                        f"({num_params(mcfg):,} parameters with gradients and Adam moments, and the activations of "
+                        f"--batch-size {tcfg.batch_size} documents of {predictions} tokens); "
+                        f"{cli.binary_size(free)} of memory is available: make the model or the batch smaller")
+
+
+def run(argv: list[str], registry, default_engine: str, description: str, out=sys.stdout,
+        int8_sampler=None) -> History | None:
     """Parse ``argv`` and train (or only sample); raises UserError on bad input.
 
+    ``registry`` is the engines the entry point offers: an object with ``ENGINES`` (name -> where) and
+    ``load_engine(name) -> class``, the ``engines`` package for the lab's scripts (microgpt/ never imports it).
     ``int8_sampler(model_cfg, params, isa=None) -> (logits_fn, line)`` enables ``--int8``: samples are drawn
     from ``logits_fn`` instead of the engine's, after ``line``; ``isa`` is --isa's choice (None for auto).
-    """
-    from engines import load_engine
 
-    args = build_parser(description, default_engine, int8=int8_sampler is not None).parse_args(argv)
+    Everything the run needs is checked before its first step: flags, data, tokenizer, prompt, the output
+    paths (writable, room for the checkpoint) and memory; a bad one costs a one-line error, not a run.
+    """
+    args = build_parser(description, default_engine, list(registry.ENGINES),
+                        int8=int8_sampler is not None).parse_args(argv)
     if args.int8 and int8_sampler is None:
         raise UserError("--int8 is a flag of train_fast.py, whose C extension samples with int8 weights: "
                         "python train_fast.py ... --int8")
-    engine_cls = load_engine(args.engine)
+    engine_cls = registry.load_engine(args.engine)
     options = engine_options(engine_cls, args)
     scfg = SampleConfig(**_overrides(args, SampleConfig, rename={"seed": "sample_seed"})).validate()
     if args.int8 and not scfg.num_samples:
         raise UserError("--int8 only changes how the samples are drawn, and --num-samples 0 asks for none")
     if args.threads < 1:
         raise UserError(f"--threads must be an integer >= 1 (got {args.threads})")
-    for flag in ("save_every", "log_every", "bpe_merges"):
-        if getattr(args, flag) < 0:
+    for flag in ("save_every", "log_every", "bpe_merges", "stop_at"):
+        if (getattr(args, flag) or 0) < 0:
             raise UserError(f"--{flag.replace('_', '-')} must be an integer >= 0 (got {getattr(args, flag)})")
+    if args.save_every and not args.save:
+        raise UserError("--save-every N checkpoints to --save CKPT; give --save too")
+    if args.stop_at and not args.save:
+        raise UserError("--stop-at pauses a run to be continued with --resume, which needs a checkpoint: give --save")
+    if args.loss_log:
+        cli.check_writable("--loss-log", args.loss_log)
 
     if args.sample_from:
         ckpt = checkpoint.load(args.sample_from)
+        tokenizer = tokenizer_from_dict(ckpt.tokenizer)
+        check_prompt(tokenizer, ckpt.model.block_size, scfg)
         if args.int8:
             logits = int8_logits(int8_sampler, ckpt.model, ckpt.params, out, options.get("isa"))
         else:
             logits = make_engine(engine_cls, options, ckpt.model, ckpt.train, ckpt.params, args.engine).logits
-        tokenizer = tokenizer_from_dict(ckpt.tokenizer)
         for name in sample(logits, tokenizer, ckpt.model.block_size, scfg):
             print(name, file=out)
         return None
 
     if args.resume:
         ckpt = checkpoint.load(args.resume)
-        mcfg, tcfg, start = ckpt.model, ckpt.train, ckpt.step
+        mcfg, tcfg = resumed_configs(args, ckpt)
+        start = ckpt.step
         data = load_dataset(args.data or ckpt.data.get("sources"), tcfg, mcfg.block_size, "char", 0, ckpt.tokenizer)
         if data.info["sha256"] != ckpt.data.get("sha256"):
             raise UserError(f"--resume: the documents differ from the ones {args.resume} was trained on; "
                             f"pass the same --data")
-        params = ckpt.params
     else:
-        tcfg = TrainConfig(**_overrides(args, TrainConfig)).validate()
+        train_flags = _overrides(args, TrainConfig)
+        if "eval_docs" not in train_flags and hasattr(engine_cls, "default_eval_docs"):
+            train_flags["eval_docs"] = engine_cls.default_eval_docs   # a slow engine validates on fewer documents
+        tcfg = TrainConfig(**train_flags).validate()
         model_flags = _overrides(args, ModelConfig)
         model_flags["zero_init_proj"] = not args.no_zero_init_proj
         ModelConfig(**model_flags).validate()  # reject bad shapes before reading any data
         data = load_dataset(args.data, tcfg, model_flags.get("block_size", ModelConfig.block_size),
-                            args.tokenizer or "char", args.bpe_merges)
+                            args.tokenizer or "char", 64 if args.bpe_merges is None else args.bpe_merges)
         mcfg = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_flags).validate()
-        start, params = 0, init_params(mcfg, tcfg.seed)
+        start = 0
     if not data.train:
         raise UserError("the training split is empty: provide more documents or lower --val-fraction")
+    if args.stop_at and not start < args.stop_at <= tcfg.num_steps:
+        raise UserError(f"--stop-at must be in ({start}, {tcfg.num_steps}] (got {args.stop_at})")
+    if scfg.num_samples:
+        check_prompt(data.tokenizer, mcfg.block_size, scfg)
+    if args.save:
+        cli.check_writable("--save", args.save, checkpoint.size_bytes(mcfg))
+    check_memory(engine_cls, mcfg, tcfg, args.dtype, args.engine, max(map(len, data.train)) - 1)
+    for note in data.notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
+    params = ckpt.params if args.resume else init_params(mcfg, tcfg.seed)
     if args.int8:
         int8_sampler(mcfg, params, options.get("isa"))  # a model the int8 path cannot run fails now, not after training
     engine = make_engine(engine_cls, options, mcfg, tcfg, params, args.engine)
@@ -336,18 +472,20 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, 
         print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}"
               f"{f', {isa}' if isa else ''}) | "
               f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
-              f"vocab {mcfg.vocab_size} | steps {start}..{tcfg.num_steps}", file=out, flush=True)
-    if args.stop_at and not start < args.stop_at <= tcfg.num_steps:
-        raise UserError(f"--stop-at must be in ({start}, {tcfg.num_steps}] (got {args.stop_at})")
+              f"vocab {mcfg.vocab_size} | steps {start}..{args.stop_at or tcfg.num_steps}"
+              + (f" of {tcfg.num_steps}" if args.stop_at else ""), file=out, flush=True)
     hist = train(engine, data, mcfg, tcfg, start, args.stop_at, args.save, args.save_every, args.log_every, args.quiet,
                  meta={"dtype": args.dtype, "threads": args.threads, **({"isa": isa} if isa else {})}, out=out)
     if hist.losses and not args.quiet:
         tail = hist.losses[-100:]
         print(f"mean training loss over the last {len(tail)} steps: {sum(tail) / len(tail):.4f}", file=out)
     if args.loss_log:
-        write_json_atomic(args.loss_log, {"engine": engine.name, **({"isa": isa} if isa else {}),
-                                          "start_step": start, "train": hist.losses,
-                                          "val": hist.val, "config": mcfg.to_dict(), "train_config": tcfg.to_dict()})
+        try:
+            write_json_atomic(args.loss_log, {"engine": engine.name, **({"isa": isa} if isa else {}),
+                                              "start_step": start, "train": hist.losses, "val": hist.val,
+                                              "config": mcfg.to_dict(), "train_config": tcfg.to_dict()})
+        except OSError as e:
+            raise UserError(f"cannot write --loss-log {args.loss_log}: {e.strerror or e}") from None
     if scfg.num_samples:
         logits = (int8_logits(int8_sampler, mcfg, engine.export_params(), out, options.get("isa")) if args.int8
                   else engine.logits)
@@ -357,10 +495,10 @@ def run(argv: list[str], default_engine: str, description: str, out=sys.stdout, 
     return hist
 
 
-def main(argv: list[str], default_engine: str, description: str, int8_sampler=None) -> None:
+def main(argv: list[str], registry, default_engine: str, description: str, int8_sampler=None) -> None:
     """CLI entry: one-line errors and exit status 2 instead of tracebacks for bad input."""
     def body() -> None:
-        run(argv, default_engine, description, int8_sampler=int8_sampler)
+        run(argv, registry, default_engine, description, int8_sampler=int8_sampler)
 
     status = cli.run_main(body)
     if status:

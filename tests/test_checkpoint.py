@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip, atomic writes, and one-line errors for every kind of damage."""
 
+import errno
 import json
 import os
 
@@ -38,10 +39,12 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def boom(*args):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError) as e:   # one line that names the path and the cause
         checkpoint.save(path, make_ckpt())
+    assert str(e.value) == (f"cannot write checkpoint {path}: No space left on device; any previous checkpoint "
+                            f"there is unchanged")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
 

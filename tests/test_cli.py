@@ -93,15 +93,28 @@ def test_word_and_bpe_tokenizers_train(names_file):
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["--threads", "0"], "--threads must be an integer >= 1"),
     (["--dtype", "float32"], "computes in float64"),
-    (["--stop-at", "99", "--num-steps", "5"], "--stop-at must be in (0, 5]"),
+    (["--stop-at", "99", "--num-steps", "5", "--save", "{tmp}/x.ckpt"], "--stop-at must be in (0, 5]"),
     (["--prompt", "Z"], "not in the vocabulary"),
     (["--device", "cuda"], "--engine python runs on the CPU only"),
     (["--engine", "nope"], "invalid choice"),
+    # checked before the first step: the prompt, the output paths, the memory a step needs
+    (["--prompt", "emmaemmaemmaemma"], "--prompt is 16 tokens; it must be shorter than the sample length 16"),
+    (["--stop-at", "1"], "--stop-at pauses a run to be continued with --resume, which needs a checkpoint"),
+    (["--save-every", "1"], "--save-every N checkpoints to --save CKPT"),
+    (["--save", "{names}/run.ckpt"], "is a file, not a directory"),
+    (["--save", "{tmp}"], "is a directory; give a file name"),
+    (["--loss-log", "{names}/log.json"], "is a file, not a directory"),
+    (["--n-embd", "8192", "--n-layer", "64"], "of memory is available: make the model or the batch smaller"),
+    # underscore spellings are the same flags; a misspelt one gets the nearest
+    (["--n_head", "3"], "--n-head must divide --n-embd (16 % 3 != 0)"),
+    (["--n_embdd", "3"], "--n_embdd: did you mean --n-embd?"),
 ])
-def test_bad_flags_give_one_line_errors(names_file, args, message):
+def test_bad_flags_give_one_line_errors(names_file, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, names=names_file) for a in args]
     r = run_cli("--data", names_file, "--num-steps", "2", "--n-embd", "16", *args)
     assert r.returncode == 2, r.stdout
     assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "step" not in r.stdout and list(tmp_path.iterdir()) == [names_file]   # nothing trained, nothing written
 
 
 @pytest.mark.parametrize("content,message", [

@@ -14,6 +14,7 @@ from microgpt import checkpoint
 from microgpt.config import SampleConfig, TrainConfig
 from microgpt.sampling import sample
 from microgpt.tokenizers import tokenizer_from_dict
+import engines
 from microgpt.trainer import build_parser, main
 from train import PythonEngine
 
@@ -368,8 +369,8 @@ def test_int8_flag_samples_from_a_checkpoint(cli_run):
 
 
 def test_int8_flag_is_train_fast_only():
-    assert "--int8" in build_parser("", "c", int8=True).format_help()
-    assert "--int8" not in build_parser("", "python").format_help()
+    assert "--int8" in build_parser("", "c", list(engines.ENGINES), int8=True).format_help()
+    assert "--int8" not in build_parser("", "python", list(engines.ENGINES)).format_help()
     r = run_cli("--int8")   # train.py, as a user runs it
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == ("error: --int8 is a flag of train_fast.py, whose C extension samples with int8 weights: "
@@ -381,7 +382,7 @@ def test_int8_flag_errors_are_one_line_and_come_before_training(cli_run, capsys,
 
     def error(*args) -> str:
         with pytest.raises(SystemExit) as exit_:
-            main([str(a) for a in args], default_engine="c", description="", int8_sampler=int8_sampler)
+            main([str(a) for a in args], engines, default_engine="c", description="", int8_sampler=int8_sampler)
         out, err = capsys.readouterr()
         assert exit_.value.code == 2 and out == "", args   # nothing trained, nothing sampled
         lines = err.splitlines()

@@ -14,6 +14,7 @@ from microgpt.trainer import run as train_run
 from train import PythonEngine
 
 torch = pytest.importorskip("torch")
+import engines  # noqa: E402
 from engines import int8  # noqa: E402
 
 VAL_LOSS_BOUND = 0.01
@@ -35,7 +36,7 @@ def trained(tmp_path_factory):
     names.write_text("\n".join(read_names(300)) + "\n")
     train_run(["--engine", "numpy", "--data", str(names), "--num-steps", "300", "--batch-size", "8",
                "--block-size", "8", "--eval-every", "0", "--num-samples", "0", "--quiet", "--save", str(ckpt)],
-              default_engine="numpy", description="", out=io.StringIO())
+              engines, default_engine="numpy", description="", out=io.StringIO())
     return ckpt, names
 
 
