@@ -1,4 +1,5 @@
-"""engines/diffusion.py: masks, a finite-difference gradient check, Python vs PyTorch, learning, sampling, CLI."""
+"""engines/diffusion.py: masks, a finite-difference gradient check, Python vs PyTorch, learning, sampling and its
+quality (microgpt/sample_quality.py), templates, checkpoints, CLI."""
 
 import json
 import random
@@ -7,13 +8,14 @@ from array import array
 import pytest
 
 from conftest import encode_names, read_names, run_cli
-from microgpt import UserError
+from microgpt import UserError, checkpoint
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, init_params
+from microgpt.sample_quality import quality_table, sample_quality, total_variation
 from microgpt.tokenizers import CharTokenizer
 
-from engines.diffusion import (MaskedDoc, PythonDiffusion, TorchDiffusion, draw_masks, elbo_per_draw, sample_names,
-                               to_sequence)
+from engines.diffusion import (MaskedDoc, PythonDiffusion, TorchDiffusion, ar_prompt, denoise, draw_masks,
+                               elbo_per_draw, main, sample_names, show, template, to_sequence)
 
 BOS, MASK = 26, 27
 
@@ -148,17 +150,80 @@ def test_sampling_unmasks_into_names(trained):
     cfg, engine, _, _, _ = trained
     tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
     for remasking in ("confidence", "random"):
-        names = sample_names(engine.predict, tokenizer, cfg, 6, cfg.block_size, 0.8, remasking, seed=1)
+        names = sample_names(engine.predict_batch, tokenizer, cfg, 6, cfg.block_size, 0.8, remasking, seed=1)
         assert len(names) == 6 and all(isinstance(n, str) and len(n) <= cfg.block_size for n in names)
         assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyz") for n in names)
         assert sum(map(len, names)) > 0
-    assert names == sample_names(engine.predict, tokenizer, cfg, 6, cfg.block_size, 0.8, "random", seed=1)
+    assert names == sample_names(engine.predict_batch, tokenizer, cfg, 6, cfg.block_size, 0.8, "random", seed=1)
+    # each sample has its own seeded RNG: the first ones do not depend on how many are drawn
+    assert names[:3] == sample_names(engine.predict_batch, tokenizer, cfg, 3, cfg.block_size, 0.8, "random", seed=1)
     # one round unmasks everything at once; the pure-Python model samples the same way
     py = PythonDiffusion(cfg, TrainConfig().validate(), engine.export_params())
-    assert sample_names(py.predict, tokenizer, cfg, 2, 2, 0.8, seed=3) == sample_names(engine.predict, tokenizer,
-                                                                                      cfg, 2, 2, 0.8, seed=3)
+    assert sample_names(py.predict_batch, tokenizer, cfg, 2, 2, 0.8, seed=3) == sample_names(
+        engine.predict_batch, tokenizer, cfg, 2, 2, 0.8, seed=3)
     with pytest.raises(UserError, match="--remasking must be one of confidence, random"):
-        sample_names(engine.predict, tokenizer, cfg, 1, 4, remasking="greedy")
+        sample_names(engine.predict_batch, tokenizer, cfg, 1, 4, remasking="greedy")
+
+
+def test_random_order_fixes_short_repeated_samples(trained):
+    """The bug of issue 12: confidence-ordered unmasking fills the end padding first, so names come out short and
+    repeated; random order (MDLM's ancestral sampler, the default) samples lengths like the data's."""
+    cfg, engine, _, _, _ = trained
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
+    train_names = [tokenizer.decode(d) for d in encode_names(read_names(4800), cfg.block_size)]
+    q = {remasking: sample_quality(sample_names(engine.predict_batch, tokenizer, cfg, 200, cfg.block_size, 0.8,
+                                                remasking, seed=5), train_names, cfg.block_size)
+         for remasking in ("random", "confidence")}
+    assert q["random"]["len_tv"] < 0.45 < 0.6 < q["confidence"]["len_tv"], q  # measured 0.24-0.29 vs 0.86-0.87
+    assert q["random"]["mean_len"] > q["confidence"]["mean_len"] + 0.8, q    # 5.2-5.3 vs 3.8-3.9 (data: 6.1)
+    assert q["random"]["distinct"] > q["confidence"]["distinct"], q          # 1.0 vs 0.85-0.93
+
+
+def test_templates_and_well_formed_samples(torch):
+    """--prompt: fixed characters stay, '_' is a character, '.' ends the name; every sample is a name followed by
+    BOS padding, whichever order the positions are unmasked in (an untrained model proposes almost anything)."""
+    cfg = names_config(zero_init_proj=False, init_std=0.5)
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
+    assert template("em", tokenizer, cfg) == ([4, 12] + [MASK] * 6, 2)
+    assert template("_a.", tokenizer, cfg) == ([MASK, 0] + [BOS] * 6, 2)
+    assert template("emmaemma.", tokenizer, cfg)[0] == [4, 12, 12, 0, 4, 12, 12, 0]  # the end falls past the block
+    assert ar_prompt("em_a.") == "em" and ar_prompt("emma.") == "emma" and ar_prompt("_a") == ""
+    assert show([4, 12, MASK, BOS], tokenizer, cfg) == "em_."
+    for prompt, message in (("e.m", "'.' ends the name, so it can only be the last character"),
+                            ("emmaemmae", "'emmaemmae' has 9 positions; the model has 8"),
+                            ("Ma", "--prompt 'Ma': character 'M' is not in the vocabulary")):
+        with pytest.raises(UserError, match=message):
+            template(prompt, tokenizer, cfg)
+
+    engine = TorchDiffusion(cfg, TrainConfig().validate(), init_params(cfg, 1))
+    for prompt in ("", "a__b", "__c.", "_"):
+        start, min_len = template(prompt, tokenizer, cfg)
+        for remasking in ("random", "confidence"):
+            for steps in (1, 3, 8):
+                traces = denoise(engine.predict_batch, cfg, [start] * 12, steps, 1.0, remasking, 0, min_len)
+                for trace in traces:
+                    seq = trace[-1]
+                    n = seq.index(BOS) if BOS in seq else len(seq)
+                    assert all(tok < BOS for tok in seq[:n]) and seq[n:] == [BOS] * (len(seq) - n), seq
+                    assert n >= min_len and all(s == MASK or s == t for s, t in zip(start, seq)), (prompt, seq)
+                    assert trace[0] == start and len(trace) >= 2 and all(a != b for a, b in zip(trace, trace[1:]))
+                    assert all(MASK in state for state in trace[:-1])
+    assert {len(name) for name in sample_names(engine.predict_batch, tokenizer, cfg, 10, 8, prompt="__c.")} == {3}
+
+
+def test_sample_quality():
+    q = sample_quality(["ab", "ab", "abc", ""], ["ab", "xyz", "abcd", "b"], max_len=3)
+    assert (q["samples"], q["distinct"], q["in_train"], q["empty"], q["mean_len"]) == (4, 0.75, 0.5, 0.25, 1.75)
+    assert q["lengths"] == {0: 0.25, 2: 0.5, 3: 0.25} and q["data_mean_len"] == 9 / 4  # "abcd" counts as 3
+    # training lengths {1: 1/4, 2: 1/4, 3: 1/2}: |0.25 - 0| + |0 - 0.25| + |0.5 - 0.25| + |0.25 - 0.5|, halved
+    assert q["len_tv"] == pytest.approx(0.5)
+    assert total_variation({1: 1.0}, {1: 1.0}) == 0 and total_variation({1: 1.0}, {2: 1.0}) == 1
+    lines = quality_table({"real": q, "a model": q})
+    assert len(lines) == 3 and "distinct" in lines[0] and lines[2].startswith("a model |")
+    with pytest.raises(ValueError, match="at least one sample"):
+        sample_quality([], ["ab"])
+    with pytest.raises(ValueError, match="the training names"):
+        sample_quality(["ab"], [])
 
 
 def test_bad_engine_arguments(torch):
@@ -176,28 +241,78 @@ def test_bad_engine_arguments(torch):
         TorchDiffusion(cfg, tcfg, params).import_adam(AdamState(array("d", [0.0] * 3), array("d", [0.0] * 3), 1))
 
 
-def test_cli_trains_both_models_and_samples(torch, names_file, tmp_path):
-    log = tmp_path / "curves.json"
+def test_cli_trains_saves_and_samples(torch, names_file, tmp_path):
+    log, ckpt, ar_ckpt = tmp_path / "curves.json", tmp_path / "d.ckpt", tmp_path / "ar.ckpt"
     common = ["--data", names_file, "--n-embd", "8", "--n-head", "2", "--block-size", "8", "--eval-docs", "10",
-              "--eval-draws", "2", "--num-samples", "3", "--ar-engine", "python"]
-    r = run_cli("engines.diffusion", "--engine", "torch", "--num-steps", "20", "--batch-size", "4",
-                "--loss-log", log, *common, script="-m")
+              "--eval-draws", "2", "--ar-engine", "python"]
+    r = run_cli("engines.diffusion", "--engine", "torch", "--num-steps", "20", "--batch-size", "4", "--num-samples", "3",
+                "--loss-log", log, "--save", ckpt, "--ar-save", ar_ckpt, "--prompt", "a", "--show-denoising", "2",
+                "--quality", "30", *common, script="-m")
     assert r.returncode == 0, r.stderr
     assert "step 20/20 | lr" in r.stdout and "diffusion loss" in r.stdout and "autoregressive loss" in r.stdout
     assert "training loss, nats per token" in r.stdout and "validation (10 documents): autoregressive" in r.stdout
-    assert len(r.stdout.split("temperature 0.8:")[1].strip().splitlines()) == 3
+    rounds = r.stdout.split("'.' end of name):")[1].split("\n\n")[0].strip().splitlines()
+    assert rounds[0].split() == ["round", "0", "a_______", "a_______"] and "_" not in rounds[-1], rounds
+    samples = r.stdout.split("prompt 'a'):")[1].split("\n\n")[0].strip().splitlines()
+    assert len(samples) == 3 and all(line.split()[0][0] == line.split()[1][0] == "a" for line in samples), samples
+    quality = r.stdout.split("sample quality")[1].strip().splitlines()
+    assert [line.split("|")[0].strip() for line in quality[2:5]] == ["real names (validation)", "diffusion (random)",
+                                                                    "autoregressive"]
     result = json.loads(log.read_text())
     assert len(result["train"]["diffusion"]) == len(result["train"]["ar"]) == 20
-    assert len(result["samples"]["diffusion"]) == 3
+    assert len(result["samples"]["diffusion"]) == 3 and result["quality"]["diffusion (random)"]["samples"] == 30
+    saved = checkpoint.load(ckpt, kind="diffusion")
+    assert (saved.kind, saved.step, saved.model.vocab_size) == ("diffusion", 20, checkpoint.load(ar_ckpt).model.vocab_size + 1)
 
-    r = run_cli("engines.diffusion", "--engine", "python", "--num-steps", "2", *common, script="-m")
+    # the checkpoints sample again, the diffusion one here, the autoregressive one in train.py
+    r = run_cli("engines.diffusion", "--sample-from", ckpt, "--ar-checkpoint", ar_ckpt, "--num-samples", "4",
+                "--prompt", "_a.", "--quality", "10", "--data", names_file, "--ar-engine", "python", script="-m")
     assert r.returncode == 0, r.stderr
-    assert "diffusion engine diffusion-python (float64) vs autoregressive engine python" in r.stdout
+    assert "| lr" not in r.stdout and "autoregressive model" in r.stdout  # nothing trained
+    samples = r.stdout.split("template '_a.'")[1].split("\n\n")[0].strip().splitlines()[1:]
+    assert len(samples) == 4 and all(len(line.split()[0]) == 2 and line.split()[0][1] == "a" for line in samples)
+    r = run_cli("--sample-from", ar_ckpt, "--num-samples", "2")
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2, r.stderr
 
+    # a checkpoint of one kind never loads as the other
+    for args, message in (((ckpt,), "holds the diffusion model, not the autoregressive one; use python -m "
+                                     "engines.diffusion --sample-from"),
+                          ((ckpt, "--resume"), "holds the diffusion model")):
+        r = run_cli(args[-1] if len(args) == 2 else "--sample-from", args[0], "--num-samples", "1")
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert diffusion_main(["--sample-from", str(ar_ckpt)]) == 2
+
+
+def diffusion_main(argv) -> int:
+    """The CLI in this process (no interpreter start-up): its exit status, argparse's included."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_cli_bad_input_is_one_line_before_training(torch, names_file, tmp_path, capsys):
+    common = ["--data", str(names_file), "--n-embd", "8", "--n-head", "2", "--block-size", "8", "--eval-docs", "10",
+              "--num-samples", "2", "--ar-engine", "python"]
+    assert diffusion_main(["--engine", "python", "--num-steps", "2", *common]) == 0
+    assert "diffusion engine diffusion-python (float64) vs autoregressive engine python" in capsys.readouterr().out
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    # --num-steps 100000 would take minutes: each of these must be refused before the first step
     for bad, message in ((["--remasking", "greedy"], "argument --remasking: invalid choice"),
                          (["--engine", "python", "--device", "cuda"], "--engine python runs on the CPU only"),
                          (["--eval-draws", "0"], "--eval-draws must be an integer >= 1"),
-                         (["--temperature", "0"], "--temperature must be > 0")):
-        r = run_cli("engines.diffusion", "--num-steps", "2", *common, *bad, script="-m")
-        assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
+                         (["--temperature", "0"], "--temperature must be > 0"),
+                         (["--quality", "-1"], "--quality must be an integer >= 0"),
+                         (["--prompt", "Ma"], "--prompt 'Ma': character 'M' is not in the vocabulary"),
+                         (["--prompt", "abcdefghi"], "has 9 positions; the model has 8"),
+                         (["--prompt", "abcdefgh"], "leaves the autoregressive model no room"),
+                         (["--save", str(a_file / "d.ckpt")], f"--save {a_file / 'd.ckpt'}: cannot create files in"),
+                         (["--ar-save", str(tmp_path)], "is a directory"),
+                         (["--ar-checkpoint", str(a_file)], "--ar-checkpoint goes with --sample-from"),
+                         (["--sample-from", str(a_file), "--save", "x"], "--sample-from trains nothing, so --save"),
+                         (["--sample-from", str(a_file)], "is not a microgpt-lab checkpoint")):
+        assert diffusion_main(["--num-steps", "100000", *common, *bad]) == 2, bad
+        captured = capsys.readouterr()
+        assert captured.err.startswith("error:") and message in captured.err, captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and "| lr" not in captured.out
