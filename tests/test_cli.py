@@ -1,5 +1,6 @@
 """The command line end to end on small data: training, exact resume, sampling, and bad input."""
 
+import io
 import json
 
 import pytest
@@ -157,3 +158,120 @@ def test_help_documents_every_flag():
                  "--learning-rate", "--seed", "--data", "--tokenizer", "--temperature", "--num-samples",
                  "--resume", "--sample-from", "--save", "--grad-clip", "--lr-schedule", "--patience"):
         assert flag in r.stdout
+
+
+def test_resume_extends_a_finished_run_and_refuses_changed_flags(names_file, tmp_path):
+    """--resume CKPT --num-steps N trains on to step N, each later step at the lr of an N-step schedule;
+    a flag the run cannot change is refused by name, never ignored."""
+    from microgpt.config import TrainConfig, lr_at
+    ckpt, log = tmp_path / "run.ckpt", tmp_path / "more.json"
+    args = ["--data", names_file, "--num-steps", "6", "--save", ckpt, *TINY, "--num-samples", "0"]
+    assert run_cli(*args).returncode == 0
+    r = run_cli("--resume", ckpt, "--save", ckpt)
+    assert r.returncode == 2 and "the run is at step 6 of 6; give --num-steps above 6" in r.stderr
+    r = run_cli("--resume", ckpt, "--learning-rate", "0.5", "--n-embd", "32", "--tokenizer", "bpe")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert ("these cannot change: --n-embd 32 (checkpoint: 8), --learning-rate 0.5 (checkpoint: 0.01), "
+            "--tokenizer bpe (checkpoint: char)") in r.stderr
+    r = run_cli("--resume", ckpt, "--num-steps", "9", "--learning-rate", "0.01", "--eval-every", "3",
+                "--log-every", "1", "--loss-log", log, "--save", ckpt, "--num-samples", "2")
+    assert r.returncode == 0, r.stderr
+    assert "steps 6..9" in r.stdout and "step 9/9" in r.stdout and "samples:" in r.stdout
+    assert len(losses(log)) == 3 and json.loads(log.read_text())["train_config"]["num_steps"] == 9
+    assert f"lr {lr_at(6, TrainConfig(num_steps=9)):.2e}" in r.stdout.split("step 7/9")[1].splitlines()[0]
+
+
+def test_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(names_file, tmp_path):
+    from microgpt import checkpoint
+    ckpt = tmp_path / "run.ckpt"
+    r = run_cli("--data", names_file, "--num-steps", "50", "--learning-rate", "1000", "--save", ckpt,
+                "--save-every", "1", *TINY, "--block-size", "16")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    step = int(r.stderr.split("training diverged at step ")[1].split(":")[0])
+    assert "lower --learning-rate (now 1000)" in r.stderr and f"the checkpoint of step {step - 1}" in r.stderr
+    assert checkpoint.load(ckpt).step == step - 1 and "samples:" not in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["names.txt", "run.ckpt"]
+
+
+def tiny_run():
+    """A real engine on eight names, in this process (for faults the CLI cannot provoke)."""
+    from microgpt.config import ModelConfig, TrainConfig
+    from microgpt.tokenizers import build_tokenizer, wrap_all
+    from microgpt.trainer import Dataset
+    from microgpt.params import init_params
+    from conftest import read_names
+    from train import PythonEngine
+    names = read_names(8)
+    tok = build_tokenizer("char", names, names)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_embd=8, n_head=2, block_size=8)
+    tcfg = TrainConfig(num_steps=6, eval_every=0)
+    return PythonEngine, cfg, tcfg, init_params(cfg, 0), Dataset(tok, wrap_all(tok, names, 8)[0], [])
+
+
+def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
+    import os
+    import signal
+    from microgpt import checkpoint
+    from microgpt.trainer import train
+    engine_cls, cfg, tcfg, params, data = tiny_run()
+
+    class Interrupted(engine_cls):
+        def train_step(self, docs, lr):
+            loss = super().train_step(docs, lr)
+            if self.t == 3:
+                os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C would, in the middle of the run
+            return loss
+
+    engine, ckpt, out = Interrupted(cfg, tcfg, params), tmp_path / "run.ckpt", io.StringIO()
+    with pytest.raises(SystemExit) as e:
+        train(engine, data, cfg, tcfg, save_path=str(ckpt), quiet=True, out=out)
+    assert e.value.code == 130 and "interrupted after step 3; checkpoint saved" in out.getvalue()
+    saved = checkpoint.load(ckpt)
+    assert saved.step == 3 and list(saved.params.data) == list(engine.export_params().data)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+
+
+def test_a_failed_write_during_a_run_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    from microgpt import UserError, checkpoint
+    from microgpt.trainer import train
+    engine_cls, cfg, tcfg, params, data = tiny_run()
+    ckpt = tmp_path / "run.ckpt"
+    train(engine_cls(cfg, tcfg, params), data, cfg, tcfg, stop_step=2, save_path=str(ckpt), quiet=True)
+    before = ckpt.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match=f"cannot write checkpoint {ckpt}: No space left on device"):
+        train(engine_cls(cfg, tcfg, params), data, cfg, tcfg, save_path=str(ckpt), save_every=2, quiet=True)
+    assert ckpt.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
+    assert checkpoint.load(ckpt).step == 2
+
+
+def test_cut_documents_and_short_bpe_are_reported_once(names_file):
+    r = run_cli("--data", names_file, "--num-steps", "1", "--block-size", "4", "--tokenizer", "bpe",
+                "--bpe-merges", "100000", "--num-samples", "0", "--eval-every", "0", "--n-embd", "8", "--n-head", "2")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2, r.stderr
+    assert "of the 100000 merges asked for (--bpe-merges)" in notes[0]
+    assert "of 300 documents are longer than --block-size 4 allows" in notes[1]
+
+
+@pytest.mark.parametrize("done,num_steps,eval_every,left", [
+    (0, 10, 5, 2), (4, 10, 5, 2), (5, 10, 5, 1), (10, 10, 5, 0), (0, 10, 3, 4), (9, 10, 3, 1), (0, 10, 0, 1),
+])
+def test_the_eta_counts_the_validations_left(done, num_steps, eval_every, left):
+    from microgpt.config import TrainConfig
+    from microgpt.trainer import evaluations_left
+    assert evaluations_left(done, TrainConfig(num_steps=num_steps, eval_every=eval_every)) == left
+
+
+def test_the_scalar_engine_validates_on_few_documents_unless_asked(names_file, tmp_path):
+    log = tmp_path / "log.json"
+    r = run_cli("--data", names_file, "--engine", "scalar", "--num-steps", "1", "--n-embd", "8", "--n-head", "2",
+                "--num-samples", "0", "--loss-log", log)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(log.read_text())["train_config"]["eval_docs"] == 10 and "validation loss" in r.stdout
