@@ -275,3 +275,19 @@ def test_the_scalar_engine_validates_on_few_documents_unless_asked(names_file, t
                 "--num-samples", "0", "--loss-log", log)
     assert r.returncode == 0, r.stderr
     assert json.loads(log.read_text())["train_config"]["eval_docs"] == 10 and "validation loss" in r.stdout
+
+
+def test_smoke_runs_standalone(tmp_path, monkeypatch):
+    import engines
+    import test_smoke
+    r = run_cli("--quick", script="test_smoke.py")
+    assert r.returncode == 0 and "ok   python: train, save, resume, sample" in r.stdout, r.stderr
+    assert "smoke test passed" in r.stdout and "(--quick: python only)" in r.stdout
+    # without --quick: every engine the install can load, two steps each; one it cannot is named, not fatal
+    monkeypatch.setattr(engines, "ENGINES", {"python": "train:PythonEngine", "scalar": "engines.scalar:ScalarEngine",
+                                             "missing": "no_such_module:Engine"})
+    lines = []
+    test_smoke.smoke(tmp_path, all_engines=True, log=lines.append)
+    assert lines[1:] == ["ok   scalar: two steps and a sample",
+                         "skip missing: engine missing cannot be loaded (No module named 'no_such_module'); "
+                         "install its extra, e.g. pip install -e '.[missing]'"]
