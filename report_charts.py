@@ -1,5 +1,9 @@
 """Charts for the report: one function per chart, each writing ``<stem>.svg`` and ``<stem>.png``.
 
+``python report_charts.py RESULTS... [--out DIR]`` draws them from files: benchmark results
+(``benchmark.py run -o``, ``roofline.py --save-results``: throughput and speedup over train.py) and
+trainers' ``--loss-log`` files (the loss curves side by side).
+
 Sized for a README (8 x 5 inches at 100 dpi = 800 px wide) with matplotlib's Agg backend, so they
 render on a machine without a display.
 """
@@ -14,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from microgpt import machine
+from microgpt import UserError, cli, machine
 
 ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
                  "#7f7f7f", "#000000", "#aec7e8"]
@@ -182,9 +186,8 @@ def _engine_color(name: str) -> str:
 
 
 def _case_label(r: dict) -> str:
-    c = r["config"]
     dtype = {"float64": "f64", "float32": "f32"}.get(r["dtype"], r["dtype"])
-    return (f"C{c['n_embd']} L{c['n_layer']} H{c['n_head']} · batch {r['batch_size']} · {dtype} · "
+    return (f"{cli.config_label(r['config'])} · batch {r['batch_size']} · {dtype} · "
             f"{r['threads']} thread{'s' * (r['threads'] > 1)}")
 
 
@@ -219,13 +222,6 @@ def _grouped_bars(groups: dict[str, list[tuple[str, float, str]]], xlabel: str, 
     return _save(fig, stem)
 
 
-def _si(x: float) -> str:
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= scale:
-            return f"{x / scale:.3g}{prefix}"
-    return f"{x:.3g}"
-
-
 def _by_case(records: list[dict]) -> dict[str, list[dict]]:
     order = sorted(records, key=lambda r: (r["config"]["n_embd"], r["config"]["n_layer"], r["batch_size"],
                                            r["dtype"] != "float64", r["threads"]))
@@ -237,7 +233,7 @@ def _by_case(records: list[dict]) -> dict[str, list[dict]]:
 
 def throughput_chart(records: list[dict], stem: str | Path) -> list[Path]:
     """Training throughput (tokens/s, median wall time) of every engine, grouped by model, batch, dtype, threads."""
-    groups = {label: [(r["engine"], r["tokens_per_s"], f"{_si(r['tokens_per_s'])} tok/s")
+    groups = {label: [(r["engine"], r["tokens_per_s"], f"{cli.si(r['tokens_per_s'])} tok/s")
                       for r in sorted(rs, key=lambda r: -r["tokens_per_s"])] for label, rs in _by_case(records).items()}
     return _grouped_bars(groups, "training throughput, tokens/s (median wall time per step; log scale)",
                          "Throughput of one training step per engine", stem)
@@ -367,3 +363,56 @@ def loss_chart(logs: list[dict], stem: str | Path) -> list[Path]:
     ax_diff.grid(True, color="#dddddd", lw=0.6)
     fig.tight_layout()
     return _save(fig, stem)
+
+
+# ----------------------------------------------------------------------------------------------------
+# main
+
+#: What a timing record needs for the throughput and speedup charts.
+RECORD_KEYS = ("engine", "config", "batch_size", "dtype", "threads", "tokens_per_s", "ms_per_step")
+
+
+def read_chart_inputs(paths: list[str]) -> tuple[list[dict], list[dict]]:
+    """(timing records, loss logs) from the files, each told apart by its keys; one-line errors otherwise."""
+    records, logs = [], []
+    for path in paths:
+        doc = cli.read_json(path, "chart input")
+        if isinstance(doc, dict) and isinstance(doc.get("train"), list):
+            logs.append(doc)
+        elif isinstance(doc, dict) and isinstance(doc.get("results"), list):
+            for i, r in enumerate(doc["results"]):
+                missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
+                if missing:
+                    raise UserError(f"{path}: result {i} has no {', '.join(missing)}")
+                records.append(r)
+        else:
+            raise UserError(f"{path} is neither timing results (a 'results' list) nor a trainer's --loss-log "
+                            f"(a 'train' list)")
+    return records, logs
+
+
+def run(argv: list[str] | None) -> int:
+    p = cli.OneLineErrorParser(description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("files", nargs="+", metavar="JSON", help="results or --loss-log files")
+    p.add_argument("--out", default="out/charts", help="directory for the charts (default out/charts)")
+    args = p.parse_args(argv)
+    records, logs = read_chart_inputs(args.files)
+    out, written = Path(args.out), []
+    if records:
+        written += throughput_chart(records, out / "throughput") + speedup_chart(records, out / "speedup")
+    if logs:
+        written += loss_chart(logs, out / "losses")
+    if not written:
+        raise UserError("nothing to draw: the results hold no records")
+    print(f"charts: {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import shutil
 import sys
@@ -117,6 +118,21 @@ def check_writable(flag: str, path, size: int = 0) -> None:
     if free < size:   # the new file is written beside the old one, so the whole size must be free
         raise UserError(f"{flag} {path}: {binary_size(free)} free on its file system, and the file needs about "
                         f"{binary_size(size)}")
+
+
+def read_json(path, what: str):
+    """The JSON document at ``path``; a one-line UserError naming ``what`` it should be when it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, not a JSON file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
 
 
 def available_memory() -> int | None:

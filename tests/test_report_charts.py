@@ -133,3 +133,22 @@ def test_report_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "benchmark.py", "report", tmp_path / "missing.json"], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: results file") and len(r.stderr.splitlines()) == 1
+
+
+def test_report_charts_py_draws_from_files(tmp_path, capsys):
+    """python report_charts.py RESULTS LOSS_LOG: throughput, speedup and loss charts; bad input is one line."""
+    results_path, log_path = tmp_path / "results.json", tmp_path / "loss.json"
+    results_path.write_text(json.dumps({"results": RECORDS}))
+    log_path.write_text(json.dumps({"engine": "python", "train": [3.3, 3.1, 2.9], "val": [[3, 3.0]]}))
+    assert report_charts.main([str(results_path), str(log_path), "--out", str(tmp_path / "charts")]) == 0
+    for stem in ("throughput", "speedup", "losses"):
+        check_written([tmp_path / "charts" / f"{stem}.svg", tmp_path / "charts" / f"{stem}.png"])
+    assert "charts: " in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    for content, message in [('{"results": [{"engine": "c"}]}', "result 0 has no config, batch_size"),
+                             ('[1, 2]', "is neither timing results"), ("{", "is not valid JSON")]:
+        bad.write_text(content)
+        assert report_charts.main([str(bad), "--out", str(tmp_path / "none")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "none").exists()
