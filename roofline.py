@@ -59,7 +59,6 @@ predictions, and the table marks the row with "~" (attention cost depends on the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -153,12 +152,7 @@ def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[st
 # --- engine timings: read from benchmark results --------------------------------------------------------
 
 def load_results(path: str) -> list[dict]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"cannot read --results {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--results {path} is not JSON ({e})") from None
+    data = cli.read_json(path, "--results")
     records = data.get("results") if isinstance(data, dict) else data
     if not isinstance(records, list) or not records:
         raise UserError(f"--results {path} must hold a non-empty list of records (or {{\"results\": [...]}})")

@@ -15,7 +15,6 @@ numbers say how much.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import statistics
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from engines.batching import pack_batch
 from engines.torch_eager import rmsnorm
-from microgpt import UserError, checkpoint
+from microgpt import UserError, checkpoint, cli
 from microgpt.config import SampleConfig
 from microgpt.params import FlatParams
 from microgpt.sampling import sample
@@ -189,8 +188,7 @@ def sampling_speed(models: dict, tokenizer, block_size: int, num_names: int, rep
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m engines.int8", description=__doc__.splitlines()[0])
-    p.error = lambda message: p.exit(2, f"error: {message} (see --help)\n")
+    p = cli.OneLineErrorParser(prog="python -m engines.int8", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by any engine")
     p.add_argument("--data", action="append", metavar="PATH",
                    help="documents for the validation split (default: the checkpoint's own sources)")
@@ -251,11 +249,7 @@ def run(argv: list[str], out=sys.stdout) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    cli.exit_on_error(run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

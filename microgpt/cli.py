@@ -82,15 +82,23 @@ def add_config_flags(group, cls, skip=(), only=None) -> None:
                            help=f"{FLAG_HELP[f.name]} (default: {f.default})")
 
 
-def run_main(body: Callable[..., int | None], *args, **kwargs) -> int:
-    """Run an entry point's body; its return value (None: 0) is the exit status, and a UserError is one
-    line on stderr with status 2. Every CLI ends in ``sys.exit(run_main(...))``."""
+def run_main(body: Callable[..., object], *args, **kwargs) -> int:
+    """Run an entry point's body; an int it returns is the exit status (anything else, such as None or a
+    result kept for tests, is 0), and a UserError is one line on stderr with status 2. Every CLI ends in
+    ``sys.exit(run_main(...))``, or in ``exit_on_error`` where Python callers call its main too."""
     try:
         status = body(*args, **kwargs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if status is None else status
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def exit_on_error(body: Callable[..., object], *args, **kwargs) -> None:
+    """``run_main`` that returns on success and raises SystemExit with the status otherwise."""
+    status = run_main(body, *args, **kwargs)
+    if status:
+        raise SystemExit(status)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ Run ``python -m microgpt.data`` for a tour of the data.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -20,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from microgpt import UserError
+from microgpt import UserError, cli
 from microgpt.config import TrainConfig
 
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
@@ -195,21 +194,17 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     return shuffled[:n_train], shuffled[n_train:]
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo(argv: list[str] | None = None) -> None:
     """The teaching demo: what the data looks like before any model sees it."""
-    parser = argparse.ArgumentParser(prog="python -m microgpt.data", description=__doc__.splitlines()[0])
+    parser = cli.OneLineErrorParser(prog="python -m microgpt.data", description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", metavar="FILE",
                         help="text files or directories of *.txt, one document per line "
                              "(default: $MICROGPT_DATA, else names.txt from the cache or the internet)")
     args = parser.parse_args(argv)
-    try:
-        paths = args.data or [str(default_dataset())]
-        docs = load_documents(paths)
-        cfg = TrainConfig()
-        train, val = split_documents(docs, cfg.val_fraction, cfg.seed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    paths = args.data or [str(default_dataset())]
+    docs = load_documents(paths)
+    cfg = TrainConfig()
+    train, val = split_documents(docs, cfg.val_fraction, cfg.seed)
     source = "command line" if args.data else ("$MICROGPT_DATA" if os.environ.get("MICROGPT_DATA") else "cache")
     lengths = [len(doc) for doc in docs]
     print(f"data from {', '.join(paths)} ({source})")
@@ -219,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"split with seed {cfg.seed}, val fraction {cfg.val_fraction}: {len(train)} train, {len(val)} val")
     chars = sorted(set("".join(docs)))
     print(f"character set ({len(chars)}): {''.join(chars)!r}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(demo, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from microgpt import UserError
+from microgpt import UserError, cli
 from microgpt.data import cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,9 +76,13 @@ def profiled_fastops() -> ModuleType:
     return load_fastops(build_fastops({"MICROGPT_PROFILE": "1"}))
 
 
-if __name__ == "__main__":
-    try:
+def main() -> int:
+    """``python -m microgpt.native``: build (or find) the profiled fastops and say where it is."""
+    def show() -> None:
         module = profiled_fastops()
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    print(f"profiled fastops: {module.__file__} (PROFILED={module.PROFILED})")
+        print(f"profiled fastops: {module.__file__} (PROFILED={module.PROFILED})")
+    return cli.run_main(show)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

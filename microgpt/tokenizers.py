@@ -15,12 +15,11 @@ Run ``python -m microgpt.tokenizers`` for a tour.
 
 from __future__ import annotations
 
-import argparse
 import operator
 import sys
 from collections import Counter, defaultdict
 
-from microgpt import UserError
+from microgpt import UserError, cli
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import default_dataset, load_documents, split_documents
 
@@ -280,25 +279,21 @@ def wrap_all(tokenizer: Tokenizer, texts: list[str], block_size: int) -> tuple[l
     return out, cut, longest
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo(argv: list[str] | None = None) -> None:
     """The teaching demo: one real document through the tokenizer and back."""
-    parser = argparse.ArgumentParser(prog="python -m microgpt.tokenizers", description=__doc__.splitlines()[0])
+    parser = cli.OneLineErrorParser(prog="python -m microgpt.tokenizers", description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="char")
     parser.add_argument("--data", nargs="+", metavar="FILE",
                         help="text files or directories of *.txt (default: names.txt, see python -m microgpt.data)")
     parser.add_argument("--bpe-merges", type=int, default=64, help="number of BPE merges to learn")
     args = parser.parse_args(argv)
-    try:
-        docs = load_documents(args.data or [str(default_dataset())])
-        train_cfg = TrainConfig()
-        train, _ = split_documents(docs, train_cfg.val_fraction, train_cfg.seed)
-        tok = build_tokenizer(args.tokenizer, train, docs, bpe_merges=args.bpe_merges)
-        doc = docs[0]
-        block_size = ModelConfig().block_size
-        ids, wrapped = tok.encode(doc), wrap(tok, doc, block_size)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    docs = load_documents(args.data or [str(default_dataset())])
+    train_cfg = TrainConfig()
+    train, _ = split_documents(docs, train_cfg.val_fraction, train_cfg.seed)
+    tok = build_tokenizer(args.tokenizer, train, docs, bpe_merges=args.bpe_merges)
+    doc = docs[0]
+    block_size = ModelConfig().block_size
+    ids, wrapped = tok.encode(doc), wrap(tok, doc, block_size)
     shown = [f"{i}={t!r}" for i, t in enumerate(tok.tokens)]
     if len(shown) > 40:
         shown = shown[:30] + [f"... ({len(shown) - 40} more) ..."] + shown[-10:]
@@ -310,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"encode:    {ids}  (pieces: {[tok.tokens[i] for i in ids]})")
     print(f"wrapped:   {wrapped}  (BOS={tok.bos_id} at both ends, cut to block_size + 1 = {block_size + 1})")
     print(f"decoded:   {tok.decode(wrapped)!r}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(demo, argv)
 
 
 if __name__ == "__main__":

@@ -497,9 +497,4 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
 
 def main(argv: list[str], registry, default_engine: str, description: str, int8_sampler=None) -> None:
     """CLI entry: one-line errors and exit status 2 instead of tracebacks for bad input."""
-    def body() -> None:
-        run(argv, registry, default_engine, description, int8_sampler=int8_sampler)
-
-    status = cli.run_main(body)
-    if status:
-        raise SystemExit(status)
+    cli.exit_on_error(run, argv, registry, default_engine, description, int8_sampler=int8_sampler)

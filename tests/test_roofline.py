@@ -206,6 +206,17 @@ def test_roofline_times_the_registered_engines(cache, names_file, tmp_path, caps
     assert timed["engine"] == "python" and len(timed["doc_lengths"]) >= 3
 
 
+def test_any_model_shape_with_the_trainers_flags(names_file, capsys):
+    """The trainer's shape flags, underscore spellings included, put one's own model on the roofline."""
+    assert roofline.main(["--ops", "--data", str(names_file), "--n_embd", "48", "--n-layer", "3", "--n_head", "6",
+                          "--block-size", "12", "--batch_size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "per-op cost of one step: C48L3H6T12, 2 docs" in out
+    with pytest.raises(SystemExit):
+        roofline.main(["--help"])
+    assert "embedding width (default: 16)" in capsys.readouterr().out    # the trainer's own flag and help
+
+
 def test_ops_table_lists_every_op_and_the_total(names_file, capsys):
     assert roofline.main(["--ops", "--data", str(names_file), "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
@@ -214,7 +225,7 @@ def test_ops_table_lists_every_op_and_the_total(names_file, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{", "not JSON"), ("[]", "non-empty list"), ('[{"engine": "c"}]', "missing"),
+    ("{", "is not valid JSON"), ("[]", "non-empty list"), ('[{"engine": "c"}]', "missing"),
     (json.dumps([{**RESULTS[0], "dtype": "float16"}]), "dtype must be"),
     (json.dumps([{**RESULTS[0], "ms_per_step": 0}]), "ms_per_step must be"),
     (json.dumps([{**RESULTS[0], "config": {"n_embd": 15}}]), "n-head must divide"),
@@ -230,7 +241,7 @@ def test_bad_results_file_is_a_one_line_error(tmp_path, content, message):
 def test_cli_errors_are_one_line(cache, tmp_path):
     r = run_cli("--results", tmp_path / "missing.json", script="roofline.py",
                 env={"MICROGPT_CACHE": str(cache.parent)})
-    assert r.returncode == 2 and r.stderr.startswith("error: cannot read --results") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --results ") and "missing.json does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
 # --- the fused C step phase by phase (--ops --engine c) -------------------------------------------------
