@@ -4,11 +4,23 @@
     python benchmarks/engine_table.py --engines c,numpy --batch-sizes 1 --dtype float32 -o out/table.json
     python benchmarks/engine_table.py --engines c --isa all --configs large,xl --batch-sizes 32
     python benchmarks/engine_table.py --pivot out/table.json       # the README's layout: engines x configs
+    python benchmarks/engine_table.py --engines torch,jax,mlx --yardsticks none   # without the textbook rows
 
 --isa picks the instruction sets of the c engine's kernels, a comma list (avx512,avx2,sse,...; auto = the
 best available, the default; all = every one this CPU and build run): each is its own row, c[avx2], and
 each JSON row of the c engine records the "isa" that ran. --configs takes any of STANDARD_CONFIGS; large
 and xl (n_embd 256 and 512) are left out by default, as train.py would take minutes per step on them.
+
+--yardsticks adds the textbook version of each framework (benchmarks/yardsticks.py: an nn.Module with
+torch.optim.Adam, plain jax.grad with a hand Adam, mlx.nn with optim.Adam) as rows of their own, timed in
+the same run: by default those of the frameworks among --engines (torch-yardstick beside torch and
+torch-compile, jax-yardstick beside jax, mlx-yardstick beside mlx and mlx-compile).
+
+Compile cost is reported, not hidden: "first step" is the wall time of a fresh engine's first training
+step in this run (tracing and compilation included: jit, torch.compile, mx.compile), "steady" the
+median over the samples after the warm-up steps. A jitted engine that compiles one program per bucketed
+shape (jax) compiles the others as new shapes arrive during the warm-up; the median keeps a sample that
+caught one out of the steady figure.
 
 Every engine trains on the same real names in the same order (microgpt/timing.py), one thread. An
 engine x config whose first step predicts more than --max-step-seconds per step is reported as skipped,
@@ -21,11 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.yardsticks import BESIDE, YARDSTICKS, load_yardstick  # noqa: E402
 from engines import ENGINES, load_engine  # noqa: E402
 from microgpt import UserError  # noqa: E402
 from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig  # noqa: E402
@@ -40,6 +52,29 @@ def ratio(x: float) -> str:
 
 def ms(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
+
+
+def yardsticks_for(option: str, engines: list[str]) -> list[str]:
+    """The yardstick rows --yardsticks asks for: auto (those beside --engines), none, or a comma list."""
+    if option == "auto":
+        return [y for y, beside in BESIDE.items() if any(e in engines for e in beside)]
+    if option == "none":
+        return []
+    names = option.split(",")
+    unknown = [n for n in names if n not in YARDSTICKS]
+    if unknown:
+        raise UserError(f"--yardsticks: unknown {', '.join(unknown)} (known: auto, none, {', '.join(YARDSTICKS)})")
+    return names
+
+
+def load_row(name: str):
+    """The class timed for a row: an engine, or a yardstick (benchmarks/yardsticks.py)."""
+    if name not in YARDSTICKS:
+        return load_engine(name)
+    try:
+        return load_yardstick(name)
+    except ImportError as e:
+        raise UserError(f"{name} cannot be loaded ({e})") from None
 
 
 def pivot_table(rows: list[dict]) -> str:
@@ -78,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isa", default="auto",
                    help="the c engine's instruction sets, comma-separated: auto (the best), all, or names such as "
                         "avx512,avx2,sse,neon,generic (default: auto)")
+    p.add_argument("--yardsticks", default="auto",
+                   help="textbook rows to time beside the engines: auto (those of the frameworks among --engines), "
+                        f"none, or names: {', '.join(YARDSTICKS)} (default: auto)")
     p.add_argument("-o", "--output", help="also write the rows as JSON")
     p.add_argument("--pivot", nargs="+", metavar="JSON", help="print the rows of earlier -o files as the README's "
                    "table (engines x configs) and exit")
@@ -98,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(STANDARD_CONFIGS)})")
         # (engine, isa) instances side by side: one per instruction set for the c engine (auto: None, its
         # best, whose row still names the isa that ran; and a checkout without fastops skips its row)
-        instances = [(n, None) for n in names]
+        instances = [(n, None) for n in names] + [(y, None) for y in yardsticks_for(args.yardsticks, names)]
         if args.isa.strip().lower() != "auto":
             if "c" not in names:
                 raise UserError(f"--isa picks the kernels of the c engine, which is not among --engines {args.engines}")
@@ -111,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         train, _ = split_documents(docs, 0.1, 42)
         tok = build_tokenizer("char", train, docs)
         rows = []
-        print("| engine | config | batch | ms/step (wall) | ms/step (CPU) | tokens/s | vs train.py |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| engine | config | batch | first step (ms, wall) | steady ms/step (wall) | steady ms/step (CPU) "
+              "| tokens/s | vs train.py |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for cname in configs:
             n_embd, n_layer, n_head, block = STANDARD_CONFIGS[cname]
             cfg = ModelConfig(vocab_size=tok.vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
@@ -127,31 +166,35 @@ def main(argv: list[str] | None = None) -> int:
                     limit = args.reference_max_step_seconds if name == "python" else args.max_step_seconds
                     if one_doc_s.get(row, 0) * batch > limit:
                         print(f"| {row} | {label} | {batch} | skipped: ~{one_doc_s[row] * batch:.0f} s/step "
-                              f"predicted > {limit:g} s | | | |", flush=True)
+                              f"predicted > {limit:g} s | | | | |", flush=True)
                         continue
                     try:
-                        engine_cls = load_engine(name)
-                        t0 = time.perf_counter()
+                        engine_cls = load_row(name)
                         probe = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=1, samples=1,
                                             min_sample_s=0.0, max_steps_per_sample=1, isa=isa)
                         if batch == 1:
                             one_doc_s[row] = probe.ms_per_step / 1e3
                         if probe.ms_per_step / 1e3 > limit:
                             print(f"| {row} | {label} | {batch} | skipped: {probe.ms_per_step / 1e3:.1f} s/step "
-                                  f"> {limit:g} s | | | |", flush=True)
+                                  f"> {limit:g} s | | | | |", flush=True)
                             continue
-                        slow = time.perf_counter() - t0 > 2  # a slow engine: its probe was the warm-up
+                        # a slow engine (its steady step, not its first: compilation says nothing of the
+                        # steps after it): its probe was the warm-up
+                        slow = probe.ms_per_step > 300
                         t = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=0 if slow else 2,
                                         samples=2 if slow else args.samples, isa=isa)
                     except (UserError, ValueError) as e:
-                        print(f"| {row} | {label} | {batch} | skipped: {e} | | | |", flush=True)
+                        print(f"| {row} | {label} | {batch} | skipped: {e} | | | | |", flush=True)
                         continue
                     if name == "python":
                         reference = t.cpu_ms_per_step
                     speedup = ratio(reference / t.cpu_ms_per_step) if reference else "-"
-                    print(f"| {t.label} | {label} | {batch} | {t.ms_per_step:.4g} | {t.cpu_ms_per_step:.4g} | "
-                          f"{t.tokens_per_step / (t.cpu_ms_per_step / 1e3):,.0f} | {speedup} |", flush=True)
-                    rows.append({**t.to_dict(), "config_name": cname, "speedup_vs_python_cpu": speedup})
+                    first_ms = probe.warmup_s * 1e3   # the probe's one warm-up step: a fresh engine's first
+                    print(f"| {t.label} | {label} | {batch} | {first_ms:,.0f} | {t.ms_per_step:.4g} | "
+                          f"{t.cpu_ms_per_step:.4g} | {t.tokens_per_step / (t.cpu_ms_per_step / 1e3):,.0f} | {speedup} |",
+                          flush=True)
+                    rows.append({**t.to_dict(), "config_name": cname, "speedup_vs_python_cpu": speedup,
+                                 "first_step_ms": first_ms, "yardstick": name in YARDSTICKS})
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(json.dumps(rows, indent=1))

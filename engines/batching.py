@@ -86,12 +86,12 @@ class Grid(NamedTuple):
     a real row's result or gradient.
     """
 
-    tokens: "np.ndarray"     # (R,) int32
-    positions: "np.ndarray"  # (R,) int32
-    targets: "np.ndarray"    # (R,) int32
-    weights: "np.ndarray"    # (R,) dtype: 1 / (B n_b) for real rows, 0 for padding
-    gather: "np.ndarray"     # (B, T) int32
-    slots: "np.ndarray"      # (R,) int32, B T for padding rows
+    tokens: object     # np.ndarray (R,) int32
+    positions: object  # np.ndarray (R,) int32
+    targets: object    # np.ndarray (R,) int32
+    weights: object    # np.ndarray (R,) dtype: 1 / (B n_b) for real rows, 0 for padding
+    gather: object     # np.ndarray (B, T) int32
+    slots: object      # np.ndarray (R,) int32, B T for padding rows
 
 
 def grid_batch(docs: list[list[int]], cfg: ModelConfig, dtype, token_major: bool = True) -> Grid:

@@ -166,3 +166,15 @@ def test_cli_trains_and_samples(names_file):
                    "--batch-size", "2", "--eval-every", "0", "--num-samples", "2", "--val-fraction", "0.1")
     assert done.returncode == 0, done.stderr
     assert "engine jax (float32, 1 thread)" in done.stdout and "samples:" in done.stdout
+
+
+def test_large_batches_take_the_copied_transpose_gradient(setup):
+    """From 128 rows on, linear layers' weight gradients go through engines.jax_jit.linear's own rule."""
+    from engines.batching import grid_batch
+    cfg, tcfg, params, _ = setup
+    docs = encode_names(read_names(200)[100:], cfg.block_size)[:40]
+    assert len(grid_batch(docs, cfg, "float64").tokens) >= 128
+    loss, grad = JaxEngine(cfg, tcfg, params.copy()).loss_and_grad(docs)
+    want_loss, want_grad = PythonEngine(cfg, tcfg, params.copy()).loss_and_grad(docs)
+    assert loss == pytest.approx(want_loss, rel=1e-9)
+    assert_close(grad, want_grad, 1e-9)

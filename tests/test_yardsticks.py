@@ -1,0 +1,49 @@
+"""benchmarks/yardsticks.py: each textbook version computes the reference's model (so timing it beside the tuned
+engine compares like with like): float64 gradients to 1e-9 (MLX: its float64 exp is float32-accurate), and
+training steps to 1e-9, or 1e-6 when clipping is on (the frameworks divide by norm + 1e-6)."""
+
+import pytest
+
+from conftest import encode_names, make_setup, read_names
+from microgpt.config import TrainConfig
+from train import PythonEngine
+
+from benchmarks.yardsticks import BESIDE, YARDSTICKS, load_yardstick
+
+
+def worst(got, want):
+    """Largest difference relative to the largest magnitude (entries near zero)."""
+    return max(abs(a - b) for a, b in zip(got, want)) / max(map(abs, want))
+
+
+@pytest.mark.parametrize("name,dtype,clip,tol", [
+    ("torch-yardstick", "float64", 0.0, 1e-9),
+    ("torch-yardstick", "float32", 0.5, 1e-4),
+    ("jax-yardstick", "float64", 0.5, 1e-6),
+    ("mlx-yardstick", "float64", 0.0, 1e-4),   # float32-accurate exp, see the module docstring
+    ("mlx-yardstick", "float32", 0.5, 1e-4),
+])
+def test_yardstick_trains_the_reference_model(name, dtype, clip, tol):
+    cfg, params = make_setup(16, 2, 4, 8)
+    tcfg = TrainConfig(num_steps=10, batch_size=3, grad_clip=clip).validate()
+    docs = encode_names(read_names(30), cfg.block_size)
+    batches = [docs[3 * s:3 * s + 3] for s in range(8)]   # mixed lengths: padding must not leak
+    ref, eng = PythonEngine(cfg, tcfg, params.copy()), load_yardstick(name)(cfg, tcfg, params.copy(), dtype=dtype)
+    assert eng.name == name
+    loss, grad = eng.loss_and_grad(batches[0])
+    want_loss, want_grad = ref.loss_and_grad(batches[0])
+    assert loss == pytest.approx(want_loss, rel=tol)
+    assert worst(grad, want_grad) < tol
+    for step, batch in enumerate(batches):
+        assert eng.train_step(batch, 0.01) == pytest.approx(ref.train_step(batch, 0.01), rel=tol), step
+    assert worst(eng.export_params().data, ref.export_params().data) < tol
+
+
+def test_every_yardstick_stands_beside_engines_and_rejects_bad_dtypes():
+    from engines import ENGINES
+    assert set(BESIDE) == set(YARDSTICKS)
+    assert all(e in ENGINES for engines in BESIDE.values() for e in engines)
+    cfg, params = make_setup()
+    for name in YARDSTICKS:
+        with pytest.raises(ValueError, match="dtype must be one of float64, float32"):
+            load_yardstick(name)(cfg, TrainConfig(), params, dtype="float16")
