@@ -74,15 +74,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import random
 import sys
 import time
 from array import array
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from microgpt import UserError
+from microgpt.cli import check_writable
 from microgpt.config import ModelConfig, TrainConfig, lr_at
 from microgpt.params import AdamState, FlatParams, init_params, num_params
 from train import (GPT, RMS_EPS, PythonEngine, Vec, attention, cross_entropy, embed, linear, mean, no_grad, relu_act,
@@ -582,21 +581,8 @@ def _check_args(args) -> None:
         raise UserError("--ar-checkpoint goes with --sample-from (a run that trains compares its own two models)")
     if args.sample_from and not (args.num_samples or args.show_denoising or args.quality):
         raise UserError("--sample-from with --num-samples 0 asks for nothing (add --show-denoising or --quality)")
-    for flag in ("save", "ar_save", "loss_log"):
-        path = getattr(args, flag)
-        if path:
-            _check_writable(Path(path), "--" + flag.replace("_", "-"))
-
-
-def _check_writable(path: Path, flag: str) -> None:
-    """A file can be created at ``path`` (write_atomic makes missing directories): found now, not after training."""
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot create files in {parent}")
+    if args.loss_log:
+        check_writable("--loss-log", args.loss_log)
 
 
 def _check_prompt(prompt: str, tokenizer, cfg: ModelConfig, autoregressive: bool) -> None:
@@ -617,7 +603,7 @@ def run(argv: list[str], out=None) -> dict:
     from microgpt.config import SampleConfig
     from microgpt.files import write_json_atomic
     from microgpt.tokenizers import tokenizer_from_dict
-    from microgpt.trainer import DataOrder, evaluate, load_dataset
+    from microgpt.trainer import DataOrder, check_memory, evaluate, load_dataset
 
     out = out or sys.stdout  # looked up per call, so that a caller (or a test) can swap it
     args = build_parser().parse_args(argv)
@@ -660,7 +646,13 @@ def run(argv: list[str], out=None) -> dict:
         tokenizer = data.tokenizer
         ar_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **shape).validate()
         cfg = replace(ar_cfg, vocab_size=ar_cfg.vocab_size + 1)  # + [MASK]
-        _check_prompt(args.prompt, tokenizer, cfg, True)  # a bad prompt is found before training, not after
+        # what would fail after training fails now: the prompt, the checkpoints' paths and room, the memory
+        _check_prompt(args.prompt, tokenizer, cfg, True)
+        for flag, path, model_cfg in (("--save", args.save, cfg), ("--ar-save", args.ar_save, ar_cfg)):
+            if path:
+                check_writable(flag, path, checkpoint.size_bytes(model_cfg))
+        check_memory(ENGINES[args.engine], cfg, tcfg, args.dtype, args.engine, cfg.block_size)
+        check_memory(ar_engine, ar_cfg, tcfg, "float64", args.ar_engine, max(map(len, data.train)) - 1)
         train_names, val_names = _names(data.train, tokenizer), _names(data.val, tokenizer)
         try:
             model = ENGINES[args.engine](cfg, tcfg, init_params(cfg, tcfg.seed), **options)
