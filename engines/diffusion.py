@@ -483,6 +483,12 @@ PROMPT_HELP = (f"a template every diffusion sample fills in: its characters stay
                f"model, which cannot fill holes, is given the characters before the first '{HOLE}'")
 
 
+#: what a run trains; a checkpoint fixes all of it, so --sample-from refuses them
+TRAINING_FLAGS = (("n_embd", int, 16), ("n_layer", int, 1), ("n_head", int, 4), ("block_size", int, 16),
+                  ("mlp_act", str, "relu2"), ("num_steps", int, 1000), ("batch_size", int, 1),
+                  ("learning_rate", float, 0.01), ("grad_clip", float, 1.0), ("seed", int, 42), ("val_fraction", float, 0.1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engines import ENGINES as AR_ENGINES
     from microgpt.cli import OneLineErrorParser
@@ -493,12 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=list(ENGINES), default="torch", help="diffusion implementation (default: torch)")
     p.add_argument("--ar-engine", choices=list(AR_ENGINES), default="c",
                    help="engine of the autoregressive model trained alongside for comparison (default: c)")
-    for flag, kind, default in (("n_embd", int, 16), ("n_layer", int, 1), ("n_head", int, 4), ("block_size", int, 16),
-                                ("mlp_act", str, "relu2"), ("num_steps", int, 1000), ("batch_size", int, 1),
-                                ("learning_rate", float, 0.01), ("grad_clip", float, 1.0), ("seed", int, 42),
-                                ("val_fraction", float, 0.1)):
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=default,
-                       help=f"{FLAG_HELP[flag]} (default: {default})")
+    for flag, kind, default in TRAINING_FLAGS:  # default None: --sample-from can tell a flag given from one left out
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=f"{FLAG_HELP[flag]} (default: {default})")
     p.add_argument("--data", action="append", metavar="PATH",
                    help="text file(s), one document per line (default: names.txt)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
@@ -573,10 +575,17 @@ def _check_args(args) -> None:
     if args.engine != "torch" and args.device != "cpu":
         raise UserError(f"--engine {args.engine} runs on the CPU only (got --device {args.device})")
     _check_sampling(args.sample_steps or 1, args.temperature, args.remasking)
+    for flag, _, default in TRAINING_FLAGS:
+        if getattr(args, flag) is None and not args.sample_from:
+            setattr(args, flag, default)
     if args.sample_from:
         given = [flag for flag in ("save", "ar_save", "loss_log") if getattr(args, flag)]
         if given:
             raise UserError(f"--sample-from trains nothing, so --{given[0].replace('_', '-')} has nothing to write")
+        given = [flag for flag, _, _ in TRAINING_FLAGS if getattr(args, flag) is not None]
+        if given:
+            raise UserError(f"--sample-from takes the model and its training from {args.sample_from}: "
+                            + " ".join("--" + flag.replace("_", "-") for flag in given) + " cannot change them")
     elif args.ar_checkpoint:
         raise UserError("--ar-checkpoint goes with --sample-from (a run that trains compares its own two models)")
     if args.sample_from and not (args.num_samples or args.show_denoising or args.quality):

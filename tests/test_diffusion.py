@@ -312,8 +312,10 @@ def test_cli_bad_input_is_one_line_before_training(torch, names_file, tmp_path, 
                          (["--ar-save", str(tmp_path)], "is a directory"),
                          (["--ar-checkpoint", str(a_file)], "--ar-checkpoint goes with --sample-from"),
                          (["--sample-from", str(a_file), "--save", "x"], "--sample-from trains nothing, so --save"),
-                         (["--sample-from", str(a_file)], "is not a microgpt-lab checkpoint")):
+                         (["--sample-from", str(a_file)], "--n-embd --n-head --block-size --num-steps cannot change")):
         assert diffusion_main(["--num-steps", "100000", *common, *bad]) == 2, bad
         captured = capsys.readouterr()
         assert captured.err.startswith("error:") and message in captured.err, captured.err
         assert len(captured.err.strip().splitlines()) == 1 and "| lr" not in captured.out
+    assert diffusion_main(["--sample-from", str(a_file)]) == 2
+    assert "is not a microgpt-lab checkpoint" in capsys.readouterr().err
