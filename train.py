@@ -23,10 +23,9 @@ from itertools import repeat
 from math import sqrt
 from operator import add, attrgetter, mul, sub, truediv
 
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
-RMS_EPS = 1e-5
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Vector helpers. map() over builtins keeps the per-element loop in C; a list comprehension would

@@ -34,10 +34,9 @@ import mlx.core as mx
 import numpy as np
 
 from engines.batching import pad_batch
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams, layout
 
-RMS_EPS = 1e-5
 DTYPES = {"float64": (mx.float64, np.float64), "float32": (mx.float32, np.float32)}
 DEVICES = {"cpu": mx.cpu, "mps": mx.gpu, "cuda": mx.gpu}  # --device name -> MLX device
 

@@ -23,10 +23,9 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from engines.batching import pack_batch
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
-RMS_EPS = 1e-5
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 

@@ -12,11 +12,9 @@ import math
 from array import array
 from operator import attrgetter
 
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 from train import topological_order
-
-RMS_EPS = 1e-5
 
 
 class Value:

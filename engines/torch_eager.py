@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from engines.batching import pack_batch
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
-RMS_EPS = 1e-5
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 

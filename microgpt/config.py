@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from microgpt import UserError
 
 MLP_ACTIVATIONS = ("relu2", "relu")
+#: RMSNorm's epsilon, x / sqrt(mean(x^2) + RMS_EPS): every engine normalises with this one (the C kernels
+#: have it as a constant in fastops/common.h).
+RMS_EPS = 1e-5
 #: The lab's standard model sizes, (n_embd, n_layer, n_head, block_size), used by every benchmark,
 #: the roofline and the notes: tiny is Karpathy's microgpt, medium the largest a pure-Python step survives;
 #: large and xl are "as the model grows" (a pure-Python step takes many seconds to minutes on them).
