@@ -417,10 +417,10 @@ def denoise(predict_batch, cfg: ModelConfig, starts: list[list[int]], steps: int
     the training corruption, MDLM's ancestral sampler) or the most confident proposals ("confidence":
     LLaDA's low-confidence remasking). A sampled sequence is always a name followed by BOS padding, like
     the training data: BOS is never proposed before a letter already in place or before position
-    ``min_len`` (a template's holes are characters), nor a letter after a BOS.
-    (The positions after a BOS are left masked until their turn rather than filled with BOS at once: a
-    run of explicit BOS pulls the end of the name forward, 0.7% empty names instead of none.) Sample k draws from its own RNG, seeded by (seed, k), so the first
-    samples do not depend on how many are drawn.
+    ``min_len`` (a template's holes are characters), nor a letter after a BOS. The positions after a BOS
+    stay masked until their turn instead of all turning BOS at once: a run of explicit BOS pulls the end
+    of the name forward (0.7% empty names in 2000 samples, against none). Sample k draws from its own RNG,
+    seeded by (seed, k), so the first samples do not depend on how many are drawn.
     """
     _check_sampling(steps, temperature, remasking)
     bos, mask = special_ids(cfg)
@@ -449,7 +449,10 @@ def denoise(predict_batch, cfg: ModelConfig, starts: list[list[int]], steps: int
                 proposals.append((probs[tok] / sum(probs), i, tok))
             # an even share of what is left; a round after the last one only fills what a dropped BOS left
             keep = math.ceil(len(masked) / max(steps - step, 1))
-            chosen = sorted(proposals, reverse=True)[:keep] if remasking == "confidence" else rng.sample(proposals, keep)
+            if remasking == "confidence":
+                chosen = sorted(proposals, reverse=True)[:keep]
+            else:
+                chosen = rng.sample(proposals, keep)
             # letters first: a BOS chosen in the same round before one of them is dropped (it stays masked)
             for _, i, tok in sorted(chosen, key=lambda c: c[2] == bos):
                 if tok != bos or all(t in (mask, bos) for t in seq[i:]):
@@ -478,7 +481,8 @@ def sample_names(predict_batch, tokenizer, cfg: ModelConfig, num_samples: int, s
 
 PROMPT_HELP = (f"a template every diffusion sample fills in: its characters stay where they are, each '{HOLE}' is a "
                f"character the model chooses, and positions after the template are masked too (the model picks "
-               f"the length) unless it ends in '{END}', the end of the name: 'em' (names starting em), '{HOLE * 3}a{END}' "
+               f"the length) unless it ends in '{END}', the end of the name: 'em' (names starting em), "
+               f"'{HOLE * 3}a{END}' "
                f"(four letters ending in a), 'a{HOLE}{HOLE}a' (a, two letters, a, then any ending). The autoregressive "
                f"model, which cannot fill holes, is given the characters before the first '{HOLE}'")
 
@@ -486,7 +490,8 @@ PROMPT_HELP = (f"a template every diffusion sample fills in: its characters stay
 #: what a run trains; a checkpoint fixes all of it, so --sample-from refuses them
 TRAINING_FLAGS = (("n_embd", int, 16), ("n_layer", int, 1), ("n_head", int, 4), ("block_size", int, 16),
                   ("mlp_act", str, "relu2"), ("num_steps", int, 1000), ("batch_size", int, 1),
-                  ("learning_rate", float, 0.01), ("grad_clip", float, 1.0), ("seed", int, 42), ("val_fraction", float, 0.1))
+                  ("learning_rate", float, 0.01), ("grad_clip", float, 1.0), ("seed", int, 42),
+                  ("val_fraction", float, 0.1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ar-engine", choices=list(AR_ENGINES), default="c",
                    help="engine of the autoregressive model trained alongside for comparison (default: c)")
     for flag, kind, default in TRAINING_FLAGS:  # default None: --sample-from can tell a flag given from one left out
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=f"{FLAG_HELP[flag]} (default: {default})")
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None,
+                       help=f"{FLAG_HELP[flag]} (default: {default})")
     p.add_argument("--data", action="append", metavar="PATH",
                    help="text file(s), one document per line (default: names.txt)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="compute precision")
@@ -528,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--save", metavar="CKPT", help="write the trained diffusion model here (a diffusion checkpoint)")
     g.add_argument("--ar-save", metavar="CKPT",
-                   help="write the autoregressive model trained alongside here (python train.py --sample-from reads it)")
+                   help="write the autoregressive model trained alongside here (python train.py --sample-from "
+                        "reads it)")
     g.add_argument("--sample-from", metavar="CKPT",
                    help="no training: sample from a diffusion checkpoint written by --save")
     g.add_argument("--ar-checkpoint", metavar="CKPT",
@@ -617,7 +624,9 @@ def run(argv: list[str], out=None) -> dict:
     out = out or sys.stdout  # looked up per call, so that a caller (or a test) can swap it
     args = build_parser().parse_args(argv)
     _check_args(args)
-    options = {"dtype": args.dtype, "threads": args.threads, **({"device": args.device} if args.engine == "torch" else {})}
+    options = {"dtype": args.dtype, "threads": args.threads}
+    if args.engine == "torch":
+        options["device"] = args.device
     ar_engine = load_engine(args.ar_engine)
 
     if args.sample_from:
@@ -770,7 +779,8 @@ def _sample_and_compare(model, ar, tokenizer, cfg: ModelConfig, args, train_name
         if val_names:
             rows["real names (validation)"] = sample_quality(random.Random(args.sample_seed).sample(
                 val_names, min(args.quality, len(val_names))), train_names, cfg.block_size)
-        rows[f"diffusion ({args.remasking})"] = sample_quality(diffusion_names(args.quality), train_names, cfg.block_size)
+        rows[f"diffusion ({args.remasking})"] = sample_quality(diffusion_names(args.quality), train_names,
+                                                               cfg.block_size)
         if ar:
             rows["autoregressive"] = sample_quality(ar_names(args.quality), train_names, cfg.block_size)
         print(f"\nsample quality ({how}; {len(train_names):,} training names, mean length "

@@ -245,9 +245,9 @@ def test_cli_trains_saves_and_samples(torch, names_file, tmp_path):
     log, ckpt, ar_ckpt = tmp_path / "curves.json", tmp_path / "d.ckpt", tmp_path / "ar.ckpt"
     common = ["--data", names_file, "--n-embd", "8", "--n-head", "2", "--block-size", "8", "--eval-docs", "10",
               "--eval-draws", "2", "--ar-engine", "python"]
-    r = run_cli("engines.diffusion", "--engine", "torch", "--num-steps", "20", "--batch-size", "4", "--num-samples", "3",
-                "--loss-log", log, "--save", ckpt, "--ar-save", ar_ckpt, "--prompt", "a", "--show-denoising", "2",
-                "--quality", "30", *common, script="-m")
+    r = run_cli("engines.diffusion", "--engine", "torch", "--num-steps", "20", "--batch-size", "4",
+                "--num-samples", "3", "--loss-log", log, "--save", ckpt, "--ar-save", ar_ckpt, "--prompt", "a",
+                "--show-denoising", "2", "--quality", "30", *common, script="-m")
     assert r.returncode == 0, r.stderr
     assert "step 20/20 | lr" in r.stdout and "diffusion loss" in r.stdout and "autoregressive loss" in r.stdout
     assert "training loss, nats per token" in r.stdout and "validation (10 documents): autoregressive" in r.stdout
@@ -262,7 +262,10 @@ def test_cli_trains_saves_and_samples(torch, names_file, tmp_path):
     assert len(result["train"]["diffusion"]) == len(result["train"]["ar"]) == 20
     assert len(result["samples"]["diffusion"]) == 3 and result["quality"]["diffusion (random)"]["samples"] == 30
     saved = checkpoint.load(ckpt, kind="diffusion")
-    assert (saved.kind, saved.step, saved.model.vocab_size) == ("diffusion", 20, checkpoint.load(ar_ckpt).model.vocab_size + 1)
+    ar_saved = checkpoint.load(ar_ckpt)
+    assert (saved.kind, saved.step, ar_saved.kind) == ("diffusion", 20, "autoregressive")
+    assert saved.model.vocab_size == ar_saved.model.vocab_size + 1  # + [MASK]
+    assert saved.rng_state is not None and saved.adam.t == 20
 
     # the checkpoints sample again, the diffusion one here, the autoregressive one in train.py
     r = run_cli("engines.diffusion", "--sample-from", ckpt, "--ar-checkpoint", ar_ckpt, "--num-samples", "4",
