@@ -213,10 +213,10 @@ def jitted(cfg: ModelConfig, tcfg: TrainConfig, token_major: bool = True) -> dic
 
 
 class JaxEngine:
-    """jit + vmap on a flat parameter vector (see engines/__init__.py for the contract)."""
+    """One jitted step on a flat parameter vector, token-major rows (see engines/__init__.py for the contract)."""
 
     name = "jax"
-    token_major = True
+    token_major = True   # for batches of several documents; one document is its own grid (no gathers)
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, params: FlatParams, dtype: str = "float64",
                  threads: int = 1, device: str = "cpu"):
@@ -232,7 +232,8 @@ class JaxEngine:
         except RuntimeError as e:
             raise ValueError(f"JAX cannot use device {device!r} here ({e})") from None
         self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
-        self.fn = jitted(model_cfg, train_cfg, self.token_major)
+        # layout (token-major or not) -> the jitted functions
+        self.fns = {layout: jitted(model_cfg, train_cfg, layout) for layout in {self.token_major, False}}
         self.params = self._put(params.data)
         self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
         self.t = 0
@@ -241,29 +242,33 @@ class JaxEngine:
         """A float64 host buffer (array('d') or zero bytes) as a device vector in this engine's dtype."""
         return jax.device_put(np.frombuffer(flat, np.float64).astype(self.dtype), self.device)
 
-    def _batch(self, docs: list[list[int]]) -> Grid:
-        return grid_batch(docs, self.cfg, self.dtype, self.token_major)
+    def _batch(self, docs: list[list[int]]) -> tuple[dict, Grid]:
+        """The functions for this batch's layout, and the batch."""
+        token_major = self.token_major and len(docs) > 1
+        return self.fns[token_major], grid_batch(docs, self.cfg, self.dtype, token_major)
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
-        loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
+        fn, batch = self._batch(docs)
+        loss, grad = fn["loss_and_grad"](self.params, *batch)
         return float(loss), self._host(grad)
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
-        batch = self._batch(docs)  # bad documents raise before the step count moves
+        fn, batch = self._batch(docs)  # bad documents raise before the step count moves
         self.t += 1
         c = self.tcfg
         hyper = np.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], self.dtype)
-        self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, hyper, *batch)
+        self.params, self.m, self.v, loss = fn["train_step"](self.params, self.m, self.v, hyper, *batch)
         return float(loss)  # waits for the device: the step is finished when the loss is known
 
     def eval_loss(self, docs: list[list[int]]) -> float:
-        return float(self.fn["eval_loss"](self.params, *self._batch(docs)))
+        fn, batch = self._batch(docs)
+        return float(fn["eval_loss"](self.params, *batch))
 
     def logits(self, tokens: list[int]) -> list[float]:
         if not 1 <= len(tokens) <= self.cfg.block_size:
             raise ValueError(f"logits need 1..{self.cfg.block_size} tokens (got {len(tokens)})")
-        g = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
-        logits = self.fn["logits"](self.params, g.tokens, g.positions, g.gather, g.slots, len(tokens) - 1)
+        fn, g = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        logits = fn["logits"](self.params, g.tokens, g.positions, g.gather, g.slots, len(tokens) - 1)
         return np.asarray(logits, np.float64).tolist()
 
     def export_params(self) -> FlatParams:

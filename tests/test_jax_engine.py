@@ -61,13 +61,13 @@ def test_token_major_steps_compile_once_per_bucket(setup):
     from engines.jax_jit import build_functions
     cfg, tcfg, params, batches = setup
     ref, eng = PythonEngine(cfg, tcfg, params.copy()), JaxEngine(cfg, tcfg, params.copy())
-    eng.fn = build_functions(cfg, tcfg)   # its own, not the process's shared cache that other tests filled
+    eng.fns[True] = build_functions(cfg, tcfg)   # its own, not the process's shared cache other tests filled
     short, full = [26, 0, 26], [26] + [1] * 8  # 2 and 8 (= block_size) predictions
     steps = batches[:12] + [[short, short, short], [full, full, full], [short, full, batches[1][0]]]
     for docs in steps:
         assert eng.train_step(docs, 0.01) == pytest.approx(ref.train_step(docs, 0.01), rel=1e-9)
     shapes = {(len(g.tokens), g.gather.shape) for g in (grid_batch(d, cfg, "float64") for d in steps)}
-    assert eng.fn["train_step"]._cache_size() == len(shapes) < len(steps)
+    assert eng.fns[True]["train_step"]._cache_size() == len(shapes) < len(steps)
 
 
 def test_checkpoints_move_between_the_reference_and_jax(setup):
