@@ -62,7 +62,8 @@ def test_sequences_and_mask_draws():
 
 
 def test_gradient_matches_finite_differences():
-    """Every parameter of a tiny 2-layer model (4 letters + BOS + [MASK]), central differences."""
+    """A tiny 2-layer model (4 letters + BOS + [MASK]), central differences on 12 seeded coordinates of every
+    weight matrix (all ~1,700 took 13 s; the PyTorch test below checks every coordinate against autograd)."""
     cfg = ModelConfig(vocab_size=6, n_embd=8, n_layer=2, n_head=2, block_size=4, init_std=0.3,
                       zero_init_proj=False).validate()
     tcfg = TrainConfig(num_steps=1).validate()
@@ -79,10 +80,12 @@ def test_gradient_matches_finite_differences():
         p.data[i] += delta
         return PythonDiffusion(cfg, tcfg, p).eval_loss(docs, draws)
 
-    numeric = [(loss_at(i, h) - loss_at(i, -h)) / (2 * h) for i in range(len(params))]
+    rng = random.Random(0)
+    coords = sorted(i for t in params.tensors.values() for i in rng.sample(range(t.offset, t.offset + t.size), 12))
+    numeric = [(loss_at(i, h) - loss_at(i, -h)) / (2 * h) for i in coords]
     assert loss == pytest.approx(PythonDiffusion(cfg, tcfg, params).eval_loss(docs, draws), rel=1e-15)
-    assert max(map(abs, grad)) > 0.1, "a check on vanishing gradients would prove nothing"
-    assert_close(grad, numeric, rel=1e-6, floor=1e-3)
+    assert max(abs(grad[i]) for i in coords) > 0.1, "a check on vanishing gradients would prove nothing"
+    assert_close([grad[i] for i in coords], numeric, rel=1e-6, floor=1e-3)
 
 
 def test_python_and_torch_agree_on_the_same_mask_draws(torch):
