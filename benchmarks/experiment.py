@@ -1,74 +1,107 @@
 """Proof of the regression gate: it must not cry wolf, and it must not miss a real slowdown.
 
-    python benchmarks/experiment.py aa         # 20 comparisons of identical code: expect 0 regressions
-    python benchmarks/experiment.py slowdown   # 20 comparisons against a ~10% slower variant: expect >= 19 flagged
+    python benchmarks/experiment.py aa                  # 20 interleaved A/A comparisons: expect 0 regressions
+    python benchmarks/experiment.py slowdown            # 20 against a ~10% slower train.py: expect >= 19 flagged
+    python benchmarks/experiment.py runs-aa --quick     # 20 pairs of separate runs + compare: expect 0 regressions
+    python benchmarks/experiment.py instructions        # instruction counts: A/A, a ~2% and a ~10% slowdown
 
-Each comparison is exactly what ``benchmark.py ab`` does on a pull request: ``benchmark.measure`` with a
+``aa`` and ``slowdown`` are exactly what ``benchmark.py ab`` does on a pull request: ``measure`` with a
 side A and a side B whose workers take turns sample by sample, over the "experiment" matrix of
-benchmarks/matrix.json (the python and c engines), then ``benchmark.compare_results`` with the default
-gate (metric auto, alpha 0.01, floor 5%). The summary goes to stdout and, with every verdict and sample,
-to ``--out`` as JSON.
+benchmarks/matrix.json (the python and c engines), then ``compare_results`` with the default gate
+(metric auto, alpha 0.01, floor 5%). ``runs-aa`` is what a user of ``compare`` does: two separate
+``run``s of identical code (here the "quick" matrix, or --matrix), then ``compare`` of the two files
+(and of the second against a baseline of the first --baseline-runs runs). ``instructions`` counts the
+python and c engines' steps under callgrind (``--metric instructions``) for identical code and for the
+two slow variants. The summary goes to stdout and, with every verdict, to ``--out`` as JSON.
 
-The slow variant (side B of ``slowdown``) is the reference engine train.py with its dot product
-materialising the products in a list before summing them, ``sum(list(map(mul, a, b)))`` instead of
-``sum(map(mul, a, b))``: one extra allocation and pass per dot product, the kind of change that slips
-into a review, measured at ~7% (one document per step) to ~13% (eight) more CPU time. This script
-injects it into B's worker processes only (``experiment.py slow-worker``); no product code knows of it.
-Only the python benchmarks get slower; the c benchmarks are the control and must stay unflagged.
+The slow variants are real code, not sleeps: a copy of train.py, the reference engine, edited (see
+VARIANTS) in a scratch directory that comes first on side B's PYTHONPATH, so its workers import the
+slow train.py and everything else from this checkout. ``dot-list`` materialises the products of every
+dot product in a list before summing them, ``sum(list(map(mul, a, b)))``: one extra allocation and pass
+per dot product, the kind of change that slips into a review, ~7% (one document per step) to ~13%
+(eight) more CPU time, +6.3% instructions. ``dot-list-long`` does it only for vectors longer than 16
+(+2.3% instructions); ``dot-axpy-list`` also materialises axpy's products (+9.7% instructions). Only the
+python benchmarks get slower; the c benchmarks are the control and must stay unflagged.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from operator import mul
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import benchmark  # noqa: E402  (after the path is set: this file lives in benchmarks/)
+from benchmarks.gate.compare import compare_results  # noqa: E402  (after the path is set)
+from benchmarks.gate.matrix import load_matrix, resolve_data  # noqa: E402
+from benchmarks.gate.results import results_document, write_json_atomic  # noqa: E402
+from benchmarks.gate.worker import Side, measure, measure_instructions  # noqa: E402
 from microgpt import UserError  # noqa: E402
+from microgpt.cli import run_main  # noqa: E402
+
+# train.py edits that cost more: each a list of (an original line, its slower replacement)
+DOT_LIST = ("    return sum(map(mul, a, b))", "    return sum(list(map(mul, a, b)))")
+AXPY_LIST = ("    return list(map(add, y, map(s.__mul__, x)))", "    return list(map(add, y, list(map(s.__mul__, x))))")
+VARIANTS = {
+    "dot-list": [DOT_LIST],                                         # ~10% CPU time, +6.3% instructions
+    "dot-list-long": [(DOT_LIST[0], "    return sum(list(map(mul, a, b))) if len(a) > 16 else sum(map(mul, a, b))")],
+    "dot-axpy-list": [DOT_LIST, AXPY_LIST],                         # +9.7% instructions
+}
 
 
-def slow_dot(a: list[float], b: list[float]) -> float:
-    """The de-optimised op: the same sum, through a throw-away list."""
-    return sum(list(map(mul, a, b)))
+def variant_root(name: str, parent: Path) -> Path:
+    """A directory holding train.py with the ``name`` edit; put first on a worker's PYTHONPATH (the rest
+    of the code comes from this checkout, see ``variant_side``)."""
+    text = (REPO / "train.py").read_text()
+    for old, new in VARIANTS[name]:
+        if text.count(old) != 1:
+            raise UserError(f"variant {name}: train.py no longer has exactly one {old.strip()!r}")
+        text = text.replace(old, new)
+    root = parent / name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.py").write_text(text)
+    return root
 
 
-def slow_worker() -> None:
-    import train
-    train.dot = slow_dot        # every op of train.py looks dot up at call time
-    benchmark.worker()
+def variant_side(name: str, parent: Path) -> Side:
+    """Side B running this checkout's worker with the slow train.py first on its path."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return Side("B", variant_root(name, parent), [sys.executable, str(REPO / "benchmark.py"), "worker"])
 
 
-def comparison(sides: list[benchmark.Side], settings: dict, cases: list[benchmark.Case], data: str,
-               data_info: dict) -> dict:
+def verdict_list(verdicts) -> list[dict]:
+    return [{"id": v.id, "metric": v.metric, "verdict": v.verdict, "ratio": v.ratio, "p": v.p, "ci": v.ci}
+            for v in verdicts]
+
+
+def comparison(sides: list[Side], settings: dict, cases, data: str, data_info: dict, counted: bool) -> dict:
     warn = lambda message: message.startswith("warning") and print(message, file=sys.stderr, flush=True)
-    measured = benchmark.measure(sides, cases, settings, data, log=warn)
-    docs = [benchmark.results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
-    out = {"samples": {s.name: {r["id"]: {k: r[k] for k in ("samples_ms", "cpu_samples_ms", "sample_rounds")}
-                                for r in d["results"]} for s, d in zip(sides, docs)}}
-    for metric in ("auto", "wall"):
-        verdicts = benchmark.compare_results(docs[0], docs[1], metric=metric)
-        out[metric] = [{"id": v.id, "metric": v.metric, "verdict": v.verdict, "ratio": v.ratio, "p": v.p,
-                        "ci": v.ci} for v in verdicts]
-    return out
+    if counted:
+        measured = measure_instructions(sides, cases, settings, data, log=warn, rounds=settings["rounds"])
+    else:
+        measured = measure(sides, cases, settings, data, log=warn)
+    docs = [results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
+    metrics = ("auto",) if counted else ("auto", "wall")
+    return {metric: verdict_list(compare_results(docs[0], docs[1], metric=metric)) for metric in metrics}
 
 
 def summarise(kind: str, runs: list[dict], seconds: float) -> dict:
-    """Per metric: comparisons the gate failed, and per benchmark how often it was flagged and its ratios."""
+    """Per metric: comparisons the gate failed, and per benchmark how often each verdict came and its ratios."""
     summary = {"experiment": kind, "comparisons": len(runs), "seconds": round(seconds)}
-    for metric in ("auto", "wall"):
-        ids = [v["id"] for v in runs[0][metric]]
+    for metric in runs[0]:
         per_bench = {}
-        for bench_id in ids:
+        for bench_id in [v["id"] for v in runs[0][metric]]:
             verdicts = [next(v for v in run[metric] if v["id"] == bench_id) for run in runs]
             ratios = [v["ratio"] for v in verdicts if v["ratio"]]
             per_bench[bench_id] = {"metric": verdicts[0]["metric"],
-                                   "flagged": sum(v["verdict"] == "regression" for v in verdicts),
+                                   "verdicts": {k: sum(v["verdict"] == k for v in verdicts)
+                                                for k in dict.fromkeys(v["verdict"] for v in verdicts)},
                                    "median_ratio": statistics.median(ratios) if ratios else None,
                                    "ratio_range": [min(ratios), max(ratios)] if ratios else None}
         summary[metric] = {"gate_failed": sum(any(v["verdict"] == "regression" for v in run[metric]) for run in runs),
@@ -77,55 +110,107 @@ def summarise(kind: str, runs: list[dict], seconds: float) -> dict:
 
 
 def print_summary(s: dict) -> None:
-    expectation = {"aa": "0 expected", "slowdown": ">= 19 expected"}[s["experiment"]]
     print(f"\n{s['experiment']}: {s['comparisons']} comparisons in {s['seconds']} s")
-    for metric, label in (("auto", "gate (metric auto: CPU time for one thread)"), ("wall", "wall time only")):
+    for metric in ("auto", "wall", "baseline"):
+        if metric not in s:
+            continue
         m = s[metric]
-        print(f"  {label}: {m['gate_failed']}/{s['comparisons']} comparisons reported a regression ({expectation})")
+        print(f"  metric {metric}: {m['gate_failed']}/{s['comparisons']} comparisons reported a regression")
         for bench_id, b in m["benchmarks"].items():
-            lo, hi = b["ratio_range"]
-            print(f"    {bench_id:<28} [{b['metric']:>4}] flagged {b['flagged']:>2}/{s['comparisons']}  "
-                  f"median ratio {b['median_ratio']:.3f} (range {lo:.3f}-{hi:.3f})")
+            lo, hi = b["ratio_range"] or (float("nan"), float("nan"))
+            counts = ", ".join(f"{k} {n}" for k, n in b["verdicts"].items())
+            print(f"    {bench_id:<28} [{b['metric']:>12}] {counts}; median ratio {b['median_ratio'] or float('nan'):.4f} "
+                  f"(range {lo:.4f}-{hi:.4f})")
+
+
+def separate_runs(args, data: str) -> list[dict]:
+    """``runs-aa``: pairs of separate ``benchmark.py run``s of identical code, each pair compared as a user
+    would; the second run of each pair is also compared with a baseline of the first --baseline-runs
+    first runs (merged as update-baseline --runs does), which lets the run-level model judge."""
+    from benchmarks.gate.results import load_results, merge_runs
+    out = Path(tempfile.mkdtemp(prefix="microgpt-runs-aa-"))
+    flags = ["--quick"] if args.quick else ["--matrix", args.matrix or "experiment"]
+    if args.engines:
+        flags += ["--engines", args.engines]
+    if data:
+        flags += ["--data", data]
+    comparisons, firsts = [], []
+    for i in range(args.comparisons):
+        paths = [out / f"{i}-{side}.json" for side in ("a", "b")]
+        for p in paths:
+            subprocess.run([sys.executable, str(REPO / "benchmark.py"), "run", *flags, "--quiet", "-o", str(p)],
+                           check=True, capture_output=True, text=True)
+        a, b = (load_results(p) for p in paths)
+        firsts.append(a)
+        entry = {"auto": verdict_list(compare_results(a, b))}
+        if len(firsts) >= args.baseline_runs:
+            entry["baseline"] = verdict_list(compare_results(merge_runs(firsts[:args.baseline_runs]), b))
+        comparisons.append(entry)
+        print(f"comparison {i + 1}/{args.comparisons}: "
+              + "; ".join(f"{k}: {sum(v['verdict'] == 'regression' for v in vs)} regression(s), "
+                          f"{sum(v['verdict'] == 'inconclusive' for v in vs)} inconclusive" for k, vs in entry.items()),
+              flush=True)
+    return comparisons
+
+
+def experiment(args) -> int:
+    if args.comparisons < 1:
+        raise UserError(f"--comparisons must be >= 1 (got {args.comparisons})")
+    data, data_info = resolve_data(args.data)
+    started = time.perf_counter()
+    if args.experiment == "runs-aa":
+        runs = separate_runs(args, args.data)
+        for run in runs:                     # summarise needs every metric in every run
+            run.setdefault("baseline", [])
+        runs = [r for r in runs if r["baseline"]] or runs
+    else:
+        counted = args.experiment == "instructions"
+        settings, cases, _ = load_matrix(args.matrix or ("instructions" if counted else "experiment"))
+        for key in ("rounds", "samples"):
+            if getattr(args, key):
+                settings[key] = getattr(args, key)
+        with tempfile.TemporaryDirectory(prefix="microgpt-experiment-") as tmp:
+            if counted:
+                plans = [("aa", Side("A", REPO), Side("B", REPO))] + [
+                    (name, Side("A", REPO), variant_side(name, Path(tmp))) for name in ("dot-list-long", "dot-axpy-list")]
+            elif args.experiment == "slowdown":
+                plans = [("slowdown", Side("A", REPO), variant_side("dot-list", Path(tmp)))]
+            else:
+                plans = [("aa", Side("A", REPO), Side("B", REPO))]
+            runs = []
+            for label, a, b in plans:
+                for i in range(args.comparisons):
+                    runs.append({"plan": label, **comparison([a, b], settings, cases, data, data_info, counted)})
+                    flagged = [v["id"] for v in runs[-1]["auto"] if v["verdict"] == "regression"]
+                    print(f"{label} {i + 1}/{args.comparisons} ({time.perf_counter() - started:.0f} s): "
+                          f"{'regression in ' + ', '.join(flagged) if flagged else 'no regression'}", flush=True)
+    plans = list(dict.fromkeys(r.get("plan", args.experiment) for r in runs))
+    summaries = []
+    for plan in plans:
+        mine = [{k: v for k, v in r.items() if k != "plan"} for r in runs if r.get("plan", args.experiment) == plan]
+        summaries.append(summarise(plan if plan != args.experiment else args.experiment, mine,
+                                   time.perf_counter() - started))
+        print_summary(summaries[-1])
+    out = Path(args.out or REPO / "out" / f"experiment-{args.experiment}.json")
+    write_json_atomic(out, {"summaries": summaries, "comparisons": runs})
+    print(f"details: {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=("aa", "slowdown", "slow-worker"))
+    p.add_argument("experiment", choices=("aa", "slowdown", "runs-aa", "instructions"))
     p.add_argument("--comparisons", type=int, default=20)
+    p.add_argument("--matrix", help="a matrix of benchmarks/matrix.json (default: experiment; instructions: "
+                                    "instructions; runs-aa: experiment, or quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="runs-aa: the quick matrix")
+    p.add_argument("--engines", help="runs-aa: only these engines")
+    p.add_argument("--baseline-runs", type=int, default=3, help="runs-aa: runs in the baseline (default 3)")
     p.add_argument("--rounds", type=int, help="worker processes per engine and side (default: the matrix's)")
     p.add_argument("--samples", type=int, help="samples per process and benchmark (default: the matrix's)")
     p.add_argument("--data", help="documents (default: names.txt)")
     p.add_argument("--out", help="JSON with every verdict (default: out/experiment-<name>.json)")
-    args = p.parse_args(argv)
-    if args.experiment == "slow-worker":
-        slow_worker()
-        return 0
-    try:
-        if args.comparisons < 1:
-            raise UserError(f"--comparisons must be >= 1 (got {args.comparisons})")
-        settings, cases, _ = benchmark.load_matrix("experiment")
-        for key in ("rounds", "samples"):
-            if getattr(args, key):
-                settings[key] = getattr(args, key)
-        data, data_info = benchmark.resolve_data(args.data)
-        b_argv = [sys.executable, str(Path(__file__).resolve()), "slow-worker"] if args.experiment == "slowdown" else []
-        sides = [benchmark.Side("A", REPO), benchmark.Side("B", REPO, b_argv)]
-        runs, started = [], time.perf_counter()
-        for i in range(args.comparisons):
-            runs.append(comparison(sides, settings, cases, data, data_info))
-            flagged = [v["id"] for v in runs[-1]["auto"] if v["verdict"] == "regression"]
-            print(f"comparison {i + 1}/{args.comparisons} ({time.perf_counter() - started:.0f} s): "
-                  f"{'regression in ' + ', '.join(flagged) if flagged else 'no regression'}", flush=True)
-        summary = summarise(args.experiment, runs, time.perf_counter() - started)
-        summary["settings"] = settings
-        print_summary(summary)
-        out = Path(args.out or REPO / "out" / f"experiment-{args.experiment}.json")
-        benchmark.write_json_atomic(out, {"summary": summary, "comparisons": runs})
-        print(f"details: {out}")
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_main(experiment, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""``benchmark.py report``: markdown with charts."""
+"""``benchmark.py report`` (markdown with charts) and ``publish`` (README's numbers, from docs/results/)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
+from microgpt import UserError
+
 from benchmarks.gate import REPO, log_stderr
-from benchmarks.gate.environment import machine_line
+from benchmarks.gate.environment import environment, machine_line
 from benchmarks.gate.compare import compare_results, comparison_warnings, markdown
 from benchmarks.gate.results import load_history, load_results, read_json, write_text_atomic
 
@@ -87,3 +91,98 @@ def run_loss_logs(args, engines: list[str], out: Path) -> list[Path]:
             log_stderr(f"[{k}/{len(engines)}] loss curve of {engine}: {args.loss_steps} steps "
                        f"({elapsed:.0f} s so far, ETA {elapsed / k * (len(engines) - k):.0f} s)")
     return logs
+
+
+# ----------------------------------------------------------------------------------------------------
+# README's published numbers: generated from docs/results/<machine>.json, never typed
+
+PUBLISHED_SCHEMA = "microgpt-lab/published/1"
+BEGIN, END = "<!-- benchmark.py publish: {name} (generated from {source}; do not edit) -->", "<!-- end {name} -->"
+
+
+def machine_slug(env: dict) -> str:
+    """A results file's name for a machine: its CPU model and fingerprint, e.g. intel-xeon-7757357b."""
+    model = (env.get("machine") or {}).get("model") or "unknown"
+    words = re.sub(r"\([^)]*\)|processor|cpu|core|@.*", " ", model.lower())
+    slug = "-".join(re.findall(r"[a-z0-9]+", words)[:4]) or "machine"
+    return f"{slug}-{(env.get('fingerprint') or '')[:8]}".rstrip("-")
+
+
+def record_table(results_dir: Path, name: str, rows_path: Path, command: str, caption: str) -> Path:
+    """Put a table (the rows of an ``engine_table.py -o`` file, whatever columns they have) into this
+    machine's results file under ``name``, with the environment it was measured in."""
+    rows = read_json(rows_path, "engine_table rows")
+    rows = rows.get("rows") if isinstance(rows, dict) else rows
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "engine" in r for r in rows):
+        raise UserError(f"{rows_path}: expected the JSON rows engine_table.py -o writes")
+    env = environment()
+    path = results_dir / f"{machine_slug(env)}.json"
+    doc = read_json(path, "published results") if path.exists() else {"schema": PUBLISHED_SCHEMA, "tables": {}}
+    doc["environment"] = env
+    doc["tables"][name] = {"command": command, "caption": caption, "rows": rows,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def render_table(table: dict, env: dict, source: str) -> str:
+    """One published table: engines x (config, batch), CPU ms per step as engine_table's --pivot lays it
+    out, and the machine, ISA and Python build it was measured on under it."""
+    from benchmarks.engine_table import pivot_table
+
+    extra = sorted({k for r in table["rows"] for k in r} & {"first_step_ms", "compile_ms"})
+    lines = [pivot_table(table["rows"]).rstrip()]
+    for key in extra:                   # columns some rows carry (compile time of the JIT engines)
+        cells = [f"`{r['engine']}` {r.get('config_name', '')} b{r.get('batch_size')}: {r[key]:.4g} ms"
+                 for r in table["rows"] if isinstance(r.get(key), (int, float))]
+        lines += ["", f"{key.replace('_', ' ')}: " + "; ".join(cells)]
+    lines += ["", f"Measured on {machine_line(env)}, {table['created'][:10]}: `{table['command']}`"
+              + (f". {table['caption']}" if table.get("caption") else "") + f" (from [{source}]({source}))."]
+    return "\n".join(lines)
+
+
+def generated_sections(results_dir: Path, root: Path) -> dict[str, str]:
+    """Every table of every results file, by marker name ``<machine slug>/<table>``."""
+    sections = {}
+    for path in sorted(results_dir.glob("*.json")):
+        doc = read_json(path, "published results")
+        if doc.get("schema") != PUBLISHED_SCHEMA:
+            raise UserError(f"{path} is not a published results file (schema {PUBLISHED_SCHEMA})")
+        source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        for name, table in doc["tables"].items():
+            sections[f"{path.stem}/{name}"] = (render_table(table, doc["environment"], source), source)
+    return sections
+
+
+def publish(readme: Path, results_dir: Path, check: bool = False) -> int:
+    """Rewrite every generated section of README.md (between its markers) from the results files; with
+    ``check``, change nothing and exit 1 when README and results disagree."""
+    text = readme.read_text()
+    sections = generated_sections(results_dir, readme.parent)
+    pattern = re.compile(r"<!-- benchmark\.py publish: (?P<name>\S+) \(generated from [^)]*\) -->\n.*?"
+                         r"<!-- end (?P=name) -->", re.S)
+    found = {m.group("name") for m in pattern.finditer(text)}
+    missing = sorted(found - set(sections))
+    if missing:
+        raise UserError(f"{readme} has generated sections without a results table: {', '.join(missing)} "
+                        f"(results in {results_dir})")
+
+    def body(m) -> str:
+        name = m.group("name")
+        rendered, source = sections[name]
+        return f"{BEGIN.format(name=name, source=source)}\n{rendered}\n{END.format(name=name)}"
+
+    new = pattern.sub(body, text)
+    unplaced = sorted(set(sections) - found)
+    if check:
+        stale = new != text
+        if stale:
+            print(f"{readme} disagrees with {results_dir}: run python benchmark.py publish", file=sys.stderr)
+        for name in unplaced:
+            print(f"note: {name} is not placed in {readme} (add its markers to publish it)", file=sys.stderr)
+        return 1 if stale else 0
+    if new != text:
+        write_text_atomic(readme, new)
+    print(f"{readme}: {len(found)} generated section(s) from {results_dir}"
+          + (f"; not placed: {', '.join(unplaced)}" if unplaced else ""))
+    return 0
