@@ -139,8 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--check", action="store_true", help="exit 1 when README.md differs from what would be written")
     q.add_argument("--readme", default=str(REPO / "README.md"))
     q.add_argument("--results-dir", default=str(REPO / "docs" / "results"))
-    q.add_argument("--record", nargs=2, metavar=("NAME", "ROWS_JSON"),
-                   help="first store the rows of an engine_table.py -o file as table NAME of this machine's results")
+    q.add_argument("--record", nargs="+", metavar="NAME ROWS_JSON",
+                   help="first store the rows of engine_table.py -o files as table NAME of this machine's results")
     q.add_argument("--command-line", default="", help="with --record: the command that measured the rows")
     q.add_argument("--caption", default="", help="with --record: a sentence under the table")
     sub.add_parser("worker")

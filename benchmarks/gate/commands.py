@@ -195,9 +195,11 @@ def cmd_update_baseline(args) -> int:
 def cmd_publish(args) -> int:
     from benchmarks.gate.report import publish, record_table
     if args.record:
+        if len(args.record) < 2:
+            raise UserError("--record NAME ROWS_JSON [ROWS_JSON ...]: a table name and engine_table.py -o files")
         if not args.command_line:
             raise UserError("--record needs --command-line: the command that measured the rows, for the reader")
-        path = record_table(Path(args.results_dir), args.record[0], Path(args.record[1]), args.command_line,
-                            args.caption)
+        path = record_table(Path(args.results_dir), args.record[0], [Path(p) for p in args.record[1:]],
+                            args.command_line, args.caption)
         print(f"recorded table {args.record[0]} in {path}")
     return publish(Path(args.readme), Path(args.results_dir), check=args.check)

@@ -108,19 +108,24 @@ def machine_slug(env: dict) -> str:
     return f"{slug}-{(env.get('fingerprint') or '')[:8]}".rstrip("-")
 
 
-def record_table(results_dir: Path, name: str, rows_path: Path, command: str, caption: str) -> Path:
-    """Put a table (the rows of an ``engine_table.py -o`` file, whatever columns they have) into this
+def record_table(results_dir: Path, name: str, rows_paths: list[Path], command: str, caption: str) -> Path:
+    """Put a table (the rows of ``engine_table.py -o`` files, whatever columns they have) into this
     machine's results file under ``name``, with the environment it was measured in."""
-    rows = read_json(rows_path, "engine_table rows")
-    rows = rows.get("rows") if isinstance(rows, dict) else rows
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "engine" in r for r in rows):
-        raise UserError(f"{rows_path}: expected the JSON rows engine_table.py -o writes")
+    rows = []
+    for rows_path in rows_paths:
+        got = read_json(rows_path, "engine_table rows")
+        got = got.get("rows") if isinstance(got, dict) else got
+        if not isinstance(got, list) or not all(isinstance(r, dict) and "engine" in r for r in got):
+            raise UserError(f"{rows_path}: expected the JSON rows engine_table.py -o writes")
+        rows += got
     env = environment()
     path = results_dir / f"{machine_slug(env)}.json"
     doc = read_json(path, "published results") if path.exists() else {"schema": PUBLISHED_SCHEMA, "tables": {}}
     doc["environment"] = env
-    doc["tables"][name] = {"command": command, "caption": caption, "rows": rows,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    # the figures, not every sample: per-sample lists (thousands of document lengths) stay in the rows file
+    rows = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows]
+    measured = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(p.stat().st_mtime for p in rows_paths)))
+    doc["tables"][name] = {"command": command, "caption": caption, "rows": rows, "created": measured}
     write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
     return path
 

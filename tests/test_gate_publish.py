@@ -1,0 +1,59 @@
+"""README's speed tables are generated (benchmark.py publish) from docs/results/<machine>.json: this test
+fails when README and the results files disagree, and shows that the check is not vacuous."""
+
+import json
+import shutil
+
+import pytest
+
+import benchmark  # noqa: F401  (puts the checkout on sys.path for benchmarks.gate)
+from benchmarks.gate.report import machine_slug, publish, record_table
+from microgpt import UserError
+
+from conftest import REPO
+
+RESULTS = REPO / "docs" / "results"
+
+
+def test_readme_tables_are_the_results_files():
+    assert list(RESULTS.glob("*.json")), "no published results in docs/results"
+    assert publish(REPO / "README.md", RESULTS, check=True) == 0, "run: python benchmark.py publish"
+    text = (REPO / "README.md").read_text()
+    for path in RESULTS.glob("*.json"):
+        doc = json.loads(path.read_text())
+        assert doc["environment"]["fingerprint"] and doc["environment"]["python"]["sys_version"]
+        for name in doc["tables"]:
+            assert f"<!-- benchmark.py publish: {path.stem}/{name} " in text
+    assert text.count("Measured on ") >= 3 and "fastops avx512" in text and "CPython 3.11.7" in text
+
+
+def test_a_changed_figure_fails_the_check_and_publish_rewrites_it(tmp_path, capsys):
+    readme, results = tmp_path / "README.md", tmp_path / "results"
+    shutil.copy(REPO / "README.md", readme)
+    shutil.copytree(RESULTS, results)
+    path = next(results.glob("*.json"))
+    doc = json.loads(path.read_text())
+    table = next(iter(doc["tables"].values()))
+    table["rows"][0]["cpu_ms_per_step"] *= 7.77
+    path.write_text(json.dumps(doc))
+    assert publish(readme, results, check=True) == 1 and "disagrees" in capsys.readouterr().err
+    assert publish(readme, results) == 0
+    assert publish(readme, results, check=True) == 0 and readme.read_text() != (REPO / "README.md").read_text()
+    path.unlink()
+    with pytest.raises(UserError, match="without a results table"):
+        publish(readme, results, check=True)
+
+
+def test_record_table_keeps_the_figures_and_the_machine(tmp_path):
+    rows = [{"engine": "c", "isa": "avx2", "dtype": "float64", "config_name": "tiny", "batch_size": 1,
+             "cpu_ms_per_step": 0.01, "first_step_ms": 3.5, "samples_ms": [0.01] * 5}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    path = record_table(tmp_path / "results", "t", [tmp_path / "rows.json"], "python x.py", "")
+    doc = json.loads(path.read_text())
+    assert path.stem == machine_slug(doc["environment"]) and "samples_ms" not in doc["tables"]["t"]["rows"][0]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n<!-- benchmark.py publish: {path.stem}/t (generated from here) -->\n<!-- end {path.stem}/t -->\n")
+    assert publish(readme, tmp_path / "results") == 0
+    text = readme.read_text()
+    assert "| `c[avx2]` | **0.01** |" in text and "first step ms: `c` tiny b1: 3.5 ms" in text
+    assert "`python x.py`" in text
