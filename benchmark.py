@@ -10,6 +10,7 @@
     python benchmark.py update-baseline --runs 3           # a baseline of 3 runs: compare then knows the noise
     python benchmark.py report out/bench.json [--base B]   # markdown and charts in out/report/
     python benchmark.py publish                            # README's tables from docs/results/<machine>.json
+    python benchmark.py machine                            # this machine and Python build, and their fingerprint
     pytest benchmarks/test_kernels.py --benchmark-json=out/kernels.json   # fastops micro-benchmarks (compare reads it)
 
 Exit status: 0 fine (also "inconclusive"), 1 a regression, 2 a usage or input error, 3 an internal error.
@@ -54,7 +55,7 @@ from benchmarks.gate.matrix import MATRIX  # noqa: E402
 from microgpt import UserError  # noqa: E402
 from microgpt.cli import OneLineErrorParser, run_main  # noqa: E402
 
-COMMANDS = ("run", "compare", "ab", "update-baseline", "report", "publish")
+COMMANDS = ("run", "compare", "ab", "update-baseline", "report", "publish", "machine")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,6 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="first store the rows of engine_table.py -o files as table NAME of this machine's results")
     q.add_argument("--command-line", default="", help="with --record: the command that measured the rows")
     q.add_argument("--caption", default="", help="with --record: a sentence under the table")
+    q = sub.add_parser("machine", help="this machine and Python build in one line, and its fingerprint")
+    q.add_argument("--fingerprint", action="store_true", help="only the fingerprint (baselines are kept per fingerprint)")
     sub.add_parser("worker")
     args = p.parse_args(argv)
     if args.command == "update-baseline" and not args.results:
@@ -157,6 +160,11 @@ def dispatch(argv: list[str] | None) -> int:
     if args.command == "worker":
         from benchmarks.gate.worker import worker
         worker()
+        return 0
+    if args.command == "machine":
+        from benchmarks.gate.environment import environment, machine_line
+        env = environment()
+        print(env["fingerprint"] if args.fingerprint else f"{machine_line(env)}\nfingerprint {env['fingerprint']}")
         return 0
     if args.command == "report":
         from benchmarks.gate.report import cmd_report      # imports the chart code only when asked

@@ -81,41 +81,43 @@ def verdict_list(verdicts) -> list[dict]:
 
 
 def comparison(sides: list[Side], settings: dict, cases, data: str, data_info: dict, counted: bool) -> dict:
+    """One comparison of side A with every other side: {plan or metric: verdicts}."""
     warn = lambda message: message.startswith("warning") and print(message, file=sys.stderr, flush=True)
     if counted:
         measured = measure_instructions(sides, cases, settings, data, log=warn, rounds=settings["rounds"])
     else:
         measured = measure(sides, cases, settings, data, log=warn)
     docs = [results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
-    metrics = ("auto",) if counted else ("auto", "wall")
-    return {metric: verdict_list(compare_results(docs[0], docs[1], metric=metric)) for metric in metrics}
+    if counted:             # every other side against A, counted in the same call
+        return {s.name: verdict_list(compare_results(docs[0], d)) for s, d in zip(sides[1:], docs[1:])}
+    return {metric: verdict_list(compare_results(docs[0], docs[1], metric=metric)) for metric in ("auto", "wall")}
 
 
 def summarise(kind: str, runs: list[dict], seconds: float) -> dict:
     """Per metric: comparisons the gate failed, and per benchmark how often each verdict came and its ratios."""
     summary = {"experiment": kind, "comparisons": len(runs), "seconds": round(seconds)}
-    for metric in runs[0]:
+    for metric in dict.fromkeys(k for run in runs for k in run):
+        mine = [run[metric] for run in runs if run.get(metric)]
         per_bench = {}
-        for bench_id in [v["id"] for v in runs[0][metric]]:
-            verdicts = [next(v for v in run[metric] if v["id"] == bench_id) for run in runs]
+        for bench_id in [v["id"] for v in mine[0]]:
+            verdicts = [next(v for v in run if v["id"] == bench_id) for run in mine]
             ratios = [v["ratio"] for v in verdicts if v["ratio"]]
             per_bench[bench_id] = {"metric": verdicts[0]["metric"],
                                    "verdicts": {k: sum(v["verdict"] == k for v in verdicts)
                                                 for k in dict.fromkeys(v["verdict"] for v in verdicts)},
                                    "median_ratio": statistics.median(ratios) if ratios else None,
                                    "ratio_range": [min(ratios), max(ratios)] if ratios else None}
-        summary[metric] = {"gate_failed": sum(any(v["verdict"] == "regression" for v in run[metric]) for run in runs),
-                           "benchmarks": per_bench}
+        summary[metric] = {"comparisons": len(mine), "benchmarks": per_bench,
+                           "gate_failed": sum(any(v["verdict"] == "regression" for v in run) for run in mine)}
     return summary
 
 
 def print_summary(s: dict) -> None:
     print(f"\n{s['experiment']}: {s['comparisons']} comparisons in {s['seconds']} s")
-    for metric in ("auto", "wall", "baseline"):
-        if metric not in s:
+    for metric, m in s.items():
+        if not isinstance(m, dict) or "benchmarks" not in m:
             continue
-        m = s[metric]
-        print(f"  metric {metric}: {m['gate_failed']}/{s['comparisons']} comparisons reported a regression")
+        print(f"  {metric}: {m['gate_failed']}/{m['comparisons']} comparisons reported a regression")
         for bench_id, b in m["benchmarks"].items():
             lo, hi = b["ratio_range"] or (float("nan"), float("nan"))
             counts = ", ".join(f"{k} {n}" for k, n in b["verdicts"].items())
@@ -160,9 +162,7 @@ def experiment(args) -> int:
     started = time.perf_counter()
     if args.experiment == "runs-aa":
         runs = separate_runs(args, args.data)
-        for run in runs:                     # summarise needs every metric in every run
-            run.setdefault("baseline", [])
-        runs = [r for r in runs if r["baseline"]] or runs
+        print(f"(comparisons against a baseline start once {args.baseline_runs} first runs exist)")
     else:
         counted = args.experiment == "instructions"
         settings, cases, _ = load_matrix(args.matrix or ("instructions" if counted else "experiment"))
@@ -171,28 +171,25 @@ def experiment(args) -> int:
                 settings[key] = getattr(args, key)
         with tempfile.TemporaryDirectory(prefix="microgpt-experiment-") as tmp:
             if counted:
-                plans = [("aa", Side("A", REPO), Side("B", REPO))] + [
-                    (name, Side("A", REPO), variant_side(name, Path(tmp))) for name in ("dot-list-long", "dot-axpy-list")]
+                sides = [Side("A", REPO), Side("aa", REPO)]
+                for name in ("dot-list-long", "dot-axpy-list"):
+                    sides.append(variant_side(name, Path(tmp)))
+                    sides[-1].name = name
             elif args.experiment == "slowdown":
-                plans = [("slowdown", Side("A", REPO), variant_side("dot-list", Path(tmp)))]
+                sides = [Side("A", REPO), variant_side("dot-list", Path(tmp))]
             else:
-                plans = [("aa", Side("A", REPO), Side("B", REPO))]
+                sides = [Side("A", REPO), Side("B", REPO)]
             runs = []
-            for label, a, b in plans:
-                for i in range(args.comparisons):
-                    runs.append({"plan": label, **comparison([a, b], settings, cases, data, data_info, counted)})
-                    flagged = [v["id"] for v in runs[-1]["auto"] if v["verdict"] == "regression"]
-                    print(f"{label} {i + 1}/{args.comparisons} ({time.perf_counter() - started:.0f} s): "
-                          f"{'regression in ' + ', '.join(flagged) if flagged else 'no regression'}", flush=True)
-    plans = list(dict.fromkeys(r.get("plan", args.experiment) for r in runs))
-    summaries = []
-    for plan in plans:
-        mine = [{k: v for k, v in r.items() if k != "plan"} for r in runs if r.get("plan", args.experiment) == plan]
-        summaries.append(summarise(plan if plan != args.experiment else args.experiment, mine,
-                                   time.perf_counter() - started))
-        print_summary(summaries[-1])
+            for i in range(args.comparisons):
+                runs.append(comparison(sides, settings, cases, data, data_info, counted))
+                flagged = {k: [v["id"] for v in vs if v["verdict"] == "regression"] for k, vs in runs[-1].items()}
+                print(f"comparison {i + 1}/{args.comparisons} ({time.perf_counter() - started:.0f} s): "
+                      + "; ".join(f"{k}: {', '.join(ids) or 'no regression'}" for k, ids in flagged.items()),
+                      flush=True)
+    summary = summarise(args.experiment, runs, time.perf_counter() - started)
+    print_summary(summary)
     out = Path(args.out or REPO / "out" / f"experiment-{args.experiment}.json")
-    write_json_atomic(out, {"summaries": summaries, "comparisons": runs})
+    write_json_atomic(out, {"summary": summary, "comparisons": runs})
     print(f"details: {out}")
     return 0
 

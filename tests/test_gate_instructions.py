@@ -27,15 +27,26 @@ MATRIX = {"counted": {"rounds": 1, "samples": 1, "min_sample_s": 0, "warmup": 1,
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     if not shutil.which("valgrind"):
+        if sys.platform == "darwin":        # no Valgrind for macOS on arm64; the error is tested below
+            pytest.skip("Valgrind does not run on macOS")
         pytest.fail("valgrind is not installed: apt-get install valgrind (.ci/run installs it)")
     path = tmp_path_factory.mktemp("counted") / "names.txt"
     path.write_text("\n".join(read_names(200)) + "\n")
     return path
 
 
-def cli(*args):
+def cli(*args, env=None):
     return subprocess.run([sys.executable, str(REPO / "benchmark.py"), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_without_valgrind_the_metric_is_a_one_line_error(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps(MATRIX))
+    (tmp_path / "names.txt").write_text("\n".join(read_names(50)) + "\n")
+    env = {**os.environ, "PATH": str(tmp_path)}             # no valgrind on it
+    r = cli("run", "--metric", "instructions", "--matrix", "counted", "--matrix-file", tmp_path / "m.json",
+            "--data", tmp_path / "names.txt", "--quiet", "-o", tmp_path / "x.json", env=env)
+    assert r.returncode == 2 and "needs Valgrind" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_run_counts_instructions_and_identical_code_counts_the_same(data, tmp_path):

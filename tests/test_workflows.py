@@ -1,5 +1,7 @@
 """The GitHub workflows validate with actionlint (so a broken workflow cannot land) and keep their contracts:
-both OSes and every supported Python, the sanitizer job, torch pinned exactly, and the PR benchmark gate."""
+both OSes and every supported Python, the sanitizer job, torch pinned exactly, and the PR benchmark gate
+(instruction counts on every PR, wall time beside them, the comment posted by a workflow_run that runs no PR
+code, baselines on a data branch keyed by machine fingerprint)."""
 
 import re
 import shutil
@@ -28,7 +30,7 @@ def lint(*paths: Path) -> subprocess.CompletedProcess:
 
 
 def test_every_workflow_passes_actionlint():
-    assert {p.name for p in WORKFLOWS} == {"tests.yml", "benchmark.yml"}
+    assert {p.name for p in WORKFLOWS} == {"tests.yml", "benchmark.yml", "benchmark-comment.yml"}
     r = lint(*WORKFLOWS)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -57,11 +59,33 @@ def test_torch_is_pinned_exactly_everywhere():
         assert all(spec == "torch==2.13.0" for spec in specs), (path.name, specs)
 
 
-def test_pull_requests_run_the_interleaved_gate_and_one_sticky_comment():
+def test_pull_requests_run_the_instruction_gate_and_report_wall_time_beside_it():
     text = (REPO / ".github" / "workflows" / "benchmark.yml").read_text()
     assert "fetch-depth: 0" in text                                  # the base revision must be there
-    assert 'python benchmark.py ab --base "origin/$BASE_REF"' in text
+    assert 'python benchmark.py ab --base "origin/$BASE_REF" --metric instructions --quick' in text
+    assert 'python benchmark.py ab --base "origin/$BASE_REF" --quick --out out/pr/wall' in text
+    assert "sudo apt-get install -y -q valgrind" in text
+    assert "if: steps.instructions.outputs.status == '1'" in text and "exit 1" in text
+    assert '>> "$GITHUB_STEP_SUMMARY"' in text and "python benchmark.py machine > out/pr/machine.txt" in text
+    # the run of the PR's code gets no write token and posts nothing itself
+    gate = text.split("\n  baseline:")[0]
+    assert "pull-requests: write" not in gate and "contents: write" not in gate
+    assert "persist-credentials: false" in gate and "sticky-pull-request-comment" not in text
+
+
+def test_the_comment_is_posted_by_a_workflow_run_that_runs_no_pull_request_code():
+    text = (REPO / ".github" / "workflows" / "benchmark-comment.yml").read_text()
+    assert "workflow_run:" in text and "workflows: [benchmark]" in text
+    assert "actions/checkout" not in text and "python" not in text.lower().split("jobs:")[1]
     assert "marocchino/sticky-pull-request-comment@v2" in text and "header: benchmark" in text
-    assert "actions/upload-artifact@" in text and "pull-requests: write" in text
-    assert "if: steps.ab.outputs.status == '1'" in text and "exit 1" in text
-    assert "python benchmark.py update-baseline" in text and "contents: write" in text
+    assert "number: ${{ steps.pr.outputs.number }}" in text and "*[!0-9]*" in text
+    assert "pull-requests: write" in text
+
+
+def test_baselines_live_on_a_data_branch_keyed_by_fingerprint_never_main():
+    text = (REPO / ".github" / "workflows" / "benchmark.yml").read_text()
+    baseline = text.split("\n  baseline:")[1]
+    assert "python benchmark.py update-baseline --runs 3" in baseline
+    assert 'fingerprint=$(python benchmark.py machine --fingerprint)' in baseline
+    assert "git push origin HEAD:benchmark-data" in baseline and "HEAD:main" not in text
+    assert '--baseline "data/$fingerprint/baseline.json" --history "data/$fingerprint/history.json"' in baseline
