@@ -23,7 +23,7 @@ from itertools import repeat
 from math import sqrt
 from operator import add, attrgetter, mul, sub, truediv
 
-from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig, check_context, check_docs
 from microgpt.params import AdamState, FlatParams
 
 
@@ -315,6 +315,7 @@ class PythonEngine:
         self.t = 0
 
     def _backward(self, docs: list[list[int]]) -> float:
+        check_docs(docs, self.cfg)
         for w in self.model.w.values():
             w.zero_grad()
         loss = self.model.batch_loss(docs)
@@ -366,10 +367,12 @@ class PythonEngine:
             w.refresh()
 
     def eval_loss(self, docs: list[list[int]]) -> float:
+        check_docs(docs, self.cfg)
         with no_grad():
             return self.model.batch_loss(docs).data[0]
 
     def logits(self, tokens: list[int]) -> list[float]:
+        check_context(tokens, self.cfg)
         with no_grad():
             return self.model.forward(tokens).data
 
@@ -380,6 +383,7 @@ class PythonEngine:
         return AdamState(self.model.flat(self.m), self.model.flat(self.v), self.t)
 
     def import_adam(self, state: AdamState) -> None:
+        state.check(sum(len(row) for rows in self.m.values() for row in rows))
         m, v = FlatParams(self.cfg, state.m), FlatParams(self.cfg, state.v)
         self.m = {name: m.rows(name) for name in self.m}
         self.v = {name: v.rows(name) for name in self.v}

@@ -12,7 +12,7 @@ import math
 from array import array
 from operator import attrgetter
 
-from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig, check_context, check_docs
 from microgpt.params import AdamState, FlatParams
 from train import topological_order
 
@@ -137,6 +137,7 @@ class ScalarEngine:
         return sum(losses, Value(0.0)) * (1.0 / len(losses)) if targets is not None else logits
 
     def _batch_loss(self, docs: list[list[int]]) -> Value:
+        check_docs(docs, self.cfg)
         return sum((self.forward(doc[:-1], doc[1:]) for doc in docs), Value(0.0)) * (1.0 / len(docs))
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
@@ -165,6 +166,7 @@ class ScalarEngine:
         return self._batch_loss(docs).data
 
     def logits(self, tokens: list[int]) -> list[float]:
+        check_context(tokens, self.cfg)
         return [v.data for v in self.forward(tokens)]
 
     def export_params(self) -> FlatParams:
@@ -174,4 +176,5 @@ class ScalarEngine:
         return AdamState(array("d", self.adam.m), array("d", self.adam.v), self.adam.t)
 
     def import_adam(self, state: AdamState) -> None:
+        state.check(len(self.params))
         self.adam = AdamState(array("d", state.m), array("d", state.v), state.t)

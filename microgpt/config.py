@@ -181,6 +181,28 @@ class SampleConfig(_Config):
         return self
 
 
+def check_docs(docs: list[list[int]], cfg: ModelConfig) -> list[int]:
+    """Predictions per document (``len(doc) - 1``), after checking lengths and token ids: the engine
+    contract's one-line ValueError for a batch an engine cannot compute, before any of it is computed."""
+    if not docs:
+        raise ValueError("a batch needs at least one document")
+    lengths = [len(d) - 1 for d in docs]
+    if min(lengths) < 1 or max(lengths) > cfg.block_size:
+        raise ValueError(f"documents must hold 2..{cfg.block_size + 1} tokens (got lengths {min(lengths) + 1}.."
+                         f"{max(lengths) + 1})")
+    if not all(0 <= tok < cfg.vocab_size for doc in docs for tok in doc):
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+    return lengths
+
+
+def check_context(tokens: list[int], cfg: ModelConfig) -> None:
+    """The contract's ValueError for ``logits(tokens)``: 1..block_size ids, each in the vocabulary."""
+    if not 1 <= len(tokens) <= cfg.block_size:
+        raise ValueError(f"logits need 1..{cfg.block_size} tokens (got {len(tokens)})")
+    if not all(0 <= tok < cfg.vocab_size for tok in tokens):
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for 0-based ``step``: linear warmup, then the chosen decay towards zero.
 
