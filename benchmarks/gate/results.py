@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from microgpt import UserError, files
+from microgpt.cli import read_json  # noqa: F401  (the gate's modules read JSON through results)
 from microgpt.files import write_atomic
 
 from benchmarks.gate import REPO
@@ -63,20 +64,6 @@ def results_document(side: dict, cases: list[Case], settings: dict, data_info: d
             "environment": environment(root),
             "results": [summarise(by_id[i], acc) for i, acc in side["samples"].items()],
             "skipped": skipped}
-
-
-def read_json(path: str | Path, what: str) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a directory, not a JSON file") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
