@@ -537,3 +537,25 @@ def test_fingerprint_tells_python_builds_apart():
     assert [d.split(":")[0] for d in env.python_differences(here, other)] == ["config_args", "pgo"]
     assert env.machine_differences(here, other) == []
     assert "CPUs; " in env.machine_line(here) and here["machine"]["model"] in env.machine_line(here)
+
+
+def test_interface_exit_codes_hidden_worker_and_no_matplotlib(tmp_path, monkeypatch, capsys):
+    r = cli("--help")
+    commands = r.stdout.split("positional arguments:")[1].split("options:")[0]
+    assert r.returncode == 0 and "worker" not in commands and "update-baseline" in commands and "Exit status" in r.stdout
+    hello = subprocess.run([sys.executable, str(REPO / "benchmark.py"), "worker"], input='{"cmd": "hello"}\n',
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert json.loads(hello.stdout) == {"protocol": 1}        # what a later revision's ab calls
+    # an internal error (a bug, not the user's input) is one line and exit status 3
+    monkeypatch.setattr(benchmark, "cmd_compare", lambda args: 1 / 0)
+    assert benchmark.main(["compare", "a.json", "b.json"]) == 3
+    assert capsys.readouterr().err.startswith("internal error: ZeroDivisionError")
+    # compare draws no chart without matplotlib, and says so
+    blocker = tmp_path / "no-mpl" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no matplotlib here', name='matplotlib')\n")
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(doc({"python x": noisy(6, 1.0, 0.01, 1)})))
+    r = cli("compare", a, a, "--charts", tmp_path / "chart", env={"PYTHONPATH": str(blocker.parent)})
+    assert r.returncode == 0 and "charts skipped (matplotlib is not installed)" in r.stderr
+    assert not list(tmp_path.glob("chart*"))
