@@ -1,6 +1,10 @@
 /* fastops/gpt.h: the Python type fastops.GPT -- the fused trainer on four flat buffers that Python owns.
    Parses and checks documents, holds the scratch memory, releases the GIL around the kernels. */
 
+#ifndef _WIN32
+#include <sys/mman.h>
+#endif
+
 static const char *const BUF_NAMES[N_BUFS] = {"params", "grads", "m", "v"};
 
 typedef struct {
@@ -148,7 +152,13 @@ static int ensure_workspace(GPTObject *g, ptrdiff_t M, int mode)
 #ifdef _WIN32
     p = _aligned_malloc(bytes, 64);
 #else
-    if (posix_memalign(&p, 64, bytes)) p = NULL;
+    /* Large workspaces on 2 MiB pages where the kernel offers them (madvise mode): a gemm walks a
+       feature-major panel down K rows MP lanes apart, a new 4 KiB page every row or two. */
+    const size_t huge = (size_t)2 << 20;
+    if (posix_memalign(&p, bytes >= huge ? huge : 64, bytes)) p = NULL;
+#ifdef MADV_HUGEPAGE
+    if (p && bytes >= huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
 #endif
     if (!p) { PyErr_NoMemory(); return -1; }
     memset(p, 0, bytes);

@@ -135,9 +135,9 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
                             const FN(AdamArgs) *adam)
 {
     /* Cache blocking, so that what a block reuses stays close while it is reused:
-       - K in blocks: 128 when A is read down its columns (W^T: a tile's k loop touches one cache line in
-         each of K rows, and blocks of 128 keep those lines in L1; measured: 16 halves the speed, and so
-         does no blocking at K = 384), 256 for long rows (K > 512: the wide MLP layer), else all of K;
+       - K in blocks: 128 when A is read down its columns (W^T, copied block by block into k-major
+         tiles that fit L2; measured: 16 halves the speed, and so does no blocking at K = 384), 256 for
+         long rows (K > 512: the wide MLP layer), else all of K;
        - long sums: GEMM_MB rows of A (~100-200 KB, in L2) against every column panel of B (in L1), so
          A is read from memory once, not once per panel (measured: 1.5x on (512,4,32) batch 32);
        - short sums or an Adam update: row after row, so that C and the Adam moments stream through
@@ -157,6 +157,23 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
                         if (upd && M * N >= 65536) FN(prefetch_adam_tile)(upd, Cm, ldc, M, m0, n0 + 8 * VW);
                         FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
                     }
+        } else if (a_cs != 1) {
+            /* A read down its columns: each block of rows is first copied tile by tile, k-major with
+               GEMM_MR values per k, so that a tile's k loop reads one stream, not a line (and, K apart,
+               a page) in each of kb rows. The copy is read by every column panel of B. */
+            real pack[GEMM_MB * 128];
+            for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB) {
+                for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR) {
+                    real *tile = pack + (m0 - m1) * kb;
+                    const ptrdiff_t rows = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
+                    for (ptrdiff_t k = 0; k < kb; k++)
+                        for (ptrdiff_t r = 0; r < rows; r++) tile[k * GEMM_MR + r] = a[(m0 + r) * a_rs + k * a_cs];
+                }
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                    for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR)
+                        FN(gemm_block)(M - m0, N, kb, pack + (m0 - m1) * kb, 1, GEMM_MR, b, ldb, Cm + m0 * ldc, ldc,
+                                       acc, upd, 0, n0);
+            }
         } else {
             for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB)
                 for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)

@@ -111,15 +111,22 @@ static inline int pool_start(Pool *pool, int n_threads)
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);
     pool->started = 1;
+    /* Kernels keep cache-sized copies on the stack (gemm's packed tiles, up to 128 KiB): a stated size,
+       not the platform's default, which is 128 KiB on musl and 512 KiB on macOS. */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, (size_t)4 << 20);
     for (int i = 1; i < n_threads; i++) {
         WorkerArg *arg = malloc(sizeof *arg);
-        if (!arg || (arg->pool = pool, arg->index = i, pthread_create(&pool->threads[i], NULL, pool_worker, arg))) {
+        if (!arg || (arg->pool = pool, arg->index = i, pthread_create(&pool->threads[i], &attr, pool_worker, arg))) {
+            pthread_attr_destroy(&attr);
             free(arg);
             pool->error = "cannot start a thread (pthread_create failed)";
             return -1;
         }
         pool->n_threads = i + 1;
     }
+    pthread_attr_destroy(&attr);
     return 0;
 #else
     pool->error = "threads > 1 needs pthreads, which this platform's build lacks";
