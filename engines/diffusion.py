@@ -384,7 +384,11 @@ def template(prompt: str, tokenizer, cfg: ModelConfig) -> tuple[list[int], int]:
     except UserError as e:
         raise UserError(f"--prompt {prompt!r}: {e}") from None
     seq = [mask if ch == HOLE else next(fixed) for ch in body]
-    return seq + [bos if ends else mask] * (cfg.block_size - len(seq)), len(body)
+    seq += [bos if ends else mask] * (cfg.block_size - len(seq))
+    if mask not in seq:
+        raise UserError(f"--prompt {prompt!r} leaves the model nothing to fill: put a '{HOLE}' in it, or drop the "
+                        f"final '{END}'")
+    return seq, len(body)
 
 
 def ar_prompt(prompt: str) -> str:

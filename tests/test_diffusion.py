@@ -189,12 +189,13 @@ def test_templates_and_well_formed_samples(torch):
     tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz"))
     assert template("em", tokenizer, cfg) == ([4, 12] + [MASK] * 6, 2)
     assert template("_a.", tokenizer, cfg) == ([MASK, 0] + [BOS] * 6, 2)
-    assert template("emmaemma.", tokenizer, cfg)[0] == [4, 12, 12, 0, 4, 12, 12, 0]  # the end falls past the block
+    assert template("emmaemm_.", tokenizer, cfg)[0] == [4, 12, 12, 0, 4, 12, 12, MASK]  # the end is past the block
     assert ar_prompt("em_a.") == "em" and ar_prompt("emma.") == "emma" and ar_prompt("_a") == ""
     assert show([4, 12, MASK, BOS], tokenizer, cfg) == "em_."
     for prompt, message in (("e.m", "'.' ends the name, so it can only be the last character"),
                             ("emmaemmae", "'emmaemmae' has 9 positions; the model has 8"),
-                            ("Ma", "--prompt 'Ma': character 'M' is not in the vocabulary")):
+                            ("Ma", "--prompt 'Ma': character 'M' is not in the vocabulary"),
+                            ("emma.", "leaves the model nothing to fill"), (".", "nothing to fill")):
         with pytest.raises(UserError, match=message):
             template(prompt, tokenizer, cfg)
 
