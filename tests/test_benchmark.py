@@ -28,7 +28,9 @@ from conftest import REPO, encode_names, make_setup, read_names
 
 TINY_MATRIX = {"tiny": {"rounds": 2, "samples": 3, "min_sample_s": 0.005, "warmup": 1, "groups": [
     {"engines": ["python"], "configs": ["C8L1H2T8"], "batch_sizes": [2], "dtypes": ["float64", "float32"]},
-    {"engines": ["c"], "configs": ["C8L1H2T8"], "batch_sizes": [4], "dtypes": ["float32"], "threads": [1, 2]}]}}
+    {"engines": ["c"], "configs": ["C8L1H2T8"], "batch_sizes": [4], "dtypes": ["float32"], "threads": [1, 2]}]},
+               "counted": {"warmup": 1, "count_steps": 1, "groups": [
+    {"engines": ["c"], "configs": ["C8L1H2T8"], "batch_sizes": [4], "dtypes": ["float32"]}]}}
 
 
 def noisy(n, center, spread, seed):
@@ -469,6 +471,18 @@ def test_ab_interleaves_base_and_head_and_compares(scratch_repo):
                                         text=True).stdout.split("\n", 1)[-1]
 
 
+def test_ab_counts_instructions_of_both_sides(scratch_repo):
+    out = scratch_repo / "out" / "ab-instructions"
+    r = ab(scratch_repo, "--base", "HEAD", "--matrix", "counted", "--metric", "instructions", "--out", out)
+    if not shutil.which("valgrind") and sys.platform == "darwin":      # no Valgrind for macOS on arm64
+        assert r.returncode == 2 and "needs Valgrind" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr[-3000:]
+    base, head = (gate_results.load_results(out / f"{s}.json") for s in ("base", "head"))
+    assert [x["instruction_samples"] for x in base["results"]] == [x["instruction_samples"] for x in head["results"]]
+    assert "instructions" in r.stdout and "no change" in r.stdout and "xychart-beta" in (out / "comparison.md").read_text()
+
+
 def test_ab_errors(scratch_repo):
     r = ab(scratch_repo, "--base", "no-such-branch")
     assert r.returncode == 2 and "is not a commit" in r.stderr
@@ -520,7 +534,11 @@ def test_a_baseline_of_several_runs_keeps_them_apart_and_feeds_the_history():
     cur = doc({"python a": noisy(4, 1.08, 0.001, 99), "c b": noisy(4, 2.16, 0.001, 98)})
     cur["environment"]["fingerprint"] = "fp"
     single = compare_results(docs[0], cur, history=entries)
-    assert all(v.verdict == "inconclusive" and v.runs and v.n == (1, 1) for v in single)
+    assert all(v.verdict == "inconclusive" and v.runs and v.n == (1, 1) and "is wider than the floor" in v.note
+               for v in single)
+    # the baseline's own runs, also in the history, are not counted twice
+    assert all(v.verdict == "inconclusive" and "unknown" in v.note
+               for v in compare_results(docs[0], cur, history=entries[:1]))
     elsewhere = [dict(e, fingerprint="other") for e in entries]
     assert "run-to-run noise is unknown" in compare_results(docs[0], cur, history=elsewhere)[0].note
 

@@ -215,13 +215,15 @@ def thresholds_from(specs: list[str]) -> tuple[float | None, list[tuple[str, flo
     return default, patterns
 
 
-def history_values(history: list[dict], cur: dict, metric: str) -> dict[str, list[float]]:
+def history_values(history: list[dict], base: dict, cur: dict, metric: str) -> dict[str, list[float]]:
     """Per benchmark, the log medians of earlier baselines measured on the current file's machine and
     Python build (history entries keyed by environment.fingerprint), leaving out the runs of the files
-    being compared."""
-    key = fingerprint(cur.get("environment") or {})
+    being compared (update-baseline puts the baseline's own runs into the history too)."""
+    env = cur.get("environment") or {}
+    key = env.get("fingerprint") or fingerprint(env)
     field_name = {"cpu": "cpu_ms_per_step", "wall": "ms_per_step", "instructions": "instructions_per_step"}[metric]
-    seen = set((cur.get("settings") or {}).get("sessions") or [(cur.get("settings") or {}).get("session")])
+    seen = {s for doc in (base, cur) for s in
+            ((doc.get("settings") or {}).get("sessions") or [(doc.get("settings") or {}).get("session")])}
     out: dict[str, list[float]] = {}
     for e in history:
         if e.get("fingerprint") != key or e.get("session") in seen:
@@ -271,7 +273,7 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
     for bench_id, b, c, m, _ in plans:
         if b is None or c is None or paired or m == "instructions":
             continue
-        hist = by_metric.setdefault(m, history_values(history or [], cur, m))
+        hist = by_metric.setdefault(m, history_values(history or [], base, cur, m))
         for rec in (b, c):
             groups.append([math.log(statistics.median(r)) for r in runs_of(rec, SAMPLE_KEYS[m]) if r and min(r) > 0])
         groups.append(hist.get(bench_id, []))
