@@ -385,9 +385,9 @@ def template(prompt: str, tokenizer, cfg: ModelConfig) -> tuple[list[int], int]:
         raise UserError(f"--prompt {prompt!r}: {e}") from None
     seq = [mask if ch == HOLE else next(fixed) for ch in body]
     seq += [bos if ends else mask] * (cfg.block_size - len(seq))
-    if mask not in seq:
-        raise UserError(f"--prompt {prompt!r} leaves the model nothing to fill: put a '{HOLE}' in it, or drop the "
-                        f"final '{END}'")
+    if mask not in seq:  # (which also leaves the autoregressive model's prefix shorter than the block)
+        raise UserError(f"--prompt {prompt!r} leaves the model nothing to fill: put a '{HOLE}' in it"
+                        + (f", or drop the final '{END}'" if ends else f" (it fills all {cfg.block_size} positions)"))
     return seq, len(body)
 
 
@@ -605,14 +605,6 @@ def _check_args(args) -> None:
         check_writable("--loss-log", args.loss_log)
 
 
-def _check_prompt(prompt: str, tokenizer, cfg: ModelConfig, autoregressive: bool) -> None:
-    template(prompt, tokenizer, cfg)
-    prefix = ar_prompt(prompt)
-    if autoregressive and len(prefix) >= cfg.block_size:
-        raise UserError(f"--prompt {prompt!r} leaves the autoregressive model no room: its prefix {prefix!r} must be "
-                        f"shorter than the block size {cfg.block_size}")
-
-
 def _names(docs: list[list[int]], tokenizer) -> list[str]:
     return [tokenizer.decode(doc) for doc in docs]  # decode skips the BOS ids
 
@@ -641,7 +633,7 @@ def run(argv: list[str], out=None) -> dict:
         if ar_ckpt and (ar_ckpt.tokenizer != ckpt.tokenizer or ar_ckpt.model.block_size != cfg.block_size):
             raise UserError(f"--ar-checkpoint {args.ar_checkpoint} has another vocabulary or block size than "
                             f"{args.sample_from}; compare models trained on the same data and block size")
-        _check_prompt(args.prompt, tokenizer, cfg, ar_ckpt is not None)
+        template(args.prompt, tokenizer, cfg)
         train_names = val_names = []
         if args.quality:  # the data is needed only to compare with
             data = load_dataset(args.data or ckpt.data.get("sources"), tcfg, cfg.block_size, "char", 0, ckpt.tokenizer)
@@ -669,7 +661,7 @@ def run(argv: list[str], out=None) -> dict:
         ar_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **shape).validate()
         cfg = replace(ar_cfg, vocab_size=ar_cfg.vocab_size + 1)  # + [MASK]
         # what would fail after training fails now: the prompt, the checkpoints' paths and room, the memory
-        _check_prompt(args.prompt, tokenizer, cfg, True)
+        template(args.prompt, tokenizer, cfg)
         for flag, path, model_cfg in (("--save", args.save, cfg), ("--ar-save", args.ar_save, ar_cfg)):
             if path:
                 check_writable(flag, path, checkpoint.size_bytes(model_cfg))
