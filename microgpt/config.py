@@ -206,7 +206,11 @@ def check_context(tokens: list[int], cfg: ModelConfig) -> None:
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for 0-based ``step``: linear warmup, then the chosen decay towards zero.
 
-    A pure function of the step, so a resumed run continues the exact schedule it left.
+    A pure function of the step and the total, so a resumed run continues the exact schedule it left.
+    Extending a run (``--resume CKPT --num-steps N`` beyond its total) swaps the total: each later step
+    takes the rate an N-step run would have at that step, so a linear or cosine schedule that had decayed
+    to ~0 rises to ``lr_at(step, N)`` and decays again to 0 at N (warmup is not repeated); a constant
+    schedule continues unchanged. A run paused with --stop-at and resumed with its own total is exact.
     """
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps

@@ -291,3 +291,48 @@ def test_smoke_runs_standalone(tmp_path, monkeypatch):
     assert lines[1:] == ["ok   scalar: two steps and a sample",
                          "skip missing: engine missing cannot be loaded (No module named 'no_such_module'); "
                          "install its extra, e.g. pip install -e '.[missing]'"]
+
+
+def test_cli_helpers():
+    """microgpt.cli: one config label, underscore flags (but not after --), run_main's statuses."""
+    from microgpt import UserError, cli
+    from microgpt.config import ModelConfig
+    assert cli.config_label(ModelConfig()) == cli.config_label((16, 1, 4, 16, "relu2")) == "C16L1H4"
+    assert cli.config_label({"n_embd": 32, "n_layer": 2, "n_head": 4, "block_size": 8, "mlp_act": "relu"}) == \
+        "C32L2H4T8-relu"
+    p = cli.OneLineErrorParser()
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("rest", nargs="*")
+    args = p.parse_args(["--learning_rate=0.5", "--", "--learning_rate"])
+    assert args.learning_rate == 0.5 and args.rest == ["--learning_rate"]
+
+    def fails():
+        raise UserError("bad")
+    assert cli.run_main(fails) == 2 and cli.run_main(lambda: None) == 0 and cli.run_main(lambda: 3) == 3
+    assert cli.run_main(lambda: {"a": 1}) == 0
+    assert (cli.si(1234567, "B"), cli.hms(3725.4), cli.binary_size(49152)) == ("1.23 MB", "1:02:05", "48 KiB")
+
+
+def test_check_writable_wants_room_for_the_file(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    from microgpt import UserError, cli
+    cli.check_writable("--save", tmp_path / "new" / "run.ckpt", 1000)   # missing directories are made later
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    with pytest.raises(UserError, match=r"--save .*run.ckpt: 1 MiB free on its file system, and the file needs "
+                                        r"about 2 MiB"):
+        cli.check_writable("--save", tmp_path / "run.ckpt", 2 << 20)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_core_imports_no_engine_and_no_script():
+    """microgpt/ is the lowest layer: the trainer is handed its engines (microgpt.trainer.run's registry)."""
+    import ast
+    from conftest import REPO
+    above = ("engines", "benchmarks", "train", "train_fast", "benchmark", "roofline", "report_charts", "test_smoke")
+    for path in sorted((REPO / "microgpt").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in above], (path.name, names)
