@@ -23,8 +23,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from microgpt import UserError, checkpoint, cli
-from microgpt.cli import OneLineErrorParser  # noqa: F401  (engines/diffusion.py still imports it from here)
-from microgpt.config import FLAG_HELP as HELP  # noqa: F401  (engines/diffusion.py still imports it from here)
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_of, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
