@@ -75,7 +75,9 @@ import argparse
 import itertools
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from array import array
 from dataclasses import dataclass, replace
@@ -673,18 +675,27 @@ def run(argv: list[str], out=None) -> dict:
             ar = ar_engine(ar_cfg, tcfg, init_params(ar_cfg, tcfg.seed))
         except ValueError as e:
             raise UserError(str(e)) from None
-        result = _train_both(model, ar, data, cfg, tcfg, args, out, evaluate, DataOrder)
+        print(f"diffusion engine {model.name} ({args.dtype}) vs autoregressive engine {ar.name} | "
+              f"{num_params(cfg):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
+              f"vocab {cfg.vocab_size} with [MASK] | steps {tcfg.num_steps}", file=out, flush=True)
+        curves, done = _train_both(model, ar, data, tcfg, args, out, DataOrder)
         if args.save:
             checkpoint.save(args.save, checkpoint.Checkpoint(
                 model=cfg, train=tcfg, tokenizer=tokenizer.to_dict(), params=model.export_params(),
-                adam=model.export_adam(), step=tcfg.num_steps, rng_state=model.export_rng(), data=data.info,
+                adam=model.export_adam(), step=done, rng_state=model.export_rng(), data=data.info,
                 meta={"engine": model.name, "dtype": args.dtype}, kind="diffusion"))
-            print(f"diffusion checkpoint saved to {args.save}", file=out)
         if args.ar_save:
             checkpoint.save(args.ar_save, checkpoint.Checkpoint(
                 model=ar_cfg, train=tcfg, tokenizer=tokenizer.to_dict(), params=ar.export_params(),
-                adam=ar.export_adam(), step=tcfg.num_steps, data=data.info, meta={"engine": ar.name}))
-            print(f"autoregressive checkpoint saved to {args.ar_save}", file=out)
+                adam=ar.export_adam(), step=done, data=data.info, meta={"engine": ar.name}))
+        saved = " and ".join(f"{what} checkpoint saved to {path}" for what, path in
+                             (("diffusion", args.save), ("autoregressive", args.ar_save)) if path)
+        if done < tcfg.num_steps:
+            print(f"\ninterrupted after step {done}" + (f"; {saved}" if saved else ""), file=out, flush=True)
+            raise SystemExit(130)
+        if saved:
+            print(saved, file=out)
+        result = _summary(model, ar, data, cfg, tcfg, curves, args, out, evaluate)
 
     _sample_and_compare(model, ar, tokenizer, cfg, args, train_names, val_names, result, out, SampleConfig)
     if args.loss_log:
@@ -692,30 +703,51 @@ def run(argv: list[str], out=None) -> dict:
     return result
 
 
-def _train_both(model, ar, data, cfg: ModelConfig, tcfg: TrainConfig, args, out, evaluate, DataOrder) -> dict:
-    """The same documents, in the same order, at the same learning rates, for both models; then validation."""
-    print(f"diffusion engine {model.name} ({args.dtype}) vs autoregressive engine {ar.name} | "
-          f"{num_params(cfg):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
-          f"vocab {cfg.vocab_size} with [MASK] | steps {tcfg.num_steps}", file=out, flush=True)
+def _train_both(model, ar, data, tcfg: TrainConfig, args, out, DataOrder) -> tuple[dict, int]:
+    """The same documents, in the same order, at the same learning rates, for both models: the loss curves
+    and the steps done. Ctrl-C ends the run after the step in progress (a model stopped halfway through its
+    Adam update would be saved half-updated); a second Ctrl-C stops at once, saving nothing."""
     order, curves, seconds = DataOrder(data.train, tcfg.batch_size, tcfg.seed), {"diffusion": [], "ar": []}, [0.0, 0.0]
-    last_print = time.perf_counter()
-    for step in range(tcfg.num_steps):
-        docs, lr = order.batch(step), lr_at(step, tcfg)
-        for i, (engine, key) in enumerate(((model, "diffusion"), (ar, "ar"))):
-            t0 = time.perf_counter()
-            loss = engine.train_step(docs, lr)
-            seconds[i] += time.perf_counter() - t0
-            if not math.isfinite(loss):
-                raise UserError(f"{engine.name} diverged at step {step + 1}: loss is {loss}; lower --learning-rate")
-            curves[key].append(loss)
-        done, now = step + 1, time.perf_counter()
-        if (args.log_every and done % args.log_every == 0) or (not args.log_every and now - last_print >= 1.0) \
-                or done in (1, tcfg.num_steps):
-            print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | lr {lr:.2e} | diffusion loss "
-                  f"{curves['diffusion'][-1]:.4f} ({seconds[0] / done * 1e3:.2f} ms/step) | autoregressive loss "
-                  f"{curves['ar'][-1]:.4f} ({seconds[1] / done * 1e3:.2f} ms/step)", file=out, flush=True)
-            last_print = now
+    last_print, done, interrupted = time.perf_counter(), 0, []
 
+    def on_interrupt(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        for step in range(tcfg.num_steps):
+            if interrupted:
+                break
+            docs, lr = order.batch(step), lr_at(step, tcfg)
+            for i, (engine, key) in enumerate(((model, "diffusion"), (ar, "ar"))):
+                t0 = time.perf_counter()
+                loss = engine.train_step(docs, lr)
+                seconds[i] += time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    raise UserError(f"{engine.name} diverged at step {step + 1}: loss is {loss}; lower "
+                                    f"--learning-rate; nothing saved")
+                curves[key].append(loss)
+            done, now = step + 1, time.perf_counter()
+            if (args.log_every and done % args.log_every == 0) or (not args.log_every and now - last_print >= 1.0) \
+                    or done in (1, tcfg.num_steps):
+                print(f"step {done:>{len(str(tcfg.num_steps))}}/{tcfg.num_steps} | lr {lr:.2e} | diffusion loss "
+                      f"{curves['diffusion'][-1]:.4f} ({seconds[0] / done * 1e3:.2f} ms/step) | autoregressive loss "
+                      f"{curves['ar'][-1]:.4f} ({seconds[1] / done * 1e3:.2f} ms/step)", file=out, flush=True)
+                last_print = now
+    except KeyboardInterrupt:
+        print(f"\ninterrupted twice during step {done + 1}; nothing saved", file=out, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return curves, done
+
+
+def _summary(model, ar, data, cfg: ModelConfig, tcfg: TrainConfig, curves: dict, args, out, evaluate) -> dict:
+    """The loss curves side by side, then both models' validation losses."""
     print("\ntraining loss, nats per token (diffusion: the ELBO bound; both averaged over documents):", file=out)
     for line in _curve_summary(curves["diffusion"], curves["ar"]):
         print("  " + line, file=out)

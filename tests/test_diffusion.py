@@ -3,11 +3,15 @@ quality (microgpt/sample_quality.py), templates, checkpoints, CLI."""
 
 import json
 import random
+import re
+import signal
+import subprocess
+import sys
 from array import array
 
 import pytest
 
-from conftest import encode_names, read_names, run_cli
+from conftest import REPO, encode_names, read_names, run_cli
 from microgpt import UserError, checkpoint
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import AdamState, init_params
@@ -326,3 +330,20 @@ def test_cli_bad_input_is_one_line_before_training(torch, names_file, tmp_path, 
         assert len(captured.err.strip().splitlines()) == 1 and "| lr" not in captured.out
     assert diffusion_main(["--sample-from", str(a_file)]) == 2
     assert "is not a microgpt-lab checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_finishes_the_step_and_saves_both_models(torch, names_file, tmp_path):
+    ckpt, ar_ckpt = tmp_path / "d.ckpt", tmp_path / "ar.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "engines.diffusion", "--num-steps", "100000", "--data",
+                             str(names_file), "--n-embd", "8", "--n-head", "2", "--block-size", "8", "--ar-engine",
+                             "python", "--save", str(ckpt), "--ar-save", str(ar_ckpt)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("diffusion engine")
+    assert proc.stdout.readline().startswith("step      1/100000")  # training is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and not err, err
+    done = int(re.search(r"interrupted after step (\d+); diffusion checkpoint saved to .* and autoregressive "
+                         r"checkpoint saved to", out).group(1))
+    assert 1 <= done < 100000
+    assert checkpoint.load(ckpt, kind="diffusion").step == checkpoint.load(ar_ckpt).step == done
