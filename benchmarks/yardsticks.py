@@ -26,11 +26,9 @@ from __future__ import annotations
 import math
 from array import array
 
-from engines.batching import check_docs
-from microgpt.config import ModelConfig, TrainConfig
+from microgpt.config import RMS_EPS, ModelConfig, TrainConfig, check_docs
 from microgpt.params import FlatParams, layout
 
-RMS_EPS = 1e-5
 
 #: yardstick name -> the engines it stands beside in engine_table.py
 BESIDE = {"torch-yardstick": ("torch", "torch-compile"), "jax-yardstick": ("jax",),
@@ -58,6 +56,16 @@ def flat(cfg: ModelConfig, named: dict) -> FlatParams:
     import numpy as np
     return FlatParams(cfg, array("d", np.concatenate([np.asarray(named[t.name], np.float64).ravel()
                                                        for t in layout(cfg)]).tobytes()))
+
+
+def module_names(cfg: ModelConfig) -> dict:
+    """The flat layout's names -> the parameter names of the torch and MLX modules below (same structure)."""
+    out = {"wte": "wte.weight", "wpe": "wpe.weight", "lm_head": "lm_head.weight"}
+    for i in range(cfg.n_layer):
+        for ours, theirs in (("attn_wq", "wq"), ("attn_wk", "wk"), ("attn_wv", "wv"), ("attn_wo", "wo"),
+                             ("mlp_fc1", "fc1"), ("mlp_fc2", "fc2")):
+            out[f"layer{i}.{ours}"] = f"blocks.{i}.{theirs}.weight"
+    return out
 
 
 def check_dtype(dtype: str) -> None:
@@ -107,14 +115,6 @@ def torch_yardstick():
                 x = block(x)
             return self.lm_head(x)
 
-    def names(cfg):   # the flat layout's names -> this module's parameter names
-        out = {"wte": "wte.weight", "wpe": "wpe.weight", "lm_head": "lm_head.weight"}
-        for i in range(cfg.n_layer):
-            for ours, theirs in (("attn_wq", "wq"), ("attn_wk", "wk"), ("attn_wv", "wv"), ("attn_wo", "wo"),
-                                 ("mlp_fc1", "fc1"), ("mlp_fc2", "fc2")):
-                out[f"layer{i}.{ours}"] = f"blocks.{i}.{theirs}.weight"
-        return out
-
     class TorchYardstick:
         name = "torch-yardstick"
 
@@ -124,7 +124,7 @@ def torch_yardstick():
             torch.set_num_threads(threads)
             self.cfg, self.tcfg = model_cfg, train_cfg
             self.model = GPT(model_cfg).to(getattr(torch, dtype))
-            self.names = names(model_cfg)
+            self.names = module_names(model_cfg)
             state = {self.names[k]: torch.tensor(v, dtype=torch.float64) for k, v in matrices(params).items()}
             self.model.load_state_dict(state)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=train_cfg.learning_rate,
@@ -290,14 +290,6 @@ def mlx_yardstick():
                 x = block(x, mask)
             return self.lm_head(x)
 
-    def names(cfg):
-        out = {"wte": "wte.weight", "wpe": "wpe.weight", "lm_head": "lm_head.weight"}
-        for i in range(cfg.n_layer):
-            for ours, theirs in (("attn_wq", "wq"), ("attn_wk", "wk"), ("attn_wv", "wv"), ("attn_wo", "wo"),
-                                 ("mlp_fc1", "fc1"), ("mlp_fc2", "fc2")):
-                out[f"layer{i}.{ours}"] = f"blocks.{i}.{theirs}.weight"
-        return out
-
     class MlxYardstick:
         name = "mlx-yardstick"
 
@@ -309,7 +301,7 @@ def mlx_yardstick():
             mx.set_default_device(mx.cpu)
             self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, getattr(mx, dtype)
             self.model = GPT(model_cfg)
-            self.names = names(model_cfg)
+            self.names = module_names(model_cfg)
             self.model.load_weights([(self.names[k], mx.array(v, self.dtype)) for k, v in matrices(params).items()])
             self.opt = optim.Adam(learning_rate=train_cfg.learning_rate, betas=[train_cfg.beta1, train_cfg.beta2],
                                   eps=train_cfg.eps, bias_correction=True)

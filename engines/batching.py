@@ -4,8 +4,12 @@ Two layouts, each a measured choice:
 
 * ``pack_batch``: one row per real position, document after document, plus each row's slot in a
   (B, T) grid that only attention uses. Linear layers then never compute padding (numpy, torch).
-* ``pad_batch``: every document padded to ``block_size`` with a mask, so a jitted step has one shape
-  per batch size and compiles once (jax, mlx).
+* ``grid_batch``: the same token-major rows for frameworks that compile one program per shape (jax,
+  mlx): the row count rounded up to a quarter-octave ``bucket`` and the grid's T to a power of two, so a
+  run compiles a handful of shapes, not one per pattern of document lengths. (Padding every document to
+  ``block_size``, as these engines first did, computed ~4.5x the real positions of names.)
+
+``fused_blocks`` lists the flat layout's matrices with each layer's q, k, v as one block (one product).
 
 Both validate the documents first and raise ValueError with one line, as the engine contract asks.
 """
@@ -14,20 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from microgpt.config import ModelConfig
-
-
-def check_docs(docs: list[list[int]], cfg: ModelConfig) -> list[int]:
-    """Predictions per document (``len(doc) - 1``), after checking lengths and token ids."""
-    if not docs:
-        raise ValueError("a batch needs at least one document")
-    lengths = [len(d) - 1 for d in docs]
-    if min(lengths) < 1 or max(lengths) > cfg.block_size:
-        raise ValueError(f"documents must hold 2..{cfg.block_size + 1} tokens (got lengths {min(lengths) + 1}.."
-                         f"{max(lengths) + 1})")
-    if not all(0 <= tok < cfg.vocab_size for doc in docs for tok in doc):
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
-    return lengths
+from microgpt.config import ModelConfig, check_docs
+from microgpt.params import layout
 
 
 class Batch(NamedTuple):
@@ -50,19 +42,6 @@ def pack_batch(docs: list[list[int]], cfg: ModelConfig) -> Batch:
                  targets=[tok for doc in docs for tok in doc[1:]],
                  weights=[1.0 / (n * B) for n in lengths for _ in range(n)],
                  slots=[b * T + p for b, n in enumerate(lengths) for p in range(n)], B=B, T=T)
-
-
-def pad_batch(docs: list[list[int]], cfg: ModelConfig, dtype):
-    """Inputs and targets (B, block_size) int32, and a mask of the real predictions in ``dtype`` (NumPy)."""
-    import numpy as np
-
-    lengths = check_docs(docs, cfg)
-    tokens = np.zeros((len(docs), cfg.block_size + 1), np.int32)
-    mask = np.zeros((len(docs), cfg.block_size), dtype)
-    for i, (doc, n) in enumerate(zip(docs, lengths)):
-        tokens[i, :n + 1] = doc
-        mask[i, :n] = 1
-    return tokens[:, :-1], tokens[:, 1:], mask
 
 
 def bucket(n: int, floor: int = 1) -> int:
@@ -114,3 +93,16 @@ def grid_batch(docs: list[list[int]], cfg: ModelConfig, dtype, token_major: bool
     gather[real] = at
     slots[at] = real
     return Grid(ids, positions, targets, weights, gather.reshape(B, T), slots)
+
+
+def fused_blocks(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
+    """(name, offset, rows, cols) of the flat layout's matrices, each layer's adjacent query, key and value
+    matrices as one (3 n_embd, n_embd) block "qkv": one matrix product computes all three."""
+    out = []
+    for t in layout(cfg):
+        if t.name.endswith(("attn_wk", "attn_wv")):
+            name, offset, rows, cols = out.pop()
+            out.append((name.replace("attn_wq", "qkv"), offset, rows + t.rows, cols))
+        else:
+            out.append((t.name, t.offset, t.rows, t.cols))
+    return out

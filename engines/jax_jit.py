@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src import xla_bridge  # backends_are_initialized(): JAX has no public way to ask if XLA started
 
-from engines.batching import Grid, grid_batch
+from engines.batching import Grid, fused_blocks, grid_batch
 from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
-from microgpt.params import AdamState, FlatParams, layout
+from microgpt.params import AdamState, FlatParams
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 DEVICES = {"cpu": "cpu", "cuda": "cuda"}  # --device name -> JAX platform
@@ -65,19 +65,6 @@ def _start_xla(threads: int) -> None:
     elif threads != xla_threads:
         raise ValueError(f"XLA was started with {xla_threads} thread(s) in this process and cannot change; "
                          f"run threads={threads} in a new process")
-
-
-def blocks(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
-    """(name, offset, rows, cols) of the flat layout's matrices, each layer's adjacent query, key and value
-    matrices as one (3 n_embd, n_embd) block "qkv": one matrix product computes all three."""
-    out = []
-    for t in layout(cfg):
-        if t.name.endswith(("attn_wk", "attn_wv")):
-            name, offset, rows, cols = out.pop()
-            out.append((name.replace("attn_wq", "qkv"), offset, rows + t.rows, cols))
-        else:
-            out.append((t.name, t.offset, t.rows, t.cols))
-    return out
 
 
 @jax.custom_vjp
@@ -131,7 +118,7 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, token_major: bool = Tru
 
     The batch arrives as ``engines.batching.Grid`` arrays: rows for the linear layers (token-major, or the
     (B, T) grid itself when ``token_major`` is False) and the gathers between rows and attention's grid."""
-    parts = blocks(cfg)
+    parts = fused_blocks(cfg)
     heads, head_dim, C = cfg.n_head, cfg.head_dim, cfg.n_embd
 
     def rmsnorm(x):

@@ -33,19 +33,32 @@ from array import array
 import mlx.core as mx
 import numpy as np
 
-from engines.batching import pad_batch
+from engines.batching import fused_blocks, grid_batch
 from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
-from microgpt.params import AdamState, FlatParams, layout
+from microgpt.params import AdamState, FlatParams
 
 DTYPES = {"float64": (mx.float64, np.float64), "float32": (mx.float32, np.float32)}
 DEVICES = {"cpu": mx.cpu, "mps": mx.gpu, "cuda": mx.gpu}  # --device name -> MLX device
 
 
-def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
-    """The step, gradient, loss and logits functions of one model shape, optimiser and dtype (not compiled)."""
-    tensors = layout(cfg)
-    heads, head_dim = cfg.n_head, cfg.head_dim
-    causal = mx.tril(mx.ones((cfg.block_size, cfg.block_size), dtype=mx.bool_))
+@mx.custom_function
+def permute(x, index, inverse):
+    """Rows ``x[index]``, index == len(x) reading a row of zeros; the gradient is a gather by ``inverse`` (see
+    engines/jax_jit.py's permute, and engines.batching.Grid), not a scatter-add."""
+    return mx.concatenate([x, mx.zeros_like(x[:1])])[index]
+
+
+@permute.vjp
+def _permute_vjp(primals, cotangent, output):
+    x, index, inverse = primals
+    return permute(cotangent, inverse, index), mx.zeros_like(index), mx.zeros_like(inverse)
+
+
+def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype, token_major: bool) -> dict:
+    """The step, gradient, loss and logits functions of one model shape, optimiser, dtype and layout (not
+    compiled); the batch arrives as engines.batching.Grid arrays."""
+    parts = fused_blocks(cfg)
+    heads, head_dim, C = cfg.n_head, cfg.head_dim, cfg.n_embd
     if dtype == mx.float64:
         e = mx.array(math.e, dtype=mx.float64)
         exp = lambda x: mx.power(e, x)  # noqa: E731  (float64 mx.exp is float32-accurate, see above)
@@ -67,43 +80,47 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
         return mx.stop_gradient(mx.max(x, axis=-1)) + mx.log(mx.sum(shifted_exp(x), axis=-1))
 
     def unflatten(flat):
-        return {t.name: flat[t.offset:t.offset + t.size].reshape(t.rows, t.cols) for t in tensors}
+        return {name: flat[off:off + rows * cols].reshape(rows, cols) for name, off, rows, cols in parts}
 
     def flatten(w):
-        return mx.concatenate([w[t.name].reshape(-1) for t in tensors])
+        return mx.concatenate([w[name].reshape(-1) for name, *_ in parts])
 
-    def forward(w, inputs):
-        """Logits (documents, block_size, vocab) of a padded batch."""
-        docs, n = inputs.shape
-        x = rmsnorm(w["wte"][inputs] + w["wpe"][:n])
+    def onehot(ids, n):
+        return (ids[:, None] == mx.arange(n)).astype(dtype)
+
+    def forward(w, tokens, positions, gather, slots):
+        """Logits (rows, vocab) of a batch's rows (see jax_jit.build_functions, the same program)."""
+        B, T = gather.shape
+        causal = mx.tril(mx.ones((T, T), dtype=mx.bool_))
+        x = rmsnorm(onehot(tokens, cfg.vocab_size) @ w["wte"] + onehot(positions, cfg.block_size) @ w["wpe"])
         for layer in range(cfg.n_layer):
             p = f"layer{layer}."
-            h = rmsnorm(x)
-            # (documents, positions, n_embd) -> (documents, heads, positions, head_dim)
-            q, k, v = ((h @ w[p + name].T).reshape(docs, n, heads, head_dim).transpose(0, 2, 1, 3)
-                       for name in ("attn_wq", "attn_wk", "attn_wv"))
-            scores = mx.where(causal[:n, :n], (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(head_dim), -math.inf)
-            o = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(docs, n, cfg.n_embd)
-            x = x + o @ w[p + "attn_wo"].T
+            qkv = rmsnorm(x) @ w[p + "qkv"].T
+            grid = permute(qkv, gather.reshape(-1), slots) if token_major else qkv
+            grid = grid.reshape(B, T, 3, heads, head_dim)
+            q, k, v = (grid[:, :, i].transpose(0, 2, 1, 3) for i in range(3))       # (B, H, T, D)
+            scores = mx.where(causal, (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(head_dim), -math.inf)
+            o = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(B * T, C)
+            x = x + (permute(o, slots, gather.reshape(-1)) if token_major else o) @ w[p + "attn_wo"].T
             u = rmsnorm(x) @ w[p + "mlp_fc1"].T
             u = mx.where(u > 0, u * u if cfg.mlp_act == "relu2" else u, 0)
             x = x + u @ w[p + "mlp_fc2"].T
         return x @ w["lm_head"].T
 
-    def batch_loss(w, inputs, targets, mask):
-        logits = forward(w, inputs)
-        losses = logsumexp(logits) - mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return mx.mean(mx.sum(losses * mask, axis=-1) / mx.sum(mask, axis=-1))
+    def batch_loss(w, tokens, positions, targets, weights, gather, slots):
+        logits = forward(w, tokens, positions, gather, slots)
+        picked = mx.sum(logits * onehot(targets, cfg.vocab_size), axis=-1)
+        return mx.sum((logsumexp(logits) - picked) * weights)
 
-    def loss_and_grad(flat, inputs, targets, mask):
+    def loss_and_grad(flat, *batch):
         """The gradient is taken per matrix and concatenated once; the gradient of each slice of the flat
         vector would be a zero-padded full-length vector, one per matrix, all summed."""
-        loss, grads = mx.value_and_grad(batch_loss)(unflatten(flat), inputs, targets, mask)
+        loss, grads = mx.value_and_grad(batch_loss)(unflatten(flat), *batch)
         return loss, flatten(grads)
 
-    def train_step(flat, m, v, inputs, targets, mask, hyper):
+    def train_step(flat, m, v, hyper, *batch):
         """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
-        loss, g = loss_and_grad(flat, inputs, targets, mask)
+        loss, g = loss_and_grad(flat, *batch)
         if tcfg.grad_clip > 0:
             norm = mx.sqrt(mx.sum(g * g))
             g = mx.where(norm > tcfg.grad_clip, g * (tcfg.grad_clip / norm), g)
@@ -114,8 +131,8 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype) -> dict:
         return flat, m, v, loss
 
     return {"train_step": train_step, "loss_and_grad": loss_and_grad,
-            "eval_loss": lambda flat, inputs, targets, mask: batch_loss(unflatten(flat), inputs, targets, mask),
-            "logits": lambda flat, inputs: forward(unflatten(flat), inputs)[0]}
+            "eval_loss": lambda flat, *batch: batch_loss(unflatten(flat), *batch),
+            "logits": lambda flat, *batch: forward(unflatten(flat), *batch)}
 
 
 class MlxEngine:
@@ -139,8 +156,10 @@ class MlxEngine:
             raise ValueError("MLX computes float64 on the CPU only; use --dtype float32 on a GPU")
         self.cfg, self.tcfg = model_cfg, train_cfg
         self.dtype, self.np_dtype = DTYPES[dtype]
-        fns = build_functions(model_cfg, train_cfg, self.dtype)
-        self.fn = {name: mx.compile(f) for name, f in fns.items()} if self.compiled else fns
+        self.fns = {}   # token-major or not -> the functions; a one-document batch is its own grid
+        for layout in (True, False):
+            fns = build_functions(model_cfg, train_cfg, self.dtype, layout)
+            self.fns[layout] = {name: mx.compile(f) for name, f in fns.items()} if self.compiled else fns
         self.params = self._put(params.data)
         self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
         self.t = 0
@@ -149,38 +168,43 @@ class MlxEngine:
         """A float64 host buffer (array('d') or zero bytes) as a vector in this engine's dtype."""
         return mx.array(np.frombuffer(flat, np.float64), dtype=self.dtype)
 
-    def _batch(self, docs: list[list[int]]) -> list[mx.array]:
-        inputs, targets, mask = pad_batch(docs, self.cfg, self.np_dtype)
-        return [mx.array(inputs), mx.array(targets), mx.array(mask, dtype=self.dtype)]
+    def _batch(self, docs: list[list[int]]) -> tuple[dict, list[mx.array]]:
+        """The functions for this batch's layout, and the batch as MLX arrays."""
+        token_major = len(docs) > 1
+        g = grid_batch(docs, self.cfg, self.np_dtype, token_major)
+        return self.fns[token_major], [mx.array(a, dtype=self.dtype) if a is g.weights else mx.array(a) for a in g]
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
+        fn, batch = self._batch(docs)
         with mx.stream(self.device):
-            loss, grad = self.fn["loss_and_grad"](self.params, *self._batch(docs))
+            loss, grad = fn["loss_and_grad"](self.params, *batch)
             mx.eval(loss, grad)
         return loss.item(), self._host(grad)
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
-        batch = self._batch(docs)  # bad documents raise before the step count moves
+        fn, batch = self._batch(docs)  # bad documents raise before the step count moves
         self.t += 1
         c = self.tcfg
         hyper = mx.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], dtype=self.dtype)
         with mx.stream(self.device):
-            self.params, self.m, self.v, loss = self.fn["train_step"](self.params, self.m, self.v, *batch, hyper)
+            self.params, self.m, self.v, loss = fn["train_step"](self.params, self.m, self.v, hyper, *batch)
             mx.eval(self.params, self.m, self.v, loss)  # the step is finished before the loss is returned
         return loss.item()
 
     def eval_loss(self, docs: list[list[int]]) -> float:
+        fn, batch = self._batch(docs)
         with mx.stream(self.device):
-            loss = self.fn["eval_loss"](self.params, *self._batch(docs))
+            loss = fn["eval_loss"](self.params, *batch)
             mx.eval(loss)
         return loss.item()
 
     def logits(self, tokens: list[int]) -> list[float]:
         if not 1 <= len(tokens) <= self.cfg.block_size:
             raise ValueError(f"logits need 1..{self.cfg.block_size} tokens (got {len(tokens)})")
-        inputs, _, _ = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        fn, batch = self._batch([list(tokens) + [0]])  # a dummy target makes it a one-document batch
+        tokens_, positions, _, _, gather, slots = batch
         with mx.stream(self.device):
-            logits = self.fn["logits"](self.params, inputs)
+            logits = fn["logits"](self.params, tokens_, positions, gather, slots)
             mx.eval(logits)
         return np.array(logits, np.float64)[len(tokens) - 1].tolist()
 

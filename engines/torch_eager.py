@@ -49,21 +49,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rmsnorm(x):
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)
+    return F.rms_norm(x, x.shape[-1:], eps=RMS_EPS)
 
 
 def forward(cfg: ModelConfig, w: dict, tokens, positions, slots, B: int, T: int):
     """Logits (N, vocab) for the N rows of a packed batch (see ``Batch``)."""
     C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
 
-    def heads(rows):   # (N, C) rows -> (B, H, T, D), padded with zeros that the causal mask hides
-        return rows.new_zeros(B * T, C).index_copy(0, slots, rows).view(B, T, H, D).transpose(1, 2)
+    def heads(rows):   # (N, 3C) rows -> q, k, v (B, H, T, D), padded with zeros that the causal mask hides
+        grid = rows.new_zeros(B * T, 3 * C).index_copy(0, slots, rows).view(B, T, 3, H, D)
+        return (grid[:, :, i].transpose(1, 2) for i in range(3))
 
     x = rmsnorm(w["wte"][tokens] + w["wpe"][positions])
     for layer in range(cfg.n_layer):
         p = f"layer{layer}."
         h = rmsnorm(x)
-        q, k, v = (heads(F.linear(h, w[p + name])) for name in ("attn_wq", "attn_wk", "attn_wv"))
+        # one product for the three (their matrices lie side by side: the concatenation is one small copy)
+        q, k, v = heads(F.linear(h, torch.cat([w[p + name] for name in ("attn_wq", "attn_wk", "attn_wv")])))
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q k^T / sqrt(D)) v, causal
         x = x + F.linear(o.transpose(1, 2).reshape(B * T, C)[slots], w[p + "attn_wo"])
         u = F.relu(F.linear(rmsnorm(x), w[p + "mlp_fc1"]))
@@ -95,8 +97,15 @@ class TorchEngine:
         self.threads = torch.get_num_threads()
         self.cfg, self.tcfg, self.dtype = model_cfg, train_cfg, DTYPES[dtype]
         self.params = torch.frombuffer(params.data, dtype=torch.float64).to(self.device, self.dtype, copy=True)
-        self.grads, self.m, self.v, self.scratch = (torch.zeros_like(self.params) for _ in range(4))
+        self.grads, self.m, self.v = (torch.zeros_like(self.params) for _ in range(3))
         self.t = 0
+        # torch's fused Adam (one pass over the flat buffers; the hand-written in-place update took five) on
+        # the flat parameter vector, its moments our m and v: export and import see them directly
+        self.params.grad = self.grads
+        c = train_cfg or TrainConfig()   # an engine made for evaluation only has no optimiser settings
+        self.opt = torch.optim.Adam([self.params], betas=(c.beta1, c.beta2), eps=c.eps, fused=True)
+        self.opt.state[self.params] = {"step": torch.zeros((), dtype=torch.float32, device=self.device),
+                                       "exp_avg": self.m, "exp_avg_sq": self.v}
         self.w = {}
         for t in params.tensors.values():
             weight = self.params[t.offset:t.offset + t.size].view(t.rows, t.cols).requires_grad_()
@@ -137,14 +146,11 @@ class TorchEngine:
             self.grads.mul_(torch.clamp(self.tcfg.grad_clip / norm, max=1.0))
 
     def _adam(self, lr: float) -> None:
-        """p -= lr (m / bc1) / (sqrt(v / bc2) + eps): in-place ops on the flat buffers, no temporaries."""
-        c, g, denom = self.tcfg, self.grads, self.scratch
+        """p -= lr (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), torch's fused kernel: the reference's formula
+        but for sqrt(v / bc2) taken as sqrt(v) / sqrt(bc2), a rounding apart."""
         self.t += 1
-        bc1, bc2 = 1.0 - c.beta1 ** self.t, 1.0 - c.beta2 ** self.t
-        self.m.mul_(c.beta1).add_(g, alpha=1 - c.beta1)
-        self.v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
-        torch.div(self.v, bc2, out=denom).sqrt_().add_(c.eps)
-        self.params.addcdiv_(self.m, denom, value=-lr / bc1)
+        self.opt.param_groups[0]["lr"] = lr
+        self.opt.step()
 
     def eval_loss(self, docs: list[list[int]]) -> float:
         with torch.no_grad():
@@ -172,6 +178,7 @@ class TorchEngine:
         self.m.copy_(torch.frombuffer(state.m, dtype=torch.float64))
         self.v.copy_(torch.frombuffer(state.v, dtype=torch.float64))
         self.t = state.t
+        self.opt.state[self.params]["step"].fill_(state.t)
 
 
 class TorchCompileEngine(TorchEngine):
