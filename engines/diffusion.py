@@ -75,9 +75,7 @@ import argparse
 import itertools
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from array import array
 from dataclasses import dataclass, replace
@@ -85,6 +83,7 @@ from dataclasses import dataclass, replace
 from microgpt import UserError
 from microgpt.cli import check_writable
 from microgpt.config import ModelConfig, TrainConfig, lr_at
+from microgpt.interrupts import StepInterrupt
 from microgpt.params import AdamState, FlatParams, init_params, num_params
 from train import (GPT, RMS_EPS, PythonEngine, Vec, attention, cross_entropy, embed, linear, mean, no_grad, relu_act,
                    rmsnorm, vec_add)
@@ -705,21 +704,12 @@ def run(argv: list[str], out=None) -> dict:
 
 def _train_both(model, ar, data, tcfg: TrainConfig, args, out, DataOrder) -> tuple[dict, int]:
     """The same documents, in the same order, at the same learning rates, for both models: the loss curves
-    and the steps done. Ctrl-C ends the run after the step in progress (a model stopped halfway through its
-    Adam update would be saved half-updated); a second Ctrl-C stops at once, saving nothing."""
+    and the steps done. Ctrl-C ends the run after the step in progress (microgpt/interrupts.py)."""
     order, curves, seconds = DataOrder(data.train, tcfg.batch_size, tcfg.seed), {"diffusion": [], "ar": []}, [0.0, 0.0]
-    last_print, done, interrupted = time.perf_counter(), 0, []
-
-    def on_interrupt(signum, frame):
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(signum)
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    last_print, done, ctrl_c = time.perf_counter(), 0, StepInterrupt()
     try:
         for step in range(tcfg.num_steps):
-            if interrupted:
+            if ctrl_c.requested:
                 break
             docs, lr = order.batch(step), lr_at(step, tcfg)
             for i, (engine, key) in enumerate(((model, "diffusion"), (ar, "ar"))):
@@ -741,8 +731,7 @@ def _train_both(model, ar, data, tcfg: TrainConfig, args, out, DataOrder) -> tup
         print(f"\ninterrupted twice during step {done + 1}; nothing saved", file=out, flush=True)
         raise SystemExit(130) from None
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        ctrl_c.restore()
     return curves, done
 
 

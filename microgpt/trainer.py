@@ -14,9 +14,7 @@ import hashlib
 import inspect
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -27,6 +25,7 @@ from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_of, lr_
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
 from microgpt.flops import working_set_bytes
+from microgpt.interrupts import StepInterrupt
 from microgpt.params import FlatParams, init_params, num_params
 from microgpt.sampling import check_prompt, sample
 from microgpt.tokenizers import build_tokenizer, tokenizer_from_dict, wrap_all
@@ -218,19 +217,11 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
     step = start_step
     # Ctrl-C ends the run after the step in progress (an engine stopped halfway through its Adam update
     # would save half-updated weights); a second Ctrl-C stops at once, without saving
-    interrupted: list[int] = []
-
-    def on_interrupt(signum, frame):
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(signum)
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    ctrl_c = StepInterrupt()
     try:
         end = stop_step or tcfg.num_steps
         for step in range(start_step, end):
-            if interrupted:
+            if ctrl_c.requested:
                 save(step)
                 print(f"\ninterrupted after step {step}" + (f"; checkpoint saved to {save_path} (continue with "
                                                             f"--resume {save_path})" if save_path else ""),
@@ -287,8 +278,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
         print(f"\ninterrupted twice during step {step + 1}; nothing saved", file=out, flush=True)
         raise SystemExit(130) from None
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        ctrl_c.restore()
     save(end)
     return hist
 
