@@ -7,10 +7,25 @@ single kernels. Both keep the weights and Adam's moments as three flat vectors i
 microgpt/params.py: the matrices are static slices of the parameter vector, their gradients are
 concatenated back into the flat layout, and the Adam update is part of the same graph.
 
-Batching and padding: the batch is computed as (documents, positions, n_embd) arrays, every document
-padded to block_size with a mask that zeroes the padded positions' losses (causal attention already keeps
-real positions from seeing the padding after them). A compiled step is therefore traced once per batch
-size, not once per pattern of document lengths.
+Batching: the rows of engines.batching.grid_batch, as the jax engine (see its docstring): the batch's
+real positions back to back, bucketed to a quarter-octave, attention on a power-of-two (B, T) grid
+reached by gathers whose gradients are gathers too (``permute``, an ``mx.custom_function``: MLX's own
+gradient of a gather is a scatter-add); a one-document batch is its own grid. The first version padded
+every document to block_size: medium b32 float64 went from 1393 to 364 ms (mlx) and from 1348 to 346 ms
+(mlx-compile) with this layout (one process, interleaved, CPU time; MLX's own textbook version,
+benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
+(256 x 128 x 512, float32 or float64), a tenth of NumPy's BLAS, which is why MLX stays the slowest
+framework on this CPU whatever the layout.
+
+Why mx.compile looked slower than eager (README: 1,501 against 945 ms). MLX's compile guide says the first
+call of a compiled function builds, optimises and *generates and compiles code*; on the CPU backend that is
+C++ source per fused kernel built by the system compiler into /tmp/mlx/<version>/cpu/*.so (seconds per
+kernel: 5.7 s for one three-op kernel on this loaded machine), cached on disk for later processes. The old
+engine_table decided an engine was "slow" when its first step (the probe) took over 2 s, and then timed it
+with no warm-up: the compiler's seconds landed in mlx-compile's "steady" samples. engine_table now reports
+the first step apart and warms every engine up; measured so, compile is not slower than eager (medium b32
+float64 346 against 364 ms; small b32 57 against 61 ms), and ``shapeless=True`` is not needed: a new
+bucketed shape retraces the graph but reuses the compiled kernels.
 
 Precision: MLX's CPU backend computes in float64 as well as float32; its GPU backends (Metal on Apple
 silicon, CUDA with ``mlx[cuda]``) have no float64, so asking for it there is a ValueError. One catch,
