@@ -39,14 +39,14 @@ their content) or the most confident proposals ("confidence") -- leaving the res
 always a name followed by BOS padding, and the name is everything before the first BOS.
 
 Why "confidence" is not the default: after 1000 steps at batch 32 it drew 3 "nan" in 12 samples, and
-over 1000 samples 35-39% were empty, the mean length 2.1 characters (the data: 6.1) and only 41%
+over 1000 samples 34-39% were empty, the mean length 2.1-2.2 characters (the data: 6.1) and only 40-41%
 distinct. The surest proposals of an all-[MASK] sequence are the BOS padding at its end
 (P(BOS at position 15) is about 1); each BOS put in place makes BOS likelier just before it, so the
 padding creeps leftwards over the name, and the letters that do survive are the most probable ones
 (a, n, ...), hence the repeats. Large masked-diffusion models show the same "<eos> overflow" when EOS
 doubles as padding (LLaDA-Instruct, the Rainbow Padding paper). Random order draws from the model's
-own distribution: 98-99% distinct, mean length 5.3, 0% empty at temperature 0.8 -- beside the
-autoregressive model's 99%, 5.6 and 0.2% (``--quality 1000``; README "The labs, step by step").
+own distribution: 99% distinct, mean length 5.3, 0.2% empty at temperature 0.8 -- beside the
+autoregressive model's 99%, 5.6 and 0.1% (``--quality 1000``; README "The labs, step by step").
 
 Two implementations of the same maths:
   * PythonDiffusion: train.py's vector autograd ops, composed over all keys (no cache); one new op, a
