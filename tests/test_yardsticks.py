@@ -47,3 +47,21 @@ def test_every_yardstick_stands_beside_engines_and_rejects_bad_dtypes():
     for name in YARDSTICKS:
         with pytest.raises(ValueError, match="dtype must be one of float64, float32"):
             load_yardstick(name)(cfg, TrainConfig(), params, dtype="float16")
+
+
+def test_engine_table_times_yardsticks_beside_engines_with_the_first_step_apart(names_file, tmp_path):
+    import json
+
+    from conftest import run_cli
+    out = tmp_path / "table.json"
+    r = run_cli("--engines", "numpy", "--yardsticks", "torch-yardstick", "--configs", "tiny", "--batch-sizes", "1",
+                "--samples", "1", "-o", out, script="benchmarks/engine_table.py",
+                env={"MICROGPT_DATA": str(names_file)})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [(row["engine"], row["yardstick"]) for row in rows] == [("numpy", False), ("torch-yardstick", True)]
+    assert all(row["first_step_ms"] > 0 and row["cpu_ms_per_step"] > 0 for row in rows)
+    assert "| torch-yardstick | tiny (16,1,8) | 1 |" in r.stdout
+    r = run_cli("--engines", "numpy", "--yardsticks", "numpy", script="benchmarks/engine_table.py")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --yardsticks: unknown numpy (known: auto, none, torch-yardstick, jax-yardstick, mlx-yardstick)"]
