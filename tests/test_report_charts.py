@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-import benchmark
 import report_charts
+from benchmarks.gate import results as results_module
+from benchmarks.gate.compare import compare_results
+from benchmarks.gate.results import history_entries
 from microgpt import machine
 
 from conftest import REPO, read_names
@@ -35,7 +37,7 @@ RECORDS = [record("python", 7.0), record("c", 0.01), record("numpy", 0.2), recor
 
 
 def results(records, model="Test CPU") -> dict:
-    return {"schema": benchmark.SCHEMA, "created": "2024-05-01T10:00:00Z", "matrix": "test", "results": records,
+    return {"schema": results_module.SCHEMA, "created": "2024-05-01T10:00:00Z", "matrix": "test", "results": records,
             "skipped": [], "environment": {"machine": {"model": model, "cpus": 2, "arch": "x86_64"},
                                            "git": {"commit": "0123456789ab", "dirty": False}}}
 
@@ -68,7 +70,8 @@ def test_speedup_chart_against_the_reference_engine(tmp_path):
 def test_distribution_chart_of_a_comparison(tmp_path):
     slower = [dict(r, samples_ms=[x * 1.3 for x in r["samples_ms"]], cpu_samples_ms=[x * 1.3 for x in r["samples_ms"]])
               if r["engine"] == "numpy" else r for r in RECORDS]
-    verdicts = benchmark.compare_results(results(RECORDS), results(slower))
+    session = {"settings": {"session": "one interleaved ab session"}}    # paired samples: the rank test decides
+    verdicts = compare_results({**results(RECORDS), **session}, {**results(slower), **session})
     assert [v.verdict for v in verdicts].count("regression") == 1
     check_written(report_charts.distribution_chart(verdicts, tmp_path / "dist"))
 
@@ -79,7 +82,7 @@ def history(n=4) -> list[dict]:
         doc = results([dict(r, ms_per_step=r["ms_per_step"] * (1 - 0.05 * i), cpu_ms_per_step=r["ms_per_step"] * (1 - 0.05 * i))
                        for r in RECORDS[: 6 + i % 2]])
         doc["created"] = f"2024-05-0{i + 1}T10:00:00Z"
-        entries.append(benchmark.history_entry(doc))
+        entries += history_entries(doc)
     return entries
 
 
@@ -111,7 +114,7 @@ def test_report_writes_markdown_with_every_chart(tmp_path, ceilings_cache):
     cur, base, hist, names = tmp_path / "cur.json", tmp_path / "base.json", tmp_path / "history.json", tmp_path / "n.txt"
     cur.write_text(json.dumps(results([r for r in RECORDS if r["engine"] in ("python", "c")])))
     base.write_text(json.dumps(results([r for r in RECORDS if r["engine"] in ("python", "c")])))
-    hist.write_text(json.dumps({"schema": benchmark.HISTORY_SCHEMA, "entries": history()}))
+    hist.write_text(json.dumps({"schema": results_module.HISTORY_SCHEMA, "entries": history()}))
     names.write_text("\n".join(read_names(300)) + "\n")
     log = tmp_path / "given-loss.json"
     log.write_text(json.dumps(loss_log("python", steps=20)))
