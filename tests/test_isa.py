@@ -210,11 +210,11 @@ def test_benchmark_run_records_the_isa_of_every_c_case(names_file, tmp_path):
 
 
 def test_compare_warns_when_one_id_ran_different_isas():
-    import benchmark
+    from benchmarks.gate.compare import comparison_warnings
     base = {"results": [{"id": "c C16L1H4 b1 f64 t1", "isa": "avx512", "samples_ms": [1.0]}]}
     cur = {"results": [{"id": "c C16L1H4 b1 f64 t1", "isa": "avx2", "samples_ms": [1.0]}]}
-    assert any("avx512" in w and "avx2" in w for w in benchmark.comparison_warnings(base, cur))
-    assert not any("isa" in w or "instruction" in w for w in benchmark.comparison_warnings(base, base))
+    assert any("avx512" in w and "avx2" in w for w in comparison_warnings(base, cur))
+    assert not any("isa" in w or "instruction" in w for w in comparison_warnings(base, base))
 
 
 @needs_c
