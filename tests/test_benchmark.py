@@ -577,3 +577,12 @@ def test_interface_exit_codes_hidden_worker_and_no_matplotlib(tmp_path, monkeypa
     r = cli("compare", a, a, "--charts", tmp_path / "chart", env={"PYTHONPATH": str(blocker.parent)})
     assert r.returncode == 0 and "charts skipped (matplotlib is not installed)" in r.stderr
     assert not list(tmp_path.glob("chart*"))
+
+
+def test_separate_runs_on_a_busy_machine_are_never_a_regression():
+    base = doc({"python a": runs(3, 1.0, 0.005, 0.01, 1)})
+    cur = doc({"python a": runs(2, 1.3, 0.005, 0.01, 2)})
+    assert compare_results(base, cur)[0].verdict == "regression"
+    cur["settings"] = {"session": "s2", "load_average": [4.0, 9.5]}        # 9.5 runnable on 2 CPUs
+    v = compare_results(base, cur)[0]
+    assert v.verdict == "inconclusive" and "regression by the runs" in v.note and "9.5 on 2 CPUs" in v.note

@@ -279,6 +279,7 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         groups.append(hist.get(bench_id, []))
     ss, df = sum_of_squares(groups)
     pooled = (ss / df, df) if df else None
+    busy = busy_machine(base, cur)
     verdicts = []
     for bench_id, b, c, m, threshold in plans:
         if b is None or c is None:
@@ -294,7 +295,23 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         else:
             verdicts.append(judge_runs(bench_id, runs_of(b, key), runs_of(c, key), threshold, alpha, label,
                                        by_metric.get(m, {}).get(bench_id, []), pooled))
+            if busy and verdicts[-1].verdict in ("regression", "faster"):
+                _add_note(verdicts[-1], f"{verdicts[-1].verdict} by the runs, but {busy}")
+                verdicts[-1].verdict = "inconclusive"
     return verdicts
+
+
+def busy_machine(base: dict, cur: dict) -> str:
+    """Why separate runs cannot be judged at all, or "": a run that shared its machine with more runnable
+    jobs than it has CPUs (1-minute load average). Run-to-run noise is then heavy-tailed (2.8x in one
+    A/A run at load 10 on 2 CPUs), beyond what a few runs can estimate."""
+    for side, doc in (("base", base), ("current", cur)):
+        load = (doc.get("settings") or {}).get("load_average")
+        cpus = (doc.get("environment") or {}).get("machine", {}).get("cpus")
+        if load and cpus and load[1] > cpus:
+            return (f"the {side} run shared a busy machine (load average up to {load[1]:g} on {cpus} CPUs); "
+                    f"`ab` pairs the samples so that load cancels")
+    return ""
 
 
 # ----------------------------------------------------------------------------------------------------
