@@ -70,9 +70,11 @@ def variant_root(name: str, parent: Path) -> Path:
 
 
 def variant_side(name: str, parent: Path) -> Side:
-    """Side B running this checkout's worker with the slow train.py first on its path."""
+    """Side B running this checkout's worker with the slow train.py first on its path: ``-c`` puts the
+    working directory (the variant's) first, where running benchmark.py as a script would put its own."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return Side("B", variant_root(name, parent), [sys.executable, str(REPO / "benchmark.py"), "worker"])
+    return Side("B", variant_root(name, parent),
+                [sys.executable, "-c", "import sys, benchmark; sys.exit(benchmark.main(['worker']))"])
 
 
 def verdict_list(verdicts) -> list[dict]:
