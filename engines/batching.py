@@ -74,25 +74,39 @@ class Grid(NamedTuple):
 
 
 def grid_batch(docs: list[list[int]], cfg: ModelConfig, dtype, token_major: bool = True) -> Grid:
+    """Built as Python lists, one NumPy conversion per array: NumPy scatters into preallocated arrays took
+    22 us for one document and 92 us for 32, the lists 7.5 and 79 (a tiny one-document jax step is ~0.3 ms)."""
     import numpy as np
 
     lengths = check_docs(docs, cfg)
     B = len(docs)
     T = min(cfg.block_size, max(8, 1 << (max(lengths) - 1).bit_length()))
-    real = np.concatenate([b * T + np.arange(n) for b, n in enumerate(lengths)]).astype(np.int32)
-    R = bucket(len(real), 8) if token_major else B * T
-    ids, positions, targets = (np.zeros(R, np.int32) for _ in range(3))
-    slots = np.full(R, B * T, np.int32)
-    weights = np.zeros(R, dtype)
-    at = real if not token_major else np.arange(len(real))
-    ids[at] = np.fromiter((tok for doc in docs for tok in doc[:-1]), np.int32, len(real))
-    targets[at] = np.fromiter((tok for doc in docs for tok in doc[1:]), np.int32, len(real))
-    positions[at] = real % T
-    weights[at] = np.repeat([1.0 / (n * B) for n in lengths], lengths)
-    gather = np.full(B * T, R, np.int32)
-    gather[real] = at
-    slots[at] = real
-    return Grid(ids, positions, targets, weights, gather.reshape(B, T), slots)
+    if token_major:
+        real = [b * T + p for b, n in enumerate(lengths) for p in range(n)]   # each real row's grid slot
+        N = len(real)
+        R = bucket(N, 8)
+        pad = [0] * (R - N)
+        ids = [tok for doc in docs for tok in doc[:-1]] + pad
+        targets = [tok for doc in docs for tok in doc[1:]] + pad
+        positions = [p for n in lengths for p in range(n)] + pad
+        weights = [1.0 / (n * B) for n in lengths for _ in range(n)] + pad
+        slots = real + [B * T] * (R - N)
+        gather = [R] * (B * T)
+        for row, slot in enumerate(real):
+            gather[slot] = row
+    else:   # the grid is the rows: document b's position p is row b T + p
+        R, ids, targets, positions, weights, slots = B * T, [], [], [], [], []
+        for b, (doc, n) in enumerate(zip(docs, lengths)):
+            pad = [0] * (T - n)
+            ids += doc[:-1] + pad
+            targets += doc[1:] + pad
+            positions += list(range(n)) + pad
+            weights += [1.0 / (n * B)] * n + pad
+            slots += list(range(b * T, b * T + n)) + [R] * (T - n)
+        gather = slots
+    as_int = lambda rows: np.array(rows, np.int32)   # noqa: E731
+    return Grid(as_int(ids), as_int(positions), as_int(targets), np.array(weights, dtype),
+                as_int(gather).reshape(B, T), as_int(slots))
 
 
 def fused_blocks(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
