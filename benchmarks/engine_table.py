@@ -22,7 +22,7 @@ median over the samples after the warm-up steps. A jitted engine that compiles o
 shape (jax) compiles the others as new shapes arrive during the warm-up; the median keeps a sample that
 caught one out of the steady figure.
 
-Every engine trains on the same real names in the same order (microgpt/timing.py), one thread. An
+Every engine trains on the same real names in the same order (microgpt/timing.py), one thread unless --threads says more. An
 engine x config whose first step predicts more than --max-step-seconds per step is reported as skipped,
 not left out silently. Wall and process-CPU milliseconds are both printed: on a shared machine CPU time
 is the steadier figure.
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads every engine may use (default 1); above 1, read the wall-time column: CPU time "
+                        "adds up the threads")
     p.add_argument("--max-step-seconds", type=float, default=3.0)
     p.add_argument("--reference-max-step-seconds", type=float, default=15.0,
                    help="train.py is the yardstick of every speedup: it may take this long per step")
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pivot", nargs="+", metavar="JSON", help="print the rows of earlier -o files as the README's "
                    "table (engines x configs) and exit")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be at least 1 (got {args.threads})")
     if args.pivot:
         try:
             rows = [r for f in args.pivot for r in json.loads(Path(f).read_text())]
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                         # the first step (compilation) and two more; a jitted engine may compile a new shape
                         # in one of those, so the faster of the two is the estimate of a step
                         probe = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=1, samples=2,
-                                            min_sample_s=0.0, max_steps_per_sample=1, isa=isa)
+                                            min_sample_s=0.0, max_steps_per_sample=1, isa=isa,
+                                            threads=args.threads)
                         step_s = min(probe.samples_ms) / 1e3
                         if batch == 1:
                             one_doc_s[row] = step_s
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         # steps after it): its probe was the warm-up
                         slow = step_s > 0.3
                         t = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=0 if slow else 2,
-                                        samples=2 if slow else args.samples, isa=isa)
+                                        samples=2 if slow else args.samples, isa=isa, threads=args.threads)
                     except (UserError, ValueError) as e:
                         print(f"| {row} | {label} | {batch} | skipped: {e} | | | | |", flush=True)
                         continue

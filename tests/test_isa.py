@@ -123,6 +123,17 @@ def test_engine_table_measures_every_isa_side_by_side(names_file, tmp_path):
                                env={"MICROGPT_DATA": str(names_file)}), f"--isa {name} is not available")
 
 
+@needs_c
+def test_engine_table_gives_every_engine_the_threads_asked_for(names_file, tmp_path):
+    out = tmp_path / "table.json"
+    r = run_cli("--engines", "c,numpy", "--configs", "tiny", "--batch-sizes", "2", "--samples", "1", "--threads", "2",
+                "--yardsticks", "none", "-o", out, script="benchmarks/engine_table.py",
+                env={"MICROGPT_DATA": str(names_file)})
+    assert r.returncode == 0, r.stderr
+    assert [(row["engine"], row["threads"]) for row in json.loads(out.read_text())] == [("c", 2), ("numpy", 2)]
+    assert run_cli("--threads", "0", script="benchmarks/engine_table.py").returncode == 2
+
+
     # the README's layout from the same file: one row per isa, the fastest of the column in bold
     pivot = run_cli("--pivot", out, script="benchmarks/engine_table.py")
     assert pivot.returncode == 0, pivot.stderr
