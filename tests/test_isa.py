@@ -122,6 +122,15 @@ def test_engine_table_measures_every_isa_side_by_side(names_file, tmp_path):
         one_line_error(run_cli("--engines", "c", "--isa", name, script="benchmarks/engine_table.py",
                                env={"MICROGPT_DATA": str(names_file)}), f"--isa {name} is not available")
 
+    # the README's layout from the same file: one row per isa, the fastest of the column in bold
+    pivot = run_cli("--pivot", out, script="benchmarks/engine_table.py")
+    assert pivot.returncode == 0, pivot.stderr
+    table = [line for line in pivot.stdout.splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in table] == [f"c[{isa}]" for isa in AVAILABLE]
+    assert sum("**" in line for line in table) == 1
+    one_line_error(run_cli("--pivot", tmp_path / "missing.json", script="benchmarks/engine_table.py"),
+                   "--pivot needs the JSON files")
+
 
 @needs_c
 def test_engine_table_gives_every_engine_the_threads_asked_for(names_file, tmp_path):
@@ -132,16 +141,6 @@ def test_engine_table_gives_every_engine_the_threads_asked_for(names_file, tmp_p
     assert r.returncode == 0, r.stderr
     assert [(row["engine"], row["threads"]) for row in json.loads(out.read_text())] == [("c", 2), ("numpy", 2)]
     assert run_cli("--threads", "0", script="benchmarks/engine_table.py").returncode == 2
-
-
-    # the README's layout from the same file: one row per isa, the fastest of the column in bold
-    pivot = run_cli("--pivot", out, script="benchmarks/engine_table.py")
-    assert pivot.returncode == 0, pivot.stderr
-    table = [line for line in pivot.stdout.splitlines() if line.startswith("| `")]
-    assert [line.split("`")[1] for line in table] == [f"c[{isa}]" for isa in AVAILABLE]
-    assert sum("**" in line for line in table) == 1
-    one_line_error(run_cli("--pivot", tmp_path / "missing.json", script="benchmarks/engine_table.py"),
-                   "--pivot needs the JSON files")
 
 
 @needs_c
