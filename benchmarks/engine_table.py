@@ -79,16 +79,19 @@ def load_row(name: str):
 
 def pivot_table(rows: list[dict]) -> str:
     """Rows of -o JSON files as one markdown table per dtype: an engine per row (c once per isa), a config x
-    batch per column, CPU ms per step, the fastest of each column in bold."""
+    batch per column, ms per step (CPU time with one thread; wall time with more, as CPU time adds the
+    threads up), the fastest of each column in bold."""
     out = []
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         cells: dict[str, dict[str, float]] = {}
+        threads = max(r.get("threads", 1) for r in rows if r["dtype"] == dtype)
+        key, clock = ("cpu_ms_per_step", "CPU time") if threads == 1 else ("ms_per_step", "wall time")
         for r in (r for r in rows if r["dtype"] == dtype):
             label = f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"]
-            cells.setdefault(label, {})[f"{r['config_name']} b{r['batch_size']}"] = r["cpu_ms_per_step"]
+            cells.setdefault(label, {})[f"{r['config_name']} b{r['batch_size']}"] = r[key]
         columns = list(dict.fromkeys(c for by_col in cells.values() for c in by_col))
         best = {c: min(v[c] for v in cells.values() if c in v) for c in columns}
-        out += [f"{dtype}, ms of CPU time per step:", "", "| engine | " + " | ".join(columns) + " |",
+        out += [f"{dtype}, ms of {clock} per step" + (f", {threads} threads each:" if threads > 1 else ":"), "", "| engine | " + " | ".join(columns) + " |",
                 "|---|" + "---:|" * len(columns)]
         for label, by_col in cells.items():
             shown = [(f"**{ms(by_col[c])}**" if by_col[c] == best[c] else ms(by_col[c])) if c in by_col else "-"

@@ -46,7 +46,9 @@ def test_a_changed_figure_fails_the_check_and_publish_rewrites_it(tmp_path, caps
 
 def test_record_table_keeps_the_figures_and_the_machine(tmp_path):
     rows = [{"engine": "c", "isa": "avx2", "dtype": "float64", "config_name": "tiny", "batch_size": 1,
-             "cpu_ms_per_step": 0.01, "first_step_ms": 3.5, "samples_ms": [0.01] * 5}]
+             "cpu_ms_per_step": 0.01, "ms_per_step": 0.01, "first_step_ms": 3.5, "samples_ms": [0.01] * 5},
+            {"engine": "jax", "dtype": "float64", "config_name": "tiny", "batch_size": 1,
+             "cpu_ms_per_step": 0.3, "ms_per_step": 0.3, "first_step_ms": 1500.0}]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     path = record_table(tmp_path / "results", "t", [tmp_path / "rows.json"], "python x.py", "")
     doc = json.loads(path.read_text())
@@ -55,5 +57,16 @@ def test_record_table_keeps_the_figures_and_the_machine(tmp_path):
     readme.write_text(f"x\n<!-- benchmark.py publish: {path.stem}/t (generated from here) -->\n<!-- end {path.stem}/t -->\n")
     assert publish(readme, tmp_path / "results") == 0
     text = readme.read_text()
-    assert "| `c[avx2]` | **0.01** |" in text and "first step ms: `c` tiny b1: 3.5 ms" in text
+    assert "| `c[avx2]` | **0.01** |" in text and "| `jax` | 0.3 |" in text
+    # the first step is reported where it is compilation (jax), not where it is a step like the rest (c)
+    assert "First step, compilation included (wall): `jax` 1.5-1.5 s." in text and "`c` 0" not in text
     assert "`python x.py`" in text
+
+
+def test_tables_of_several_threads_show_wall_time():
+    from benchmarks.engine_table import pivot_table
+    rows = [{"engine": "c", "dtype": "float64", "config_name": "medium", "batch_size": 32, "threads": 2,
+             "cpu_ms_per_step": 34.0, "ms_per_step": 21.0}]
+    table = pivot_table(rows)
+    assert "ms of wall time per step, 2 threads each" in table and "| `c` | **21** |" in table
+    assert "| `c` | **34** |" in pivot_table([{**rows[0], "threads": 1}])
