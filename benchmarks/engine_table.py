@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                     except (UserError, ValueError) as e:
                         print(f"| {row} | {label} | {batch} | skipped: {e} | | | | |", flush=True)
                         continue
+                    except Exception as e:   # noqa: BLE001 -- a framework that fails here (a JIT compiler
+                        # that cannot build its kernels) costs its own row, not the rest of the table
+                        first = (str(e).strip().splitlines() or [""])[0][:160]
+                        print(f"| {row} | {label} | {batch} | failed: {type(e).__name__}: {first} | | | | |", flush=True)
+                        continue
                     if name == "python":
                         reference = t.cpu_ms_per_step
                     speedup = ratio(reference / t.cpu_ms_per_step) if reference else "-"

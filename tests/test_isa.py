@@ -260,3 +260,21 @@ def test_large_and_xl_configs_have_the_stated_shapes():
     # opt-in: the default runs (engine_table's --configs, roofline --all-configs) keep their meaning
     assert DEFAULT_CONFIGS == ("tiny", "small", "medium")
     assert [STANDARD_CONFIGS[n] for n in DEFAULT_CONFIGS] == [(16, 1, 4, 8), (64, 2, 4, 16), (128, 4, 4, 32)]
+
+
+def test_engine_table_reports_an_engine_that_fails_in_its_row_and_goes_on(names_file, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.setenv("MICROGPT_DATA", str(names_file))
+    import engine_table
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("the JIT compiler could not build its kernels\n(long log)")
+
+    real = engine_table.load_row
+    monkeypatch.setattr(engine_table, "load_row", lambda name: Broken if name == "numpy" else real(name))
+    assert engine_table.main(["--engines", "numpy,python", "--configs", "tiny", "--batch-sizes", "1",
+                              "--samples", "1", "--yardsticks", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| numpy | tiny (16,1,8) | 1 | failed: RuntimeError: the JIT compiler could not build its kernels |" in out
+    assert "| python | tiny (16,1,8) | 1 |" in out
