@@ -11,9 +11,17 @@ render on a machine without a display.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    if __name__ != "__main__":
+        raise                           # importers say themselves what they leave out without charts
+    print("error: report_charts.py draws with matplotlib, which is not installed here: "
+          "pip install matplotlib (or pip install -e '.[dev]')", file=sys.stderr)
+    sys.exit(2)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

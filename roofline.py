@@ -581,13 +581,22 @@ def profile_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
                     ceilings, DTYPES[args.dtype][0], args.threads, isa=by_isa)
     stem = "out/roofline-phases" if args.chart is None else args.chart
     if stem and points:
-        import report_charts
         cpu = ceilings["cpu"]["model"]
-        written = report_charts.roofline_chart(ceilings, points, stem, roofs=list(roofs.items()),
-                                               title=f"Phases of the fused C step — {cpu}, {args.threads} "
-                                                     f"thread{'s' * (args.threads > 1)}")
-        print(f"chart: {', '.join(map(str, written))}")
+        draw_chart(ceilings, points, stem, roofs=list(roofs.items()),
+                   title=f"Phases of the fused C step — {cpu}, {args.threads} thread{'s' * (args.threads > 1)}")
     return 0
+
+
+def draw_chart(ceilings: dict, points: list[dict], stem: str, **options) -> None:
+    """The roofline chart as SVG and PNG, or a note when matplotlib (the dev extra) is not installed: the
+    tables above are the measurement, the chart only draws them."""
+    try:
+        import report_charts
+    except ImportError:
+        print("chart skipped: matplotlib is not installed (pip install matplotlib); --chart '' leaves it out")
+        return
+    written = report_charts.roofline_chart(ceilings, points, stem, **options)
+    print(f"chart: {', '.join(map(str, written))}")
 
 
 def run(argv: list[str] | None) -> int:
@@ -655,9 +664,7 @@ def run(argv: list[str] | None) -> int:
         print("no engine could be timed")
     stem = "out/roofline" if args.chart is None else args.chart
     if stem and rows:
-        import report_charts
-        written = report_charts.roofline_chart(ceilings, rows, stem)
-        print(f"chart: {', '.join(map(str, written))}")
+        draw_chart(ceilings, rows, stem)
     return 0
 
 

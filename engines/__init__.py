@@ -42,6 +42,17 @@ ENGINES = {
 }
 
 
+#: what to install for an engine that cannot be imported: its extra in pyproject.toml, or the build step
+INSTALL_HINTS = {
+    "numpy": "pip install -e '.[dev]' (or pip install numpy)",
+    "torch": "pip install -e '.[torch]'", "torch-compile": "pip install -e '.[torch]'",
+    "jax": "pip install -e '.[jax]'",
+    "mlx": "pip install -e '.[mlx]'", "mlx-compile": "pip install -e '.[mlx]'",
+    "c": "build the C extension: pip install -e .", "c-ops": "build the C extension: pip install -e .",
+    "cython": "build it with Cython installed: pip install Cython && pip install -e .",
+}
+
+
 def load_engine(name: str):
     """The engine class registered under ``name``; a one-line error for unknown names."""
     if name not in ENGINES:
@@ -50,4 +61,5 @@ def load_engine(name: str):
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as e:
-        raise UserError(f"engine {name} cannot be loaded ({e}); install its extra, e.g. pip install -e '.[{name}]'") from None
+        hint = INSTALL_HINTS.get(name, "install what it imports")
+        raise UserError(f"engine {name} cannot be loaded ({e}); {hint}") from None

@@ -290,7 +290,7 @@ def test_smoke_runs_standalone(tmp_path, monkeypatch):
     test_smoke.smoke(tmp_path, all_engines=True, log=lines.append)
     assert lines[1:] == ["ok   scalar: two steps and a sample",
                          "skip missing: engine missing cannot be loaded (No module named 'no_such_module'); "
-                         "install its extra, e.g. pip install -e '.[missing]'"]
+                         "install what it imports"]
 
 
 def test_cli_helpers():
@@ -336,3 +336,9 @@ def test_the_core_imports_no_engine_and_no_script():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.split(".")[0] in above], (path.name, names)
+
+
+def test_every_engine_that_can_be_missing_says_what_to_install():
+    import engines
+    pure_python = {"python", "scalar"}      # the standard library is all they import
+    assert set(engines.INSTALL_HINTS) == set(engines.ENGINES) - pure_python

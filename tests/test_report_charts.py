@@ -155,3 +155,21 @@ def test_report_charts_py_draws_from_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert not (tmp_path / "none").exists()
+
+
+def test_without_matplotlib_the_charts_say_so_in_one_line(tmp_path, monkeypatch, capsys):
+    # a matplotlib that cannot be imported, as in an install without the dev extra
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+    r = subprocess.run([sys.executable, str(REPO / "report_charts.py")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: report_charts.py draws with matplotlib, which is not installed here: "
+        "pip install matplotlib (or pip install -e '.[dev]')"]
+    # roofline.py prints its tables and leaves the chart out with a note
+    import roofline
+    monkeypatch.setitem(sys.modules, "report_charts", None)
+    roofline.draw_chart({}, [], str(tmp_path / "chart"))
+    assert capsys.readouterr().out.startswith("chart skipped: matplotlib is not installed")
+    assert not list(tmp_path.glob("chart*"))
