@@ -11,22 +11,15 @@ render on a machine without a display.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-try:
-    import matplotlib
-except ImportError:
-    if __name__ != "__main__":
-        raise                           # importers say themselves what they leave out without charts
-    print("error: report_charts.py draws with matplotlib, which is not installed here: "
-          "pip install matplotlib (or pip install -e '.[dev]')", file=sys.stderr)
-    sys.exit(2)
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from microgpt import UserError, cli, machine
+
+# importers (roofline.py, benchmark.py report) say themselves what they leave out without charts
+matplotlib = cli.import_or_exit("matplotlib", "pip install matplotlib (or pip install -e '.[dev]')",
+                                "report_charts.py" if __name__ == "__main__" else None)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 ENGINE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
                  "#7f7f7f", "#000000", "#aec7e8"]

@@ -22,14 +22,17 @@ import sys
 import time
 import warnings
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from microgpt import cli
 
-from engines.batching import pack_batch
+torch = cli.import_or_exit("torch", "pip install -e '.[torch]'",
+                           "python -m engines.int8" if __name__ == "__main__" else None)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engines.batching import pack_batch  # noqa: E402
 from engines.torch_eager import rmsnorm
-from microgpt import UserError, checkpoint, cli
-from microgpt.config import SampleConfig
+from microgpt import UserError, checkpoint  # noqa: E402
+from microgpt.config import SampleConfig  # noqa: E402
 from microgpt.params import FlatParams
 from microgpt.sampling import sample
 from microgpt.trainer import evaluate, load_dataset

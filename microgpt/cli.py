@@ -101,6 +101,19 @@ def exit_on_error(body: Callable[..., object], *args, **kwargs) -> None:
         raise SystemExit(status)
 
 
+def import_or_exit(name: str, install: str, script: str | None):
+    """Imports an optional dependency. A script run directly (``script`` names it; None for an import)
+    that lacks it ends in one line on stderr and exit 2; an importer gets the ImportError to handle."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if script is None:
+            raise
+        print(f"error: {script} needs {name}, which is not installed here ({e}): {install}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 # ----------------------------------------------------------------------------------------------------
 # Checks before a run: a run that would fail at its end fails at its start instead
 

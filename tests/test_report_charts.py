@@ -165,8 +165,17 @@ def test_without_matplotlib_the_charts_say_so_in_one_line(tmp_path, monkeypatch,
     r = subprocess.run([sys.executable, str(REPO / "report_charts.py")], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: report_charts.py draws with matplotlib, which is not installed here: "
+        "error: report_charts.py needs matplotlib, which is not installed here (No module named 'matplotlib'): "
         "pip install matplotlib (or pip install -e '.[dev]')"]
+    # the same for the int8 command without torch
+    fake_torch = tmp_path / "site" / "torch"
+    fake_torch.mkdir()
+    (fake_torch / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    r = subprocess.run([sys.executable, "-m", "engines.int8", "--checkpoint", "x.ckpt"], capture_output=True,
+                       text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: python -m engines.int8 needs torch, which is not installed here (No module named 'torch'): "
+        "pip install -e '.[torch]'"]
     # roofline.py prints its tables and leaves the chart out with a note
     import roofline
     monkeypatch.setitem(sys.modules, "report_charts", None)
