@@ -36,6 +36,7 @@ static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdi
 #define GEMM_B_KB 256
 #endif
 #define GEMM_MB (GEMM_MR * GEMM_MB_TILES)   /* rows of A per cache block of a long sum */
+#define GEMM_KB_COLUMNS 128                 /* the K block when A is read down its columns (and packed) */
 #define GEMM_B_BYTES (GEMM_B_KB * 1024)     /* bytes of B per column block of a row-by-row pass */
 
 /* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
@@ -143,7 +144,7 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
        - short sums or an Adam update: row after row, so that C and the Adam moments stream through
          memory (fetched a few tiles ahead), over blocks of B's columns that fit in L2.
        The partial sums of a K block wait in C, so every element still sums its products in k order. */
-    const ptrdiff_t KB = a_cs != 1 ? 128 : K > 512 ? 256 : K;
+    const ptrdiff_t KB = a_cs != 1 ? GEMM_KB_COLUMNS : K > 512 ? 256 : K;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += KB) {
         const ptrdiff_t kb = K - k0 < KB ? K - k0 : KB;
         const int acc = accumulate || k0 > 0;
@@ -161,7 +162,7 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             /* A read down its columns: each block of rows is first copied tile by tile, k-major with
                GEMM_MR values per k, so that a tile's k loop reads one stream, not a line (and, K apart,
                a page) in each of kb rows. The copy is read by every column panel of B. */
-            real pack[GEMM_MB * 128];
+            real pack[GEMM_MB * GEMM_KB_COLUMNS];
             for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB) {
                 for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR) {
                     real *tile = pack + (m0 - m1) * kb;
