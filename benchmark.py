@@ -32,8 +32,9 @@ each run) and calls a regression only when the change exceeds what that spread a
 estimate it (one run each, no history), the verdict is "inconclusive" (exit 0) with a pointer to ``ab``.
 ``ab`` checks the base revision and the head out into two equivalent temporary worktrees and runs a
 base and a head worker side by side that take turns sample by sample (A B, B A, ...) on the same
-batches, so a burst of load lands on both halves of a pair; its verdicts use the pairs (the median of
-the pairs' ratios, Wilcoxon's signed-rank test). Instruction counts are deterministic: identical code
+batches, so a burst of load lands on both halves of a pair; the pairs of one round share its two
+processes' luck, so its verdicts treat the round as the unit (each round's median pair ratio, a t test
+over the rounds; "inconclusive" when they are too few or disagree). Instruction counts are deterministic: identical code
 gives identical counts, so their floor can be small (default 1%). See benchmarks/README.md.
 """
 

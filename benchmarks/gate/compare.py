@@ -14,7 +14,7 @@ from microgpt import UserError
 
 from benchmarks.gate.results import load_history, text_table, write_text_atomic
 from benchmarks.gate.environment import fingerprint, machine_differences, python_differences
-from benchmarks.gate.stats import paired_ci, run_model, sum_of_squares, wilcoxon_signed_rank
+from benchmarks.gate.stats import round_model, run_model, sum_of_squares, t_ppf
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_THRESHOLD = 0.05              # times: a smaller change is lost in any machine's noise
@@ -34,11 +34,12 @@ class Verdict:
     ci: tuple[float, float] | None = None
     p: float | None = None        # one-sided, in the direction of the observed change
     n: tuple[int, int] = (0, 0)   # samples (pairs for ab), or runs for separate runs
-    paired: bool = False          # samples taken in interleaved pairs (ab): Wilcoxon on the pairs' ratios
+    paired: bool = False          # samples taken in interleaved pairs (ab): t test on the rounds' ratios
     note: str = ""
     base_samples: list[float] = field(default_factory=list, repr=False)
     cur_samples: list[float] = field(default_factory=list, repr=False)
     runs: bool = False            # separate runs judged by the run-level model (n counts runs)
+    rounds: int = 0               # paired: the rounds (process pairs) the pairs came from, the test's unit
 
 
 def _finite(bench_id: str, metric: str, threshold: float, base: list[float], cur: list[float],
@@ -72,34 +73,67 @@ def _decide(v: Verdict, p_slower: float, p_faster: float, alpha: float) -> Verdi
     return v
 
 
-def judge(bench_id: str, base: list[float], cur: list[float], threshold: float = DEFAULT_THRESHOLD,
-          alpha: float = DEFAULT_ALPHA, metric: str = "wall") -> Verdict:
-    """Paired samples (``ab``: ``base[i]`` and ``cur[i]`` timed the same batches moments apart): is ``cur``
-    slower? The ratio is the median of the pairs' ratios and the test Wilcoxon's signed-rank test on their
-    logarithms, so load that comes and goes cancels within each pair instead of adding to the spread. A
-    regression needs the test (p < alpha) *and* a ratio above the floor."""
-    if len(base) != len(cur):
-        raise ValueError(f"{bench_id}: paired samples need equal lengths ({len(base)} and {len(cur)})")
-    v = _finite(bench_id, metric, threshold, base, cur, paired=True)
+def _by_model(v: Verdict, model, alpha: float, unknown: str, hint: str) -> Verdict:
+    """The verdict of a t model (stats.RunModel): "regression" / "faster" need its test (p < alpha) and the
+    floor; "no change" needs its 95% interval inside the floor on both sides; anything else is
+    "inconclusive" (``unknown`` says why when nothing measured the noise, ``hint`` what would tell)."""
+    v.ratio, v.ci = math.exp(model.log_ratio), model.ci()
+    if model.se is None:
+        v.verdict = "inconclusive"
+        return _add_note(v, unknown)
+    _decide(v, model.p_slower(), model.p_faster(), alpha)
+    if v.verdict == "no change" and not (1 / (1 + v.threshold) < v.ci[0] and v.ci[1] < 1 + v.threshold):
+        v.verdict = "inconclusive"
+        _add_note(v, f"the noise (±{(math.exp(t_ppf(0.975, model.df) * model.se) - 1):.0%} at 95%, {model.df} df) is "
+                     f"wider than the floor; {hint}")
+    return v
+
+
+def round_values(rounds: list[tuple[list[float], list[float]]]) -> list[float]:
+    """One value per round of interleaved pairs: the median of its pairs' log ratios (head over base),
+    robust to one sample caught by a burst; rounds without a finite positive pair are left out."""
+    values = []
+    for base, cur in rounds:
+        d = [math.log(c / b) for b, c in zip(base, cur) if math.isfinite(b) and math.isfinite(c) and min(b, c) > 0]
+        if d:
+            values.append(statistics.median(d))
+    return values
+
+
+def judge(bench_id: str, rounds: list[tuple[list[float], list[float]]], threshold: float = DEFAULT_THRESHOLD,
+          alpha: float = DEFAULT_ALPHA, metric: str = "wall", pooled: tuple[float, int] | None = None) -> Verdict:
+    """Interleaved pairs (``ab``), grouped by round: ``rounds[r]`` = (base samples, head samples) of round r,
+    where one base and one head process took turns, ``base[i]`` and ``cur[i]`` timing the same batches
+    moments apart. Load that comes and goes cancels within a pair; what the two processes bring with them
+    for the whole round does not, so the pairs of a round are not independent and the test is on rounds
+    (stats.round_model): a regression needs its t test (p < alpha) *and* a ratio above the floor, and with
+    one round, or rounds that disagree, the verdict is "inconclusive"."""
+    kept = []
+    for base, cur in rounds:
+        if len(base) != len(cur):
+            raise ValueError(f"{bench_id}: paired samples need equal lengths ({len(base)} and {len(cur)})")
+        kept.append([(b, c) for b, c in zip(base, cur) if math.isfinite(b) and math.isfinite(c)])
+    v = _finite(bench_id, metric, threshold, [x for base, _ in rounds for x in base],
+                [x for _, cur in rounds for x in cur], paired=True)
     if min(v.n) < 2:
         return _add_note(v, f"needs >= 2 finite samples per side (has {v.n[0]} and {v.n[1]})")
     if min(v.base_samples + v.cur_samples) <= 0:
         return _add_note(v, "a time of zero cannot be compared")
     v.base_ms, v.cur_ms = statistics.median(v.base_samples), statistics.median(v.cur_samples)
-    d = [math.log(c / b) for b, c in zip(v.base_samples, v.cur_samples)]
-    v.ratio = math.exp(statistics.median(d))
-    v.ci = paired_ci(d, seed=bench_id)
-    return _decide(v, wilcoxon_signed_rank(d)[1], wilcoxon_signed_rank([-x for x in d])[1], alpha)
+    values = round_values([([b for b, _ in r], [c for _, c in r]) for r in kept])
+    v.rounds = len(values)
+    model = round_model(values, pooled)
+    return _by_model(v, model, alpha, "one round: the noise between rounds (between processes) is unknown; "
+                                      "`--rounds 3` or more", "more rounds (`--rounds`) narrow it")
 
 
 def judge_runs(bench_id: str, base_runs: list[list[float]], cur_runs: list[list[float]],
                threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA, metric: str = "cpu",
                history: list[float] = (), pooled: tuple[float, int] | None = None) -> Verdict:
     """Separate runs (``compare`` of two files), each a list of samples: the run-level model of
-    stats.run_model. "regression" / "faster" need its t test (p < alpha) and the floor; "no change" needs
-    its 95% interval inside the floor on both sides; anything else is "inconclusive": the runs cannot tell
-    a change of the floor's size from the machine's run-to-run noise (or that noise is unknown: one run
-    per side and no history)."""
+    stats.run_model, judged as ``_by_model`` says: "inconclusive" when the runs cannot tell a change of
+    the floor's size from the machine's run-to-run noise (or that noise is unknown: one run per side and
+    no history)."""
     base_runs = [[x for x in r if math.isfinite(x)] for r in base_runs]
     cur_runs = [[x for x in r if math.isfinite(x)] for r in cur_runs]
     v = _finite(bench_id, metric, threshold, [x for r in base_runs for x in r], [x for r in cur_runs for x in r],
@@ -113,17 +147,10 @@ def judge_runs(bench_id: str, base_runs: list[list[float]], cur_runs: list[list[
         return _add_note(v, "a median of zero cannot be compared")
     values = [math.log(m) for m in medians]
     model = run_model(values[:len(base_runs)], values[len(base_runs):], history, pooled)
-    v.runs, v.n, v.ratio, v.ci = True, model.runs, math.exp(model.log_ratio), model.ci()
-    if model.se is None:
-        v.verdict = "inconclusive"
-        return _add_note(v, "one run per side and no history on this machine: the run-to-run noise is unknown; "
-                            "`ab` pairs the samples, `update-baseline --runs 3` measures the noise")
-    _decide(v, model.p_slower(), model.p_faster(), alpha)
-    if v.verdict == "no change" and not (1 / (1 + threshold) < v.ci[0] and v.ci[1] < 1 + threshold):
-        v.verdict = "inconclusive"
-        _add_note(v, f"run-to-run noise (±{(math.exp(1.96 * model.se) - 1):.0%} at 95%, {model.df} df) is wider "
-                     f"than the floor; `ab` pairs the samples")
-    return v
+    v.runs, v.n = True, model.runs
+    return _by_model(v, model, alpha, "one run per side and no history on this machine: the run-to-run noise is "
+                                      "unknown; `ab` pairs the samples, `update-baseline --runs 3` measures the noise",
+                     "`ab` pairs the samples")
 
 
 def judge_counts(bench_id: str, base: list[float], cur: list[float], threshold: float = DEFAULT_COUNT_THRESHOLD
@@ -148,20 +175,20 @@ def judge_counts(bench_id: str, base: list[float], cur: list[float], threshold: 
     return v
 
 
-def paired_samples(b: dict, c: dict, key: str) -> tuple[list[float], list[float]]:
-    """The samples two sides took in turns (same round, same position in it), as two aligned lists."""
+def paired_rounds(b: dict, c: dict, key: str) -> list[tuple[list[float], list[float]]]:
+    """The samples two sides took in turns, per round (same round, same position in it): a list of
+    (base samples, head samples) of equal lengths, one per round both sides measured."""
     def by_round(rec):
         rounds = {}
         for x, r in zip(rec[key], rec.get("sample_rounds") or [0] * len(rec[key])):
             rounds.setdefault(r, []).append(x)
         return rounds
     rb, rc = by_round(b), by_round(c)
-    base, cur = [], []
+    out = []
     for r in sorted(set(rb) & set(rc)):
         n = min(len(rb[r]), len(rc[r]))
-        base += rb[r][:n]
-        cur += rc[r][:n]
-    return base, cur
+        out.append((rb[r][:n], rc[r][:n]))
+    return out
 
 
 def runs_of(rec: dict, key: str) -> list[list[float]]:
@@ -267,11 +294,14 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
                 raise UserError(f"--metric {m}: {bench_id} has no {key} in both files"
                                 + ("" if m == "instructions" else " (use --metric wall)"))
         plans.append((bench_id, b, c, m, threshold))
-    # the run-to-run variance of all benchmarks together, lent to each (see stats.run_model)
+    # the variance between runs (between rounds, paired) of all benchmarks together, lent to each (stats.noise)
     by_metric: dict[str, dict[str, list[float]]] = {}
     groups = []
     for bench_id, b, c, m, _ in plans:
-        if b is None or c is None or paired or m == "instructions":
+        if b is None or c is None or m == "instructions":
+            continue
+        if paired:
+            groups.append(round_values(paired_rounds(b, c, SAMPLE_KEYS[m])))
             continue
         hist = by_metric.setdefault(m, history_values(history or [], base, cur, m))
         for rec in (b, c):
@@ -290,7 +320,7 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         if m == "instructions":
             verdicts.append(judge_counts(bench_id, b[key], c[key], threshold))
         elif paired:
-            verdicts.append(judge(bench_id, *paired_samples(b, c, key), threshold, alpha, label))
+            verdicts.append(judge(bench_id, paired_rounds(b, c, key), threshold, alpha, label, pooled))
             verdicts[-1].paired = True
         else:
             verdicts.append(judge_runs(bench_id, runs_of(b, key), runs_of(c, key), threshold, alpha, label,
@@ -337,7 +367,7 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
         ci = f"[{_fmt_pct(v.ci[0])}, {_fmt_pct(v.ci[1])}]" if v.ci else "-"
         p = "-" if v.p is None else ("<0.001" if v.p < 0.001 else f"{v.p:.3f}")
         label = v.verdict.upper() if v.verdict == "regression" else v.verdict
-        n = f"{v.n[0]} pairs" if v.paired else f"{v.n[0]}+{v.n[1]}" + (" runs" if v.runs else "")
+        n = f"{v.rounds} rounds, {v.n[0]} pairs" if v.paired else f"{v.n[0]}+{v.n[1]}" + (" runs" if v.runs else "")
         rows.append([v.id, v.metric, n, _fmt_ms(v.base_ms), _fmt_ms(v.cur_ms),
                      _fmt_pct(v.ratio) if v.ratio else "-", ci, p, f"{v.threshold:.0%}",
                      label + (f" ({v.note})" if v.note else "")])
@@ -367,8 +397,9 @@ def method(verdicts: list[Verdict], alpha: float) -> str:
     """One sentence per kind of test the verdicts used."""
     said = []
     if any(v.paired for v in verdicts):
-        said.append(f"interleaved pairs: a one-sided Wilcoxon signed-rank test (p < {alpha:g}) on the pairs' "
-                    f"ratios *and* a change above the floor")
+        said.append(f"interleaved pairs: each round (one process per side) a median ratio, a one-sided t test on "
+                    f"the rounds (p < {alpha:g}) *and* a change above the floor; inconclusive when the rounds "
+                    f"cannot tell the floor from their noise")
     if any(v.runs for v in verdicts):
         said.append(f"separate runs: the run as a random effect (Student's t on run medians, p < {alpha:g}, the "
                     f"noise between runs from the runs and this machine's history) *and* a change above the floor; "

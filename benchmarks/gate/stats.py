@@ -3,79 +3,7 @@
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
-
-
-BOOTSTRAP_RESAMPLES = 4000
-
-
-
-def _signed_rank_distribution(n: int) -> list[int]:
-    """Number of sign patterns of ranks 1..n for each value of W+ (the sum of the positive ranks)."""
-    counts = [1] + [0] * (n * (n + 1) // 2)
-    for rank in range(1, n + 1):
-        for w in range(len(counts) - 1, rank - 1, -1):
-            counts[w] += counts[w - rank]
-    return counts
-
-
-def wilcoxon_signed_rank(d: list[float]) -> tuple[float, float]:
-    """W+ of the differences ``d`` and the one-sided p-value for "d tends to be positive".
-
-    Zero differences are dropped (Wilcoxon's convention); exact without ties for n <= 50, otherwise the
-    normal approximation with the tie correction and a continuity correction (as scipy.stats.wilcoxon).
-    """
-    d = [x for x in d if x != 0]
-    n = len(d)
-    if not n:
-        return 0.0, 1.0
-    order = sorted(range(n), key=lambda i: abs(d[i]))
-    ranks, tie_term, i = [0.0] * n, 0, 0
-    while i < n:
-        j = i
-        while j + 1 < n and abs(d[order[j + 1]]) == abs(d[order[i]]):
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        tie_term += (j - i + 1) ** 3 - (j - i + 1)
-        i = j + 1
-    w = sum(r for r, x in zip(ranks, d) if x > 0)
-    if tie_term == 0 and n <= 50:
-        counts = _signed_rank_distribution(n)
-        return w, sum(counts[math.ceil(w):]) / 2 ** n
-    mean = n * (n + 1) / 4
-    variance = n * (n + 1) * (2 * n + 1) / 24 - tie_term / 48
-    if variance <= 0:
-        return w, 1.0
-    return w, 0.5 * math.erfc((w - mean - 0.5) / math.sqrt(variance) / math.sqrt(2))
-
-
-def bootstrap_median(sorted_x: list[float], rng: random.Random) -> float:
-    """The median of one bootstrap resample of ``sorted_x``, drawn in O(1) however long the sample.
-
-    Resampling n values with replacement picks order statistic ceil(n u) for n uniforms u, so the
-    resample's k-th smallest value is the one at the k-th smallest of n uniforms, which is Beta(k, n-k+1)
-    distributed; the (k+1)-th is the smallest of the n-k uniforms above it.
-    """
-    n = len(sorted_x)
-    k = (n + 1) // 2
-    u = rng.betavariate(k, n - k + 1)
-    low = sorted_x[min(n - 1, int(u * n))]
-    if n % 2:
-        return low
-    u_next = u + (1 - u) * rng.betavariate(1, n - k)
-    return (low + sorted_x[min(n - 1, int(u_next * n))]) / 2
-
-
-def paired_ci(log_ratios: list[float], seed: str, level: float = 0.95,
-              resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of exp(median(log_ratios)), the paired ratio."""
-    rng = random.Random(seed)
-    d = sorted(log_ratios)
-    ratios = sorted(math.exp(bootstrap_median(d, rng)) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,21 +109,42 @@ def sum_of_squares(groups: list[list[float]]) -> tuple[float, int]:
     return ss, df
 
 
+def noise(groups: list[list[float]], pooled: tuple[float, int] | None = None) -> tuple[float | None, int]:
+    """The variance of one unit's value (a run's, a round's) and its degrees of freedom: from the spread
+    within ``groups`` (values that should agree), or ``pooled``, (variance, df) of all benchmarks of the
+    comparison together, where that is larger: a steady neighbour never makes a noisy benchmark look
+    steady, and the pool lends its degrees of freedom to a benchmark whose own few units happen to agree.
+    (None, 0) when nothing measures it."""
+    ss, df = sum_of_squares(groups)
+    variance = ss / df if df else None
+    if pooled and pooled[1] and (variance is None or pooled[0] > variance):
+        variance, df = pooled
+    return variance, df
+
+
 def run_model(base_runs: list[float], cur_runs: list[float], history: list[float] = (),
               pooled: tuple[float, int] | None = None) -> RunModel:
     """The run-level comparison of run values (log medians) of the base and the current side.
 
     ``history``: run values of earlier baselines on the same machine (one group: conservative, since code
-    changes between them only widen the spread). ``pooled``: (variance, df) of all benchmarks of the
-    comparison together; a benchmark's own estimate is used when larger, so a steady neighbour never
-    makes a noisy benchmark look steady, and the pool lends its degrees of freedom to a benchmark whose
-    own few runs happen to agree."""
+    changes between them only widen the spread). ``pooled``: see ``noise``."""
     log_ratio = sum(cur_runs) / len(cur_runs) - sum(base_runs) / len(base_runs)
-    ss, df = sum_of_squares([base_runs, cur_runs, list(history)])
-    variance = ss / df if df else None
-    if pooled and pooled[1] and (variance is None or pooled[0] > variance):
-        variance, df = pooled
+    variance, df = noise([base_runs, cur_runs, list(history)], pooled)
     if variance is None:
         return RunModel(log_ratio, None, 0, (len(base_runs), len(cur_runs)))
     se = math.sqrt(variance * (1 / len(base_runs) + 1 / len(cur_runs)))
     return RunModel(log_ratio, se, df, (len(base_runs), len(cur_runs)))
+
+
+def round_model(round_values: list[float], pooled: tuple[float, int] | None = None) -> RunModel:
+    """Interleaved rounds (``ab``): each value is one round's log ratio, head over base, from one base and
+    one head process taking turns. The pairs of a round share their two processes' luck (memory layout,
+    the core they got, a neighbour's burst lasting the round), so the round, not the pair, is the unit:
+    the change is the mean of the round values and its test Student's t on them (one sample, rounds
+    minus one degrees of freedom, or the pool's: see ``noise``)."""
+    k = len(round_values)
+    log_ratio = sum(round_values) / k
+    variance, df = noise([list(round_values)], pooled)
+    if variance is None:
+        return RunModel(log_ratio, None, 0, (k, k))
+    return RunModel(log_ratio, math.sqrt(variance / k), df, (k, k))
