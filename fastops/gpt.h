@@ -284,15 +284,29 @@ fail:
     return NULL;
 }
 
+/* Adam's update number step + 1 from the gradient in the grads buffer, scaled down to the global norm
+   grad_clip when it is longer (and clipping is on). Runs without the GIL. */
+static void adam_from_grads(GPTObject *g, double lr)
+{
+    g->m.step++;
+    double scale = 1.0;
+    if (g->m.grad_clip > 0) {
+        const double norm = sqrt(g->k->grad_sq_norm(&g->m));
+        if (norm > g->m.grad_clip) scale = g->m.grad_clip / norm;
+    }
+    g->k->adam(&g->m, lr, scale);
+}
+
 /* One optimizer step on a parsed batch. Runs without the GIL. Clipping needs the whole gradient's norm
    before any update, so only then is the gradient stored and applied in a second pass. */
 static double train_one(GPTObject *g, const Batch *b, double lr)
 {
-    g->m.step++;
-    if (g->m.grad_clip <= 0) return g->k->run_batch(&g->m, b, MODE_TRAIN, lr, NULL) / b->n_docs;
+    if (g->m.grad_clip <= 0) {
+        g->m.step++;
+        return g->k->run_batch(&g->m, b, MODE_TRAIN, lr, NULL) / b->n_docs;
+    }
     const double loss = g->k->run_batch(&g->m, b, MODE_GRAD, 0.0, NULL) / b->n_docs;
-    const double norm = sqrt(g->k->grad_sq_norm(&g->m));
-    g->k->adam(&g->m, lr, norm > g->m.grad_clip ? g->m.grad_clip / norm : 1.0);
+    adam_from_grads(g, lr);
     return loss;
 }
 
@@ -385,6 +399,28 @@ PyDoc_STRVAR(loss_and_grad_doc,
 "The batch's mean loss; its gradient is written to the grads buffer. No update.");
 
 static PyObject *GPT_loss_and_grad(GPTObject *g, PyObject *docs) { return run_docs(g, docs, MODE_GRAD); }
+
+PyDoc_STRVAR(apply_adam_doc,
+"apply_adam(lr) -> None\n\n"
+"One Adam update from the gradient in the grads buffer (whatever wrote it: loss_and_grad, or a sum of\n"
+"several processes' gradients), clipped to the global norm grad_clip as train_steps clips; step += 1.\n"
+"loss_and_grad(docs) then apply_adam(lr) is train_steps([docs], [lr]) split in two.");
+
+static PyObject *GPT_apply_adam(GPTObject *g, PyObject *arg)
+{
+    const double lr = PyFloat_AsDouble(arg);
+    if (lr == -1.0 && PyErr_Occurred()) return NULL;
+    if (!isfinite(lr)) {
+        PyErr_SetString(PyExc_ValueError, "the learning rate is not finite");
+        return NULL;
+    }
+    if (enter(g) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    adam_from_grads(g, lr);
+    Py_END_ALLOW_THREADS
+    g->busy = 0;
+    Py_RETURN_NONE;
+}
 
 PyDoc_STRVAR(eval_loss_doc,
 "eval_loss(docs) -> float\n\n"
@@ -493,7 +529,7 @@ static PyObject *GPT_profile(GPTObject *g, PyObject *args, PyObject *kwds)
 }
 
 static PyGetSetDef GPT_getset[] = {
-    {"step", (getter)GPT_get_step, (setter)GPT_set_step, "Adam's update count t (train_steps increments it)", NULL},
+    {"step", (getter)GPT_get_step, (setter)GPT_set_step, "Adam's update count t (train_steps and apply_adam increment it)", NULL},
     {"isa", (getter)GPT_get_isa, NULL, "instruction set of the kernels in use", NULL},
     {"dtype", (getter)GPT_get_dtype, NULL, "'float64' or 'float32', from the buffers", NULL},
     {"threads", (getter)GPT_get_threads, NULL, "threads used for batches", NULL},
@@ -504,6 +540,7 @@ static PyGetSetDef GPT_getset[] = {
 static PyMethodDef GPT_methods[] = {
     {"train_steps", (PyCFunction)GPT_train_steps, METH_VARARGS, train_steps_doc},
     {"loss_and_grad", (PyCFunction)GPT_loss_and_grad, METH_O, loss_and_grad_doc},
+    {"apply_adam", (PyCFunction)GPT_apply_adam, METH_O, apply_adam_doc},
     {"eval_loss", (PyCFunction)GPT_eval_loss, METH_O, eval_loss_doc},
     {"logits", (PyCFunction)GPT_logits, METH_O, logits_doc},
     {"profile", (PyCFunction)(void (*)(void))GPT_profile, METH_VARARGS | METH_KEYWORDS, profile_doc},

@@ -132,6 +132,37 @@ def test_one_step_per_call_equals_many_steps_per_call(isa, small, small_curve):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_loss_and_grad_then_apply_adam_is_train_steps(isa, grad_clip, small):
+    """The two halves of a step (what data-parallel training runs, with an all-reduce between them) give
+    the fused step's numbers bit for bit, clipping on (the step-1 norm is above 0.5) or off."""
+    cfg, params, docs = small
+    tcfg = TrainConfig(grad_clip=grad_clip)
+    batches, lrs = [docs[i:i + 4] for i in range(0, 40, 4)], [0.01 * (1 - s / 10) for s in range(10)]
+    fused, fused_bufs = c_model(cfg, params, tcfg, isa=isa)
+    split, split_bufs = c_model(cfg, params, tcfg, isa=isa)
+    want = fused.train_steps(batches, lrs)
+    got = []
+    for b, lr in zip(batches, lrs):
+        got.append(split.loss_and_grad(b))
+        assert split.apply_adam(lr) is None
+    assert got == want and split.step == fused.step == 10
+    for i, name in ((0, "params"), (2, "m"), (3, "v")):
+        assert split_bufs[i].tobytes() == fused_bufs[i].tobytes(), f"{name} differ"
+
+
+def test_apply_adam_rejects_bad_learning_rates(tiny):
+    cfg, params = tiny
+    model, (p, g, m, v) = c_model(cfg, params)
+    before = p.tobytes()
+    with pytest.raises(ValueError, match="not finite"):
+        model.apply_adam(float("nan"))
+    with pytest.raises(TypeError):
+        model.apply_adam("fast")
+    assert p.tobytes() == before and model.step == 0, "a rejected call must not train"
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_20_steps_medium_match_reference(isa, medium):
     cfg, params, docs = medium
     tcfg = TrainConfig(num_steps=20).validate()
