@@ -9,7 +9,7 @@
     python benchmark.py ab --base origin/main --metric instructions   # the same with instruction counts
     python benchmark.py update-baseline --runs 3           # a baseline of 3 runs: compare then knows the noise
     python benchmark.py report out/bench.json [--base B]   # markdown and charts in out/report/
-    python benchmark.py publish                            # README's tables from docs/results/<machine>.json
+    python benchmark.py publish                            # README's tables and charts from docs/results/<machine>.json
     python benchmark.py machine                            # this machine and Python build, and their fingerprint
     pytest benchmarks/test_kernels.py --benchmark-json=out/kernels.json   # fastops micro-benchmarks (compare reads it)
 
@@ -139,14 +139,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--no-roofline", action="store_true", help="skip the roofline (it may measure the machine first)")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
     stats_flags(q)
-    q = sub.add_parser("publish", help="README's generated sections from docs/results/*.json (--check: compare only)")
+    q = sub.add_parser("publish", help="README's generated tables, transcripts and docs/*.png charts from "
+                                       "docs/results/*.json (--check: compare only)")
     q.add_argument("--check", action="store_true", help="exit 1 when README.md differs from what would be written")
     q.add_argument("--readme", default=str(REPO / "README.md"))
     q.add_argument("--results-dir", default=str(REPO / "docs" / "results"))
     q.add_argument("--record", nargs="+", metavar="NAME ROWS_JSON",
                    help="first store the rows of engine_table.py -o files as table NAME of this machine's results")
-    q.add_argument("--command-line", default="", help="with --record: the command that measured the rows")
-    q.add_argument("--caption", default="", help="with --record: a sentence under the table")
+    q.add_argument("--record-output", metavar="NAME",
+                   help="first run --command-line and store what it prints as transcript NAME (README's \"What you get\")")
+    q.add_argument("--abridge", default="2,7", metavar="HEAD,TAIL",
+                   help="with --record-output: the first and last lines shown, '...' between (default 2,7)")
+    q.add_argument("--record-losses", nargs="+", metavar="LOSS_LOG",
+                   help="first store trainers' --loss-log files as the chart docs/losses.png")
+    q.add_argument("--record-roofline", nargs="+", metavar="TABLE[:ENGINES]",
+                   help="first store this machine's ceilings and the rows of these tables (optionally only the "
+                        "comma-separated engines) as the chart docs/roofline.png")
+    q.add_argument("--command-line", default="", help="with --record, --record-output, --record-losses: the command")
+    q.add_argument("--caption", default="", help="with --record, --record-output: a sentence under it")
     q = sub.add_parser("machine", help="this machine and Python build in one line, and its fingerprint")
     q.add_argument("--fingerprint", action="store_true", help="only the fingerprint (baselines are kept per fingerprint)")
     sub.add_parser("worker")

@@ -1,8 +1,10 @@
-"""README's speed tables are generated (benchmark.py publish) from docs/results/<machine>.json: this test
-fails when README and the results files disagree, and shows that the check is not vacuous."""
+"""README's speed tables, its "What you get" transcript and docs/*.png are generated (benchmark.py publish)
+from docs/results/<machine>.json: this test fails when README or a chart and the results files disagree,
+and shows that the check is not vacuous."""
 
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -31,6 +33,9 @@ def test_a_changed_figure_fails_the_check_and_publish_rewrites_it(tmp_path, caps
     readme, results = tmp_path / "README.md", tmp_path / "results"
     shutil.copy(REPO / "README.md", readme)
     shutil.copytree(RESULTS, results)
+    (tmp_path / "docs").mkdir()
+    for png in (REPO / "docs").glob("*.png"):             # charts drawn from these results: not redrawn
+        shutil.copy(png, tmp_path / "docs" / png.name)
     path = next(results.glob("*.json"))
     doc = json.loads(path.read_text())
     table = next(iter(doc["tables"].values()))
@@ -70,3 +75,44 @@ def test_tables_of_several_threads_show_wall_time():
     table = pivot_table(rows)
     assert "ms of wall time per step, 2 threads each" in table and "| `c` | **21** |" in table
     assert "| `c` | **34** |" in pivot_table([{**rows[0], "threads": 1}])
+
+
+def test_a_recorded_output_is_shown_abridged_with_its_machine(tmp_path):
+    from benchmarks.gate.report import record_output
+    path = record_output(tmp_path / "results", "run", "python -c \"[print(f'line {i}') for i in range(9)]\"", (2, 3))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"<!-- benchmark.py publish: {path.stem}/run (generated from here) -->\n<!-- end {path.stem}/run -->\n")
+    assert publish(readme, tmp_path / "results") == 0
+    text = readme.read_text()
+    assert "```\n$ python -c" in text and "line 1\n...\nline 6\nline 7\nline 8\n```" in text and "line 2" not in text
+    assert "Printed on " in text and "fastops" in text and "CPython" in text
+    with pytest.raises(UserError, match="failed"):
+        record_output(tmp_path / "results", "bad", "python -c \"raise SystemExit(4)\"", (2, 3))
+
+
+def test_charts_are_stamped_with_their_inputs_and_checked_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """docs/<chart>.png carries a digest of what it was drawn from: --check (standard library only) fails
+    when the PNG is missing or drawn from other inputs; publish redraws it, or says in one line that it
+    needs matplotlib."""
+    from benchmarks.gate import report
+    results = tmp_path / "docs" / "results"
+    log = {"engine": "python", "train": [3.3, 3.0, 2.8, 2.7], "val": [[4, 2.9]]}
+    (tmp_path / "loss.json").write_text(json.dumps(log))
+    report.record_chart(results, "losses", report.losses_entry([tmp_path / "loss.json"], "python train.py ..."))
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    png = tmp_path / "docs" / "losses.png"
+    assert publish(readme, results, check=True) == 1 and "docs/losses.png not drawn" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "report_charts", None)         # as without matplotlib
+    with pytest.raises(UserError, match=r"1 chart\(s\) not drawn \(losses.png\): matplotlib is not installed"):
+        publish(readme, results)
+    monkeypatch.undo()
+    assert publish(readme, results) == 0 and png.read_bytes().startswith(b"\x89PNG")
+    stamp = report.png_stamp(png)
+    assert stamp and publish(readme, results, check=True) == 0
+    path = next(results.glob("*.json"))
+    doc = json.loads(path.read_text())
+    doc["charts"]["losses"]["logs"][0]["train"][1] = 2.9
+    path.write_text(json.dumps(doc))
+    assert publish(readme, results, check=True) == 1
+    assert publish(readme, results) == 0 and report.png_stamp(png) not in (None, stamp)

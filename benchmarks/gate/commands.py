@@ -193,13 +193,31 @@ def cmd_update_baseline(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from benchmarks.gate.report import publish, record_table
+    from benchmarks.gate.report import (losses_entry, machine_results, publish, record_chart, record_output,
+                                        record_table, roofline_entry)
+    results_dir = Path(args.results_dir)
+    recording = args.record or args.record_output or args.record_losses
+    if recording and not args.command_line:
+        raise UserError("--record, --record-output and --record-losses need --command-line: the command that "
+                        "measured (or printed) what is recorded, for the reader")
     if args.record:
         if len(args.record) < 2:
             raise UserError("--record NAME ROWS_JSON [ROWS_JSON ...]: a table name and engine_table.py -o files")
-        if not args.command_line:
-            raise UserError("--record needs --command-line: the command that measured the rows, for the reader")
-        path = record_table(Path(args.results_dir), args.record[0], [Path(p) for p in args.record[1:]],
+        path = record_table(results_dir, args.record[0], [Path(p) for p in args.record[1:]],
                             args.command_line, args.caption)
         print(f"recorded table {args.record[0]} in {path}")
-    return publish(Path(args.readme), Path(args.results_dir), check=args.check)
+    if args.record_output:
+        head, _, tail = args.abridge.partition(",")
+        if not (head.isdigit() and tail.isdigit()):
+            raise UserError(f"--abridge HEAD,TAIL: the first and last lines to show (got {args.abridge!r})")
+        path = record_output(results_dir, args.record_output, args.command_line, (int(head), int(tail)), args.caption)
+        print(f"recorded the output of {args.command_line} as {args.record_output} in {path}")
+    if args.record_losses:
+        path = record_chart(results_dir, "losses", losses_entry([Path(p) for p in args.record_losses],
+                                                                args.command_line))
+        print(f"recorded chart losses ({len(args.record_losses)} loss logs) in {path}")
+    if args.record_roofline:
+        _, doc = machine_results(results_dir)
+        path = record_chart(results_dir, "roofline", roofline_entry(args.record_roofline, doc["tables"]))
+        print(f"recorded chart roofline ({', '.join(args.record_roofline)}) in {path}")
+    return publish(Path(args.readme), results_dir, check=args.check)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shlex
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
-
 from microgpt import UserError
+from microgpt.files import write_atomic
 
 from benchmarks.gate import REPO, log_stderr
 from benchmarks.gate.environment import environment, machine_line
@@ -108,6 +112,21 @@ def machine_slug(env: dict) -> str:
     return f"{slug}-{(env.get('fingerprint') or '')[:8]}".rstrip("-")
 
 
+def machine_results(results_dir: Path) -> tuple[Path, dict]:
+    """This machine's results file (its path and contents, a new one when absent), its environment
+    refreshed: whatever is recorded next was measured here, now."""
+    env = environment()
+    path = results_dir / f"{machine_slug(env)}.json"
+    doc = read_json(path, "published results") if path.exists() else {"schema": PUBLISHED_SCHEMA, "tables": {}}
+    doc["environment"] = env
+    return path, doc
+
+
+def save_results(path: Path, doc: dict) -> Path:
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
 def record_table(results_dir: Path, name: str, rows_paths: list[Path], command: str, caption: str) -> Path:
     """Put a table (the rows of ``engine_table.py -o`` files, whatever columns they have) into this
     machine's results file under ``name``, with the environment it was measured in."""
@@ -118,16 +137,62 @@ def record_table(results_dir: Path, name: str, rows_paths: list[Path], command: 
         if not isinstance(got, list) or not all(isinstance(r, dict) and "engine" in r for r in got):
             raise UserError(f"{rows_path}: expected the JSON rows engine_table.py -o writes")
         rows += got
-    env = environment()
-    path = results_dir / f"{machine_slug(env)}.json"
-    doc = read_json(path, "published results") if path.exists() else {"schema": PUBLISHED_SCHEMA, "tables": {}}
-    doc["environment"] = env
+    path, doc = machine_results(results_dir)
     # the figures, not every sample: per-sample lists (thousands of document lengths) stay in the rows file
     rows = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows]
     measured = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(p.stat().st_mtime for p in rows_paths)))
     doc["tables"][name] = {"command": command, "caption": caption, "rows": rows, "created": measured}
-    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
-    return path
+    return save_results(path, doc)
+
+
+def record_output(results_dir: Path, name: str, command: str, abridge: tuple[int, int], caption: str = "") -> Path:
+    """Run ``command`` (a shell-like line run from the checkout, ``python`` meaning this interpreter) and keep
+    what it printed as transcript ``name`` of this machine: README's "What you get" is such a run."""
+    argv = shlex.split(command)
+    if not argv:
+        raise UserError("--record-output needs --command-line: the command whose output README shows")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    log_stderr(f"running {command} (its output goes into {results_dir})")
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        raise UserError(f"{command} failed (exit status {proc.returncode}){': ' + tail[0] if tail else ''}")
+    path, doc = machine_results(results_dir)
+    doc.setdefault("outputs", {})[name] = {"command": command, "caption": caption, "output": proc.stdout,
+                                           "abridge": list(abridge),
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return save_results(path, doc)
+
+
+def record_chart(results_dir: Path, name: str, entry: dict) -> Path:
+    """Chart ``name`` of this machine's results file: drawn by ``publish`` as docs/<name>.png."""
+    path, doc = machine_results(results_dir)
+    doc.setdefault("charts", {})[name] = {**entry, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return save_results(path, doc)
+
+
+def losses_entry(log_paths: list[Path], command: str) -> dict:
+    """A loss chart's input: the trainers' ``--loss-log`` files (a few hundred losses each), kept whole."""
+    logs = [read_json(p, "loss log") for p in log_paths]
+    for p, log in zip(log_paths, logs):
+        if not isinstance(log, dict) or not isinstance(log.get("train"), list):
+            raise UserError(f"{p} is not a trainer's --loss-log (no 'train' list)")
+    return {"kind": "losses", "command": command, "logs": logs}
+
+
+def roofline_entry(specs: list[str], doc_tables: dict) -> dict:
+    """A roofline chart's input: rows of this machine's tables (``TABLE`` or ``TABLE:ENGINE,ENGINE``) and
+    the machine's measured ceilings (microgpt.machine: the cache, measured first if absent)."""
+    from microgpt import machine
+    sources = []
+    for spec in specs:
+        table, _, engines = spec.partition(":")
+        if table not in doc_tables:
+            raise UserError(f"--record-roofline {spec}: no table {table!r} in this machine's results "
+                            f"(has {', '.join(doc_tables) or 'none'})")
+        sources.append({"table": table, "engines": engines.split(",") if engines else []})
+    return {"kind": "roofline", "sources": sources, "ceilings": machine.ceilings()}
 
 
 def render_table(table: dict, env: dict, source: str) -> str:
@@ -152,24 +217,127 @@ def render_table(table: dict, env: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def generated_sections(results_dir: Path, root: Path) -> dict[str, str]:
-    """Every table of every results file, by marker name ``<machine slug>/<table>``."""
+def render_output(entry: dict, env: dict, source: str) -> str:
+    """A recorded run as a terminal transcript: its first and last lines (``abridge``), "..." between."""
+    lines = entry["output"].rstrip("\n").split("\n")
+    head, tail = entry.get("abridge") or (len(lines), 0)
+    if len(lines) > head + tail + 1:
+        lines = lines[:head] + ["..."] + (lines[-tail:] if tail else [])
+    return "\n".join(["```", f"$ {entry['command']}", *lines, "```", "",
+                      f"Printed on {machine_line(env)}, {entry['created'][:10]}"
+                      + (f". {entry['caption']}" if entry.get("caption") else "") + f" (from [{source}]({source}))."])
+
+
+def generated_sections(results_dir: Path, root: Path) -> dict[str, tuple[str, str]]:
+    """Every table and transcript of every results file, by marker name ``<machine slug>/<name>``."""
     sections = {}
+    for path, doc, source in results_files(results_dir, root):
+        for name, table in doc["tables"].items():
+            sections[f"{path.stem}/{name}"] = (render_table(table, doc["environment"], source), source)
+        for name, entry in (doc.get("outputs") or {}).items():
+            sections[f"{path.stem}/{name}"] = (render_output(entry, doc["environment"], source), source)
+    return sections
+
+
+def results_files(results_dir: Path, root: Path):
     for path in sorted(results_dir.glob("*.json")):
         doc = read_json(path, "published results")
         if doc.get("schema") != PUBLISHED_SCHEMA:
             raise UserError(f"{path} is not a published results file (schema {PUBLISHED_SCHEMA})")
-        source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-        for name, table in doc["tables"].items():
-            sections[f"{path.stem}/{name}"] = (render_table(table, doc["environment"], source), source)
-    return sections
+        yield path, doc, str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+# --- charts: docs/<name>.png, each stamped with a digest of what it was drawn from ---------------------
+
+PNG_SIGNATURE, STAMP_KEY = b"\x89PNG\r\n\x1a\n", b"microgpt-publish"
+
+
+def chart_inputs(entry: dict, doc: dict) -> dict:
+    """What a chart is drawn from, resolved: the loss logs, or the roofline's rows and ceilings."""
+    if entry["kind"] == "losses":
+        return {"kind": "losses", "logs": entry["logs"]}
+    rows = []
+    for source in entry["sources"]:
+        table = doc["tables"].get(source["table"])
+        if table is None:
+            raise UserError(f"chart roofline: no table {source['table']!r} in its results file")
+        rows += [r for r in table["rows"] if not source["engines"] or r["engine"] in source["engines"]]
+    return {"kind": "roofline", "rows": rows, "ceilings": entry["ceilings"]}
+
+
+def digest(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def png_stamp(path: Path) -> str | None:
+    """The digest publish wrote into a PNG's text chunk, or None (no file, no stamp): read with the
+    standard library, so ``--check`` needs no matplotlib."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    i = len(PNG_SIGNATURE)
+    while data.startswith(PNG_SIGNATURE) and i + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        body = data[i + 8:i + 8 + length]
+        if kind == b"tEXt" and body.startswith(STAMP_KEY + b"\0"):
+            return body[len(STAMP_KEY) + 1:].decode("latin-1")
+        i += 12 + length
+    return None
+
+
+def stamp_png(path: Path, value: str) -> None:
+    """Add a tEXt chunk holding ``value`` before the PNG's last chunk (IEND)."""
+    data = path.read_bytes()
+    body = STAMP_KEY + b"\0" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    write_atomic(path, data[:-12] + chunk + data[-12:])
+
+
+def draw(inputs: dict, stem: Path) -> list[Path]:
+    """A chart with report_charts.py (matplotlib), the roofline's rows placed by roofline.analyse."""
+    import report_charts
+    if inputs["kind"] == "losses":
+        return report_charts.loss_chart(inputs["logs"], stem)
+    import roofline
+    rows = [roofline.analyse(dict(r), inputs["ceilings"]) for r in inputs["rows"]]
+    return report_charts.roofline_chart(inputs["ceilings"], rows, stem)
+
+
+def publish_charts(results_dir: Path, root: Path, check: bool) -> list[str]:
+    """Draw every chart whose PNG is missing or stamped with other inputs; the stale ones' paths with
+    ``check`` (nothing drawn)."""
+    stale, owners = [], {}
+    for path, doc, source in results_files(results_dir, root):
+        for name, entry in (doc.get("charts") or {}).items():
+            png = root / "docs" / f"{name}.png"
+            if png in owners:
+                raise UserError(f"{png} is a chart of {owners[png]} and of {source}: name one of them differently")
+            owners[png] = source
+            inputs = chart_inputs(entry, doc)
+            if png_stamp(png) != digest(inputs):
+                stale.append((png, inputs))
+    if check or not stale:
+        return [str(png.relative_to(root)) for png, _ in stale]
+    try:
+        import report_charts  # noqa: F401
+    except ImportError:
+        raise UserError(f"{len(stale)} chart(s) not drawn ({', '.join(p.name for p, _ in stale)}): matplotlib is not "
+                        f"installed (pip install matplotlib); README's text is up to date") from None
+    for png, inputs in stale:
+        draw(inputs, png.with_suffix(""))
+        stamp_png(png, digest(inputs))
+        print(f"chart: {png.relative_to(root)}")
+    return []
 
 
 def publish(readme: Path, results_dir: Path, check: bool = False) -> int:
-    """Rewrite every generated section of README.md (between its markers) from the results files; with
-    ``check``, change nothing and exit 1 when README and results disagree."""
+    """Rewrite every generated section of README.md (between its markers) from the results files and
+    redraw their stale charts; with ``check``, change nothing and exit 1 when README or a chart disagrees
+    with the results."""
     text = readme.read_text()
-    sections = generated_sections(results_dir, readme.parent)
+    root = readme.parent
+    sections = generated_sections(results_dir, root)
     pattern = re.compile(r"<!-- benchmark\.py publish: (?P<name>\S+) \(generated from [^)]*\) -->\n.*?"
                          r"<!-- end (?P=name) -->", re.S)
     found = {m.group("name") for m in pattern.finditer(text)}
@@ -189,11 +357,15 @@ def publish(readme: Path, results_dir: Path, check: bool = False) -> int:
         stale = new != text
         if stale:
             print(f"{readme} disagrees with {results_dir}: run python benchmark.py publish", file=sys.stderr)
+        charts = publish_charts(results_dir, root, check=True)
+        if charts:
+            print(f"{', '.join(charts)} not drawn from {results_dir}: run python benchmark.py publish", file=sys.stderr)
         for name in unplaced:
             print(f"note: {name} is not placed in {readme} (add its markers to publish it)", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or charts else 0
     if new != text:
         write_text_atomic(readme, new)
     print(f"{readme}: {len(found)} generated section(s) from {results_dir}"
           + (f"; not placed: {', '.join(unplaced)}" if unplaced else ""))
+    publish_charts(results_dir, root, check=False)
     return 0
