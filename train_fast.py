@@ -120,8 +120,18 @@ class FastEngine(FlatArraysEngine):
         self.model.step = t
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
-        loss = self.model.loss_and_grad(docs)
+        loss = self.compute_grads(docs)
         return loss, array("d", self.grads)
+
+    def compute_grads(self, docs: list[list[int]]) -> float:
+        """The docs' mean loss, its gradient left in the grads buffer (no update, no copy): the first half
+        of a data-parallel step (microgpt/distributed.py), whose all-reduce runs on that buffer itself."""
+        return self.model.loss_and_grad(docs)
+
+    def apply_adam(self, lr: float) -> None:
+        """Clip the grads buffer (by its global norm) and take one Adam step from it: a step's second half.
+        One process keeps the fused call (train_step), whose update runs inside the backward pass."""
+        self.model.apply_adam(lr)
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
         return self.model.train_steps([docs], [lr])[0]

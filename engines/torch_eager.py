@@ -159,10 +159,19 @@ class TorchEngine:
 
     def train_step(self, docs: list[list[int]], lr: float) -> float:
         loss = self._backward(docs)
+        self.apply_adam(lr)
+        return loss.item()   # the one host sync per step: the clock stops after the GPU has finished
+
+    def compute_grads(self, docs: list[list[int]]) -> float:
+        """The docs' mean loss, its gradient left in ``self.grads`` (no update, no copy): the first half of
+        a data-parallel step (microgpt/distributed.py), whose all-reduce runs on ``self.grads`` itself."""
+        return self._backward(docs).item()
+
+    def apply_adam(self, lr: float) -> None:
+        """Clip ``self.grads`` (by its global norm) and take one Adam step from it: a step's second half."""
         with torch.no_grad():
             self._clip_grad()
             self._adam(lr)
-        return loss.item()   # the one host sync per step: the clock stops after the GPU has finished
 
     def _clip_grad(self) -> None:
         """Scale by grad_clip / norm when norm > grad_clip, on the device: no sync to decide."""

@@ -84,13 +84,14 @@ def add_config_flags(group, cls, skip=(), only=None) -> None:
 
 def run_main(body: Callable[..., object], *args, **kwargs) -> int:
     """Run an entry point's body; an int it returns is the exit status (anything else, such as None or a
-    result kept for tests, is 0), and a UserError is one line on stderr with status 2. Every CLI ends in
-    ``sys.exit(run_main(...))``, or in ``exit_on_error`` where Python callers call its main too."""
+    result kept for tests, is 0), and a UserError is one line on stderr with status 2 (or the error's own
+    ``status``: 1 for a data-parallel peer lost). Every CLI ends in ``sys.exit(run_main(...))``, or in
+    ``exit_on_error`` where Python callers call its main too."""
     try:
         status = body(*args, **kwargs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "status", 2)
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

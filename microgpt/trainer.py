@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from microgpt import UserError, checkpoint, cli
+from microgpt import UserError, checkpoint, cli, distributed
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_of, lr_at
 from microgpt.data import default_dataset, load_documents, split_documents
 from microgpt.files import write_json_atomic
@@ -77,6 +77,9 @@ def build_parser(description: str, default_engine: str, engine_names: list[str],
                    help="progress line every N steps (default: about once a second)")
     g.add_argument("--loss-log", metavar="JSON", help="write per-step training and validation losses here")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="data-parallel runs (under torchrun): how long a rank waits for the others before it "
+                        f"ends with an error (default: {distributed.DEFAULT_TIMEOUT_S:g})")
     return p
 
 
@@ -190,8 +193,11 @@ def evaluations_left(done: int, tcfg: TrainConfig) -> int:
 
 def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_step: int = 0,
           stop_step: int = 0, save_path: str | None = None, save_every: int = 0, log_every: int = 0, quiet: bool = False,
-          meta: dict | None = None, out=sys.stdout) -> History:
+          meta: dict | None = None, out=sys.stdout, validate: bool = True, peers=None) -> History:
     """Run steps ``start_step .. (stop_step or num_steps) - 1``; validate, stop early, checkpoint, report.
+
+    Data-parallel ranks other than 0 run with ``validate`` False (and quiet, no ``save_path``); ``peers``
+    (microgpt.distributed.DataParallel) carries rank 0's decision to stop early to them.
 
     A loss that is not finite, or that has blown up past DIVERGED_FACTOR x ln(vocab), stops the run with a
     UserError before anything is saved, so the last checkpoint written (--save-every) stays the last good one.
@@ -243,6 +249,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             done = step + 1
             now = time.perf_counter()
             evaluate_now = data.val and (done == tcfg.num_steps or (tcfg.eval_every and done % tcfg.eval_every == 0))
+            stop = False
             should_print = (log_every and done % log_every == 0) or (not log_every and now - last_print >= 1.0)
             if not quiet and (should_print or evaluate_now or done in (start_step + 1, end)):
                 per_step = train_seconds / (done - start_step)
@@ -254,7 +261,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
                       f"{tokens / train_seconds:,.0f} tok/s | {cli.per_step(per_step)} | "
                       f"ETA {cli.hms(eta)}", file=out, flush=True)
                 last_print = now
-            if evaluate_now:
+            if evaluate_now and validate:
                 t = time.perf_counter()
                 val = evaluate(engine, data.val, tcfg.eval_docs)
                 eval_seconds = time.perf_counter() - t
@@ -265,13 +272,16 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
                     best, bad_evals = val, 0
                 else:
                     bad_evals += 1
-                    if tcfg.patience and bad_evals >= tcfg.patience:
-                        hist.stopped_early = True
-                        if not quiet:
-                            print(f"early stop: no improvement in {bad_evals} evaluations (best {best:.4f})",
-                                  file=out, flush=True)
-                        save(done)
-                        return hist
+                    stop = bool(tcfg.patience and bad_evals >= tcfg.patience)
+                    if stop and not quiet:
+                        print(f"early stop: no improvement in {bad_evals} evaluations (best {best:.4f})",
+                              file=out, flush=True)
+            if evaluate_now and tcfg.patience and peers is not None:
+                stop = peers.agree(stop)
+            if stop:
+                hist.stopped_early = True
+                save(done)
+                return hist
             if save_every and done % save_every == 0:
                 save(done)
     except KeyboardInterrupt:
@@ -390,6 +400,14 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
                         "python train_fast.py ... --int8")
     engine_cls = registry.load_engine(args.engine)
     options = engine_options(engine_cls, args)
+    launch = distributed.launch_from_env()   # None outside torchrun; a one-line error for broken variables
+    parallel = launch if launch and launch.world_size > 1 else None
+    if parallel and not distributed.supports(engine_cls):
+        raise UserError(f"--engine {args.engine} cannot train data-parallel under torchrun (it cannot compute "
+                        f"gradients and apply Adam as two calls); the torch and c engines can")
+    if not args.dist_timeout > 0:
+        raise UserError(f"--dist-timeout must be a number of seconds > 0 (got {args.dist_timeout:g})")
+    main_rank = not parallel or parallel.is_main   # the one rank that prints, validates, saves and samples
     scfg = SampleConfig(**_overrides(args, SampleConfig, rename={"seed": "sample_seed"})).validate()
     if args.int8 and not scfg.num_samples:
         raise UserError("--int8 only changes how the samples are drawn, and --num-samples 0 asks for none")
@@ -406,6 +424,8 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
         cli.check_writable("--loss-log", args.loss_log)
 
     if args.sample_from:
+        if not main_rank:
+            return None
         ckpt = checkpoint.load(args.sample_from)
         tokenizer = tokenizer_from_dict(ckpt.tokenizer)
         check_prompt(tokenizer, ckpt.model.block_size, scfg)
@@ -446,25 +466,41 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
     if args.save:
         cli.check_writable("--save", args.save, checkpoint.size_bytes(mcfg))
     check_memory(engine_cls, mcfg, tcfg, args.dtype, args.engine, max(map(len, data.train)) - 1)
-    for note in data.notes:
+    for note in data.notes if main_rank else ():
         print(f"note: {note}", file=sys.stderr, flush=True)
 
     params = ckpt.params if args.resume else init_params(mcfg, tcfg.seed)
     if args.int8:
         int8_sampler(mcfg, params, options.get("isa"))  # a model the int8 path cannot run fails now, not after training
+    if parallel and "device" in options:
+        options["device"] = distributed.prepare_device(parallel, options["device"])
     engine = make_engine(engine_cls, options, mcfg, tcfg, params, args.engine)
     if args.resume:
         engine.import_adam(ckpt.adam)
     isa = getattr(engine, "isa", None)     # the instruction set that runs, for engines that choose one
-    if not args.quiet:
+    if parallel:
+        engine = distributed.DataParallel(engine, parallel, args.dist_timeout)
+    quiet = args.quiet or not main_rank
+    if not quiet:
         print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}"
               f"{f', {isa}' if isa else ''}) | "
-              f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
+              + (f"data-parallel: {parallel.world_size} ranks ({engine.backend}) x {tcfg.batch_size / parallel.world_size:g} "
+                 f"documents | " if parallel else "")
+              + f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
               f"vocab {mcfg.vocab_size} | steps {start}..{args.stop_at or tcfg.num_steps}"
               + (f" of {tcfg.num_steps}" if args.stop_at else ""), file=out, flush=True)
-    hist = train(engine, data, mcfg, tcfg, start, args.stop_at, args.save, args.save_every, args.log_every, args.quiet,
-                 meta={"dtype": args.dtype, "threads": args.threads, **({"isa": isa} if isa else {})}, out=out)
-    if hist.losses and not args.quiet:
+    try:
+        hist = train(engine, data, mcfg, tcfg, start, args.stop_at, args.save if main_rank else None, args.save_every,
+                     args.log_every, quiet, meta={"dtype": args.dtype, "threads": args.threads,
+                                                  **({"isa": isa} if isa else {}),
+                                                  **({"ranks": parallel.world_size} if parallel else {})},
+                     out=out, validate=main_rank, peers=engine if parallel else None)
+    finally:
+        if parallel:
+            engine.close()
+    if not main_rank:
+        return hist
+    if hist.losses and not quiet:
         tail = hist.losses[-100:]
         print(f"mean training loss over the last {len(tail)} steps: {sum(tail) / len(tail):.4f}", file=out)
     if args.loss_log:
