@@ -173,6 +173,100 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path, title: st
     return _save(fig, stem)
 
 
+# --- communication on the roofline (roofline.py --comm) ------------------------------------------------
+
+PROJECTION_WORLD_SIZES = (8, 64)        # the ring model's curves drawn beside the measured all-reduce
+
+
+def comm_chart(record: dict, results: list[dict], stem: str | Path, batch_size: int, dtype: str) -> list[Path]:
+    """Three panels. (a) the all-reduce: measured medians (quartile bars) against message size, the fitted
+    alpha-beta line at the measured N, the ring model at more ranks (a projection, dashed), and the
+    engines' gradient sizes. (b) per engine x config (``results`` as roofline.comm_main builds them), the
+    step's compute and all-reduce time against N ranks; (c) scaling efficiency. Measured N: filled markers
+    and solid lines; projected N: hollow markers and dashed lines, on a shaded band labelled projection."""
+    from microgpt import comm
+
+    fit, n_measured = record["fit"], record["world_size"]
+    fig, (ax, ax_time, ax_eff) = plt.subplots(3, 1, figsize=(8, 12.5), gridspec_kw={"height_ratios": [4, 3.2, 2.6]})
+    sizes, medians = record["sizes"], record["median_s"]
+    lo = [t - q1 for t, (q1, _) in zip(medians, record["quartiles_s"])]
+    hi = [q3 - t for t, (_, q3) in zip(medians, record["quartiles_s"])]
+    ax.errorbar(sizes, medians, yerr=[lo, hi], ls="none", marker="o", ms=5, color="black", mfc="#4c72b0", mew=0.6,
+                elinewidth=0.8, capsize=2, label=f"measured: {record['backend']}, {n_measured} processes, loopback "
+                                                 f"(median, quartiles)")
+    xs = [sizes[0] * 2 ** (i / 4) for i in range(int(4 * math.log2(sizes[-1] / sizes[0])) + 1)]
+    ax.plot(xs, [comm.allreduce_seconds(fit, x, n_measured) for x in xs], color="#c44e52", lw=1.5,
+            label=f"fit, N={n_measured}: alpha {fit['alpha_s'] * 1e6:.3g} us, "
+                  f"1/beta {cli.si(1 / fit['beta_s_per_byte'], 'B/s') if fit['beta_s_per_byte'] else 'inf'}, "
+                  f"rms residual {100 * fit['rms_residual']:.0f}%")
+    for n, style in zip(PROJECTION_WORLD_SIZES, ("--", ":")):
+        ax.plot(xs, [comm.allreduce_seconds(fit, x, n) for x in xs], color="#8172b2", lw=1.2, ls=style,
+                label=f"projection, N={n} (ring model)")
+    for i, (label, nbytes) in enumerate(dict.fromkeys((r["config"], r["grad_bytes"]) for r in results)):
+        ax.axvline(nbytes, color="#55a868", lw=0.9, ls="-.")
+        ax.annotate(f"{label} gradients ({dtype.replace('float', 'f')})", (nbytes, 0.97 - 0.07 * i),
+                    xycoords=("data", "axes fraction"), xytext=(-3, 0), textcoords="offset points", rotation=90,
+                    ha="right", va="top", fontsize=8, color="#2f6b3f")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: cli.binary_size(x).replace(".0 ", " ")))
+    ax.set_xlabel("message (bytes)")
+    ax.set_ylabel("one all-reduce (s)")
+    ax.set_title(f"(a) all-reduce time vs message size ({record['device']}; torch {record['torch']})", fontsize=10)
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13), framealpha=0.95)
+    ax.grid(True, which="major", color="#dddddd", lw=0.6)
+
+    world_sizes = [r["world_size"] for r in results[0]["rows"]]
+    first_projected = min((r["world_size"] for r in results[0]["rows"] if r["projection"]), default=None)
+    for a in (ax_time, ax_eff):
+        a.set_xscale("log", base=2)
+        a.set_xticks(world_sizes, [str(n) for n in world_sizes])
+        a.set_xlim(world_sizes[0] / 1.3, world_sizes[-1] * 1.3)
+        a.grid(True, which="major", color="#dddddd", lw=0.6)
+        if first_projected:
+            a.axvspan(first_projected / 1.4, world_sizes[-1] * 1.3, color="#f2f2f2", zorder=-2)
+            a.text(first_projected / 1.3, 0.96, "projection from the fitted model", transform=a.get_xaxis_transform(),
+                   fontsize=8, va="top", color="#555555")
+    def curve(a, rows, key, scale, marker, color, projected, **style):
+        """Measured rows solid with filled markers; projected ones dashed and hollow, from the last measured."""
+        done = [r for r in rows if not r["projection"] and r[key] > 0]
+        ahead = done[-1:] + [r for r in rows if r["projection"] and r[key] > 0]
+        a.plot([r["world_size"] for r in done], [scale * r[key] for r in done], color=color, marker=marker, ms=6,
+               mec="black", mew=0.5, **style)
+        if len(ahead) > 1:
+            a.plot([r["world_size"] for r in ahead], [scale * r[key] for r in ahead], color=color, marker=marker,
+                   ms=6, mfc="white", mec=color, lw=1, ls=projected, markevery=list(range(len(done[-1:]), len(ahead))))
+
+    for res in results:
+        color, label = _engine_color(res["engine"]), f"{res['engine']} {res['config']}"
+        curve(ax_time, res["rows"], "compute_s", 1e3, "o", color, ":", label=f"{label}: compute")
+        curve(ax_eff, res["rows"], "efficiency", 100, "o", color, "--", label=f"{label} (compute + all-reduce)")
+        measured = [r for r in res["rows"] if r.get("measured_step_s")]
+        if measured:
+            ax_eff.plot([r["world_size"] for r in measured], [100 * r["measured_efficiency"] for r in measured],
+                        ls="none", marker="*", ms=13, color=color, mec="black", mew=0.6,
+                        label=f"{label}: a whole data-parallel step under torchrun")
+    # the all-reduce depends on the gradients' size only: one curve per size, whatever the engine
+    for res in {r["grad_bytes"]: r for r in results}.values():
+        curve(ax_time, res["rows"], "allreduce_s", 1e3, "s", LEVEL_COLORS["DRAM"], (0, (5, 3)), ls="--",
+              label=f"all-reduce of {res['config']} gradients ({cli.binary_size(res['grad_bytes'])})")
+    ax_time.set_yscale("log")
+    ax_time.set_ylabel("per step (ms)")
+    ax_time.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax_time.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax_time.yaxis.set_minor_formatter(plt.NullFormatter())
+    ax_time.set_title(f"(b) batch {batch_size} over N ranks: compute of a rank's share (measured on 1 process) "
+                      f"and the all-reduce", fontsize=10)
+    ax_time.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1), framealpha=0.95)
+    ax_eff.set_ylim(0, 110)
+    ax_eff.set_ylabel("scaling efficiency (%)")
+    ax_eff.set_xlabel("ranks N (hollow markers, dashed lines: projection)")
+    ax_eff.set_title("(c) scaling efficiency T(1) / (N T(N))", fontsize=10)
+    ax_eff.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), framealpha=0.95)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 # --- benchmark charts (benchmark.py report) ------------------------------------------------------------
 
 VERDICT_COLORS = {"regression": "#d62728", "faster": "#2ca02c"}

@@ -8,6 +8,8 @@
     python roofline.py --ops --engine c --configs medium --batch-size 32 --isa all
                                            # the fused C step's measured phases on the roofline
     python roofline.py --results FILE      # engine timings from benchmark results instead of timing here
+    python roofline.py --comm --configs medium --batch-size 32   # data parallel: compute vs all-reduce per
+                                           # step, N = 1, 2 measured, N = 4..64 projected (~1 min)
 
 For every engine x config it prints FLOPs and bytes per step (microgpt/flops.py, from the real document
 lengths of the timed steps), arithmetic intensity, achieved GFLOP/s, the binding roof and the verdict:
@@ -40,6 +42,20 @@ dependency chains, short loops, thread hand-offs and cache misses nothing prefet
 at its fastest sample's rate (on a shared machine a preempted sample runs at half speed or less);
 "outside phases" is the rest of the step's wall time (the Python call, packing the batch). The chart has
 one point per phase.
+
+``--comm`` puts communication on the roofline (microgpt/comm.py): the all-reduce of torch.distributed (gloo
+on CPU, NCCL on CUDA) is timed against message size over 2 processes on this machine (loopback) and the
+ring alpha-beta model fitted to it, cached beside the ceilings (``--measure`` re-measures both). Each
+engine x config of a data-parallel step that splits the batch of B documents over N ranks, then all-reduces
+the gradients (one message of n_params values; torch and c: see microgpt/distributed.py), gets per N:
+
+  * compute: one process's measured step time on its share, ceil(B/N) documents (the slowest rank's);
+  * all-reduce: measured at the gradients' exact size for N = 2, the fitted model at N > 2;
+  * step = compute + all-reduce, speedup T(1) / T(N) and scaling efficiency T(1) / (N T(N)).
+
+N = 1 and 2 come from measurements here; N = 4 .. 64 are a projection from the model, which assumes
+every rank has a core of its own and a link like this loopback's (a real network has a larger alpha and
+a smaller bandwidth): the table and the chart mark them as such.
 
 Results JSON (``--results`` reads it, ``--save-results`` writes it): a list of records, or an object
 whose "results" key holds that list. A record:
@@ -93,6 +109,8 @@ OUTRUN_MARGIN = 1.25
 #: more samples (of fewer steps) until PROFILE_MIN_STEPS steps; each phase is timed at its fastest sample's
 #: rate (analyse_phases).
 PROFILE_WARMUP, PROFILE_SAMPLES, PROFILE_MIN_STEPS = 2, 9, 45
+#: The engines whose gradients the data-parallel trainer all-reduces (--comm's default).
+COMM_ENGINES = ("torch", "c")
 #: Progress lines (stderr) once building or profiling has taken this long.
 PROGRESS_AFTER_S = 2.0
 
@@ -490,6 +508,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine", metavar="NAME",
                    help="with --ops: c profiles the fused C step's phases while it trains (the only engine with a "
                         "per-phase profile) and places each on the roofline")
+    p.add_argument("--comm", action="store_true",
+                   help="data parallel: the measured all-reduce model (2 processes here), compute vs all-reduce per "
+                        "step for N = 1, 2 measured and N = 4..64 projected, and a chart (default engines torch,c)")
     p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
     p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
     p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
@@ -582,26 +603,142 @@ def profile_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
     stem = "out/roofline-phases" if args.chart is None else args.chart
     if stem and points:
         cpu = ceilings["cpu"]["model"]
-        draw_chart(ceilings, points, stem, roofs=list(roofs.items()),
+        draw_chart("roofline_chart", ceilings, points, stem, roofs=list(roofs.items()),
                    title=f"Phases of the fused C step — {cpu}, {args.threads} thread{'s' * (args.threads > 1)}")
     return 0
 
 
-def draw_chart(ceilings: dict, points: list[dict], stem: str, **options) -> None:
-    """The roofline chart as SVG and PNG, or a note when matplotlib (the dev extra) is not installed: the
-    tables above are the measurement, the chart only draws them."""
+#: Ranks of the data-parallel projection (--comm): N = 1 and 2 measured here, the rest from the model.
+COMM_WORLD_SIZES = (1, 2, 4, 8, 16, 32, 64)
+MEASURED_WORLD_SIZES = (1, 2)
+SOURCES = {"measured": "measured: compute + all-reduce, each alone", "model": "measured compute, fitted all-reduce",
+           "projection": "projection (model)"}
+
+
+def print_comm(record: dict, path: Path) -> None:
+    """The all-reduce measurement: its fitted alpha and beta, then every size with the model's residual."""
+    fit = record["fit"]
+    print(f"all-reduce: {record['backend']} over {record['world_size']} processes, {record['transport']}, torch "
+          f"{record['torch']}; {record['quality']} sweep of {record['created']} in {path} (re-measure: --measure)")
+    print(f"  model: {record['model']}")
+    print(f"  fit (least squares on the medians, weighted by 1/T^2): alpha {duration(fit['alpha_s'])}, beta "
+          f"{fit['beta_s_per_byte'] * 1e9:.3g} ns/B ({si(1 / fit['beta_s_per_byte'], 'B/s') if fit['beta_s_per_byte'] else 'inf'}); "
+          f"residuals rms {100 * fit['rms_residual']:.0f}%, largest {100 * fit['max_residual']:.0f}%")
+    grads = {n: label for label, n in comm_gradient_sizes().items()}
+    rows = [[cli.binary_size(n), duration(t), f"{duration(q1)} .. {duration(q3)}",
+             duration(t / (1 + r)), f"{100 * r:+.0f}%", grads.get(n, "")]
+            for n, t, (q1, q3), r in zip(record["sizes"], record["median_s"], record["quartiles_s"], fit["residuals"])]
+    print_table(rows, ["message", "median", "quartiles", "model", "residual", "gradients of"])
+
+
+def comm_gradient_sizes() -> dict[str, int]:
+    from microgpt import comm
+    return comm.gradient_sizes()
+
+
+def allreduce_at(record: dict, n_bytes: int, world_size: int) -> tuple[float, str]:
+    """Seconds of one all-reduce of ``n_bytes`` over ``world_size`` ranks and where the figure comes from:
+    the measured median at that exact size and N, else the fitted model (a projection beyond the measured N)."""
+    from microgpt import comm
+    if world_size == 1:
+        return 0.0, "measured"
+    if world_size == record["world_size"] and n_bytes in record["sizes"]:
+        return record["median_s"][record["sizes"].index(n_bytes)], "measured"
+    source = "model" if world_size == record["world_size"] else "projection"
+    return comm.allreduce_seconds(record["fit"], n_bytes, world_size), source
+
+
+def scaling_rows(compute_s: dict[int, float], grad_bytes: int, record: dict, batch_size: int,
+                 world_sizes=COMM_WORLD_SIZES, measured_steps: dict[int, float] | None = None) -> list[dict]:
+    """Per N: the share of the slowest rank, its compute seconds (``compute_s`` by per-rank batch), the
+    all-reduce's, their sum, speedup and efficiency against N = 1, and whether N was measured or projected.
+    ``measured_steps`` (N -> seconds of a real data-parallel step under torchrun) adds those beside."""
+    rows = []
+    for n in world_sizes:
+        share = math.ceil(batch_size / n)
+        allreduce, source = allreduce_at(record, grad_bytes, n)
+        step = compute_s[share] + allreduce
+        rows.append({"world_size": n, "share": share, "compute_s": compute_s[share], "allreduce_s": allreduce,
+                     "step_s": step, "allreduce_source": source,
+                     "projection": n not in MEASURED_WORLD_SIZES or source == "projection",
+                     "measured_step_s": (measured_steps or {}).get(n)})
+    t1 = rows[0]["step_s"]
+    for r in rows:
+        r["speedup"] = t1 / r["step_s"]
+        r["efficiency"] = r["speedup"] / r["world_size"]
+        if r["measured_step_s"]:
+            r["measured_efficiency"] = (rows[0]["measured_step_s"] or t1) / (r["world_size"] * r["measured_step_s"])
+    return rows
+
+
+def comm_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
+    """--comm: the all-reduce model, then per engine x config the data-parallel step at every N, and a chart."""
+    from engines import load_engine
+    from microgpt import comm
+    from microgpt.params import num_params
+    from microgpt.tokenizers import build_tokenizer, wrap
+    names = args.engines.split(",") if args.engines else list(COMM_ENGINES)
+    record = comm.comm_model(2, remeasure=args.measure, quality="full" if args.measure else "quick")
+    sys.stderr.flush()
+    print_comm(record, comm.cache_path(record["backend"], record["world_size"]))
+    print()
+    texts = load_texts(args.data)
+    tokenizer = build_tokenizer("char", texts, texts)
+    shares = sorted({math.ceil(args.batch_size / n) for n in COMM_WORLD_SIZES}, reverse=True)
+    results = []
+    for name in names:
+        engine_cls = load_engine(name)
+        for cfg in configs:
+            cfg = ModelConfig(**{**timing.model_dict(cfg), "vocab_size": tokenizer.vocab_size})
+            docs = [wrap(tokenizer, text, cfg.block_size) for text in texts]
+            compute = {}
+            for share in shares:
+                _log(f"timing {name} {config_label(cfg)} on a rank's share: batch {share} "
+                     f"({shares.index(share) + 1}/{len(shares)})")
+                compute[share] = time_engine(engine_cls, cfg, docs, share, args.dtype, args.threads,
+                                             args.seconds)["ms_per_step"] / 1e3
+            grad_bytes = num_params(cfg) * DTYPES[args.dtype][1]
+            rows = scaling_rows(compute, grad_bytes, record, args.batch_size)
+            results.append({"engine": name, "config": config_label(cfg), "grad_bytes": grad_bytes, "rows": rows})
+            print(f"data-parallel step: {name} {config_label(cfg)}, batch {args.batch_size} split over N ranks, "
+                  f"{args.dtype}, {args.threads} thread{'s' * (args.threads > 1)} per rank; gradients "
+                  f"{cli.binary_size(grad_bytes)} all-reduced once per step over {record['backend']}")
+            print_table([[r["world_size"], r["share"], f"{r['compute_s'] * 1e3:.3g}", f"{r['allreduce_s'] * 1e3:.3g}",
+                          f"{100 * r['allreduce_s'] / r['step_s']:.0f}", f"{r['step_s'] * 1e3:.3g}",
+                          f"{r['speedup']:.2f}", f"{100 * r['efficiency']:.0f}",
+                          SOURCES[r["allreduce_source"]] if r["world_size"] > 1 else "measured"]
+                         for r in rows],
+                        ["N", "docs/rank", "compute ms", "all-reduce ms", "% comm", "step ms", "speedup",
+                         "% efficiency", "source"])
+            print()
+    print("compute: one process's measured step on a rank's share of the batch; N >= 4 assumes a core per rank and "
+          "a link like this machine's loopback, and is a projection, not a measurement")
+    stem = "out/roofline-comm" if args.chart is None else args.chart
+    if stem and results:
+        draw_chart("comm_chart", record, results, stem, batch_size=args.batch_size, dtype=args.dtype)
+    return 0
+
+
+def draw_chart(chart: str, *args, **options) -> None:
+    """One chart of report_charts (``chart`` names its function, which gets the arguments) as SVG and PNG, or a
+    note when matplotlib (the dev extra) is not installed: the tables above are the measurement, the chart
+    only draws them."""
     try:
         import report_charts
     except ImportError:
         print("chart skipped: matplotlib is not installed (pip install matplotlib); --chart '' leaves it out")
         return
-    written = report_charts.roofline_chart(ceilings, points, stem, **options)
+    written = getattr(report_charts, chart)(*args, **options)
     print(f"chart: {', '.join(map(str, written))}")
 
 
 def run(argv: list[str] | None) -> int:
     args = parse_args(argv)
     configs = chosen_configs(args)
+    if args.comm:
+        if args.ops or args.results:
+            raise UserError("--comm times the engines here per rank's share of the batch: drop --ops / --results")
+        return comm_main(args, configs)
     if args.ops and args.engine:
         return profile_main(args, configs)
     if args.ops:
@@ -664,7 +801,7 @@ def run(argv: list[str] | None) -> int:
         print("no engine could be timed")
     stem = "out/roofline" if args.chart is None else args.chart
     if stem and rows:
-        draw_chart(ceilings, rows, stem)
+        draw_chart("roofline_chart", ceilings, rows, stem)
     return 0
 
 

@@ -310,13 +310,24 @@ def problem(record, backend: str, world_size: int, current_fingerprint: str, tor
         return "no valid timestamp"
     if age > machine.MAX_AGE_DAYS:
         return f"stale ({age:.0f} days old, limit {machine.MAX_AGE_DAYS})"
+    missing = [k for k in ("created", "device", "transport", "quality", "model") if not isinstance(record.get(k), str)]
+    if missing:
+        return f"missing {', '.join(missing)}"
     sizes, medians, fit = record.get("sizes"), record.get("median_s"), record.get("fit")
     if not (isinstance(sizes, list) and isinstance(medians, list) and len(sizes) == len(medians) >= 2
             and all(_number(x) and x > 0 for x in sizes + medians)):
         return "bad sizes or median_s (two or more positive numbers each, as many of one as of the other)"
+    quartiles = record.get("quartiles_s")
+    if not (isinstance(quartiles, list) and len(quartiles) == len(sizes)
+            and all(isinstance(q, list) and len(q) == 2 and all(map(_number, q)) for q in quartiles)):
+        return "bad quartiles_s (a [q1, q3] pair per size)"
     if not isinstance(fit, dict) or not all(_number(fit.get(k)) and fit[k] >= 0 for k in ("alpha_s", "beta_s_per_byte")) \
             or not fit["alpha_s"] + fit["beta_s_per_byte"] > 0:
         return "bad fit (alpha_s and beta_s_per_byte must be numbers >= 0, not both 0)"
+    residuals = fit.get("residuals")
+    if not (isinstance(residuals, list) and len(residuals) == len(sizes) and all(map(_number, residuals))
+            and all(_number(fit.get(k)) for k in ("rms_residual", "max_residual"))):
+        return "bad fit residuals (one per size, with their rms and largest)"
     return None
 
 

@@ -83,6 +83,7 @@ def synthetic_record(**changes):
     record = {"schema": comm.SCHEMA, "created_unix": time.time(), "created": "now",
               "fingerprint": machine.fingerprint(machine.cpu_info(), machine.caches()), "backend": "gloo",
               "world_size": 2, "device": comm.device_name("gloo"), "torch": torch.__version__, "sizes": sizes,
+              "transport": "loopback (one machine)", "quality": "quick",
               "median_s": medians, "quartiles_s": [[t, t] for t in medians], "model": comm.MODEL,
               "fit": comm.fit_alpha_beta(sizes, medians, 2)}
     return {**record, **changes}
@@ -115,6 +116,9 @@ def test_cache_round_trip_measures_once(measured):
     (json.dumps(synthetic_record(schema=0)), "schema 0"),
     (json.dumps(synthetic_record(median_s=[1e-4])), "bad sizes or median_s"),
     (json.dumps(synthetic_record(fit={"alpha_s": -1, "beta_s_per_byte": 1e-9})), "bad fit"),
+    (json.dumps(synthetic_record(fit={"alpha_s": 1e-5, "beta_s_per_byte": 1e-9})), "bad fit residuals"),
+    (json.dumps(synthetic_record(quartiles_s=[[1e-4]])), "bad quartiles_s"),
+    (json.dumps({k: v for k, v in synthetic_record().items() if k != "transport"}), "missing transport"),
 ])
 def test_a_bad_cache_is_named_in_one_line_and_measured_again(measured, content, reason):
     path = comm.cache_path("gloo", 2)
@@ -151,3 +155,44 @@ def test_probe_with_a_failing_rank_ends_in_one_line(monkeypatch):
     """A rank that cannot start its process group (a bad backend name) fails the probe with its reason."""
     with pytest.raises(comm.UserError, match="rank 1 failed"):
         comm.run_probe(2, "no-such-backend", [8], 1, 0.001, timeout_s=60, log=lambda m: None)
+
+
+# --- roofline.py --comm ------------------------------------------------------------------------------------
+
+def test_scaling_rows_split_the_batch_and_add_the_all_reduce():
+    import roofline
+    record = synthetic_record()
+    grad = record["sizes"][5]                       # a measured size: N = 2 takes its median as measured
+    compute = {8: 0.008, 4: 0.004, 2: 0.002, 1: 0.001}
+    rows = roofline.scaling_rows(compute, grad, record, 8, world_sizes=(1, 2, 4, 8, 16),
+                                 measured_steps={1: 0.008, 2: 0.005})
+    assert [r["share"] for r in rows] == [8, 4, 2, 1, 1]           # 16 ranks for 8 documents: one each at most
+    assert [r["projection"] for r in rows] == [False, False, True, True, True]
+    assert rows[1]["allreduce_s"] == record["median_s"][5] and rows[1]["allreduce_source"] == "measured"
+    assert rows[2]["allreduce_s"] == pytest.approx(ring(grad, 4))
+    for r in rows:
+        assert r["step_s"] == pytest.approx(r["compute_s"] + r["allreduce_s"])
+        assert r["efficiency"] == pytest.approx(0.008 / (r["world_size"] * r["step_s"]))
+    assert rows[1]["measured_efficiency"] == pytest.approx(0.008 / (2 * 0.005))
+    # off the measured sizes, N = 2 takes the fitted line, and says so
+    assert roofline.scaling_rows(compute, grad + 8, record, 8, world_sizes=(1, 2))[1]["allreduce_source"] == "model"
+
+
+def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tmp_path):
+    from conftest import run_cli
+    path = tmp_path / "comm-gloo-n2.json"
+    path.write_text(json.dumps(synthetic_record()))
+    stem = tmp_path / "comm"
+    r = run_cli("--comm", "--engines", "c", "--configs", "tiny", "--batch-size", "4", "--seconds", "0.02",
+                "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "alpha 40 us" in out and "beta 0.5 ns/B" in out and "residuals rms 0%" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line[:3].strip().isdigit()}
+    assert set(rows) >= {"1", "2", "4", "64"}
+    assert rows["1"].endswith("measured") and "projection" in rows["4"] and "projection" in rows["64"]
+    assert "fitted all-reduce" in rows["2"]     # tiny's gradients are not among the synthetic sizes
+    assert "timing c C16L1H4T8 on a rank's share: batch 4 (1/3)" in r.stderr          # progress
+    assert stem.with_suffix(".png").stat().st_size > 10_000 and stem.with_suffix(".svg").exists()
+    bad = run_cli("--comm", "--ops", script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--comm" in bad.stderr

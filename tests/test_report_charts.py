@@ -179,6 +179,6 @@ def test_without_matplotlib_the_charts_say_so_in_one_line(tmp_path, monkeypatch,
     # roofline.py prints its tables and leaves the chart out with a note
     import roofline
     monkeypatch.setitem(sys.modules, "report_charts", None)
-    roofline.draw_chart({}, [], str(tmp_path / "chart"))
+    roofline.draw_chart("roofline_chart", {}, [], str(tmp_path / "chart"))
     assert capsys.readouterr().out.startswith("chart skipped: matplotlib is not installed")
     assert not list(tmp_path.glob("chart*"))
