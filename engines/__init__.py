@@ -15,6 +15,13 @@ weights and Adam moments in whatever form it computes fastest with. It must prov
     export_adam() -> AdamState                      # moments in the flat layout + update count
     import_adam(state: AdamState)
 
+Engines that train data-parallel under torchrun (microgpt/distributed.py; torch and c) also have::
+
+    grads                                           # the flat gradient buffer: a torch tensor, or an
+                                                    # array the all-reduce wraps without a copy
+    compute_grads(docs) -> float                    # the docs' mean loss; its gradient left in grads
+    apply_adam(lr)                                  # clip grads by their global norm, one Adam update
+
 ``docs`` is a list of token-id lists, each already wrapped as ``[BOS] + tokens + [BOS]`` and cut to
 ``block_size + 1``. A document's loss is the mean cross-entropy of predicting ``doc[1:]`` from
 ``doc[:-1]``; a batch's loss is the mean of its documents' losses (each document weighs the same).

@@ -27,6 +27,7 @@ torch is imported only when a data-parallel run starts: this module is imported 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -224,6 +225,7 @@ class DataParallel:
 
 
 def _first_line(e: Exception) -> str:
+    """The backend's own reason, without the C++ source location gloo puts first."""
     text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
+    line = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text[0]) if text else type(e).__name__
     return line if len(line) <= 200 else line[:197] + "..."

@@ -1,0 +1,262 @@
+"""Data-parallel training (microgpt/distributed.py): N ranks x B/N documents against one process x B.
+
+Ranks run as real processes over loopback (gloo, 127.0.0.1, a free port), started with the launcher's
+environment variables as torchrun sets them; one test goes through torchrun itself (python -m
+torch.distributed.run), the command users type. Tiny model, few steps: every multi-process run here is a
+few seconds, and each has a timeout, so a hang fails the test instead of stalling CI.
+"""
+
+import io
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+import engines
+from microgpt import UserError, checkpoint, trainer
+from microgpt.distributed import Launch, launch_from_env, share
+
+torch = pytest.importorskip("torch", reason="data-parallel training runs on torch.distributed: pip install -e '.[torch]'")
+
+TINY = ("--n-embd", 16, "--n-layer", 1, "--n-head", 4, "--block-size", 8, "--eval-every", 0, "--eval-docs", 20,
+        "--num-samples", 0, "--dtype", "float64")
+TIMEOUT = 120   # seconds for any one run of the ranks: far above the few they take, far below a stuck CI job
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world_size: int, port: int) -> dict:
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+
+
+def start_ranks(tmp_path, world_size: int, args, name: str, ranks=None) -> list[subprocess.Popen]:
+    """train.py processes as torchrun would start them (all ``world_size`` ranks, or those in ``ranks``);
+    output in tmp_path/name.<rank>.{out,err}."""
+    port, procs = free_port(), []
+    for rank in range(world_size) if ranks is None else ranks:
+        out, err = (open(tmp_path / f"{name}.{rank}.{kind}", "w") for kind in ("out", "err"))
+        procs.append(subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=REPO, stdout=out, stderr=err,
+                                      stdin=subprocess.DEVNULL, env=rank_env(rank, world_size, port)))
+        out.close()
+        err.close()
+    return procs
+
+
+def wait_all(procs, timeout=TIMEOUT) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def train(tmp_path, world_size: int, args, name: str) -> list[str]:
+    """Runs the ranks to the end (world_size 0: one process, this one: torch is imported once for all)
+    with a --loss-log tmp_path/name.json; rank 0's stdout, line by line."""
+    args = [*args, "--loss-log", tmp_path / f"{name}.json"]
+    if world_size == 0:
+        out = io.StringIO()
+        trainer.run(list(map(str, args)), engines, "c", "", out=out)
+        return out.getvalue().splitlines()
+    codes = wait_all(start_ranks(tmp_path, world_size, args, name))
+    errs = [(tmp_path / f"{name}.{rank}.err").read_text() for rank in range(world_size)]
+    assert codes == [0] * world_size, errs
+    outs = [(tmp_path / f"{name}.{rank}.out").read_text() for rank in range(world_size)]
+    assert all(out == "" for out in outs[1:]), "only rank 0 prints"
+    return outs[0].splitlines()
+
+
+def relative(a, b) -> float:
+    """|a - b| / |b| in the Euclidean norm: how far a vector of numbers is from another, as a whole."""
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / sum(y * y for y in b))
+
+
+def assert_same_run(tmp_path, got: str, want: str, rel=1e-12):
+    """Two runs (checkpoint and loss log tmp_path/<name>.ckpt/.json) with every training loss equal to
+    ``rel`` and the parameters and both Adam moments at the end equal to ``rel`` as vectors."""
+    got_losses, want_losses = (json.loads((tmp_path / f"{name}.json").read_text())["train"] for name in (got, want))
+    assert got_losses == pytest.approx(want_losses, rel=rel)
+    got, want = (checkpoint.load(tmp_path / f"{name}.ckpt") for name in (got, want))
+    assert got.step == want.step and got.adam.t == want.adam.t
+    for what, a, b in (("params", got.params.data, want.params.data), ("adam m", got.adam.m, want.adam.m),
+                       ("adam v", got.adam.v, want.adam.v)):
+        assert relative(a, b) <= rel, f"{what}: relative difference {relative(a, b):.2e} > {rel:g}"
+
+
+# ---- the split, the launcher's variables ----
+
+@pytest.mark.parametrize("n_docs, world_size", [(32, 2), (3, 2), (1, 2), (7, 3), (2, 5)])
+def test_shares_are_contiguous_cover_the_batch_and_differ_by_at_most_one(n_docs, world_size):
+    parts = [share(n_docs, rank, world_size) for rank in range(world_size)]
+    assert [i for p in parts for i in range(n_docs)[p]] == list(range(n_docs))
+    sizes = [p.stop - p.start for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_launcher_variables():
+    good = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert launch_from_env({}) is None
+    assert launch_from_env({"PATH": "/bin", "RANK": ""}) is None
+    assert launch_from_env(good) == Launch(1, 2, 1, "127.0.0.1", 29500)
+    for bad, message in [({"MASTER_PORT": None}, "MASTER_PORT is not set"), ({"RANK": "2"}, "RANK=2 is not below"),
+                         ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+                         ({"MASTER_PORT": "70000"}, "MASTER_PORT='70000' is not an integer in \\[1, 65535\\]"),
+                         ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1'")]:
+        env = {k: v for k, v in {**good, **bad}.items() if v is not None}
+        with pytest.raises(UserError, match=message):
+            launch_from_env(env)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK is not set; MASTER_ADDR is not set; MASTER_PORT is not set"),
+    ({"RANK": "3", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     "RANK=3 is not below WORLD_SIZE=2"),
+])
+def test_wrong_launcher_variables_are_one_line_and_exit_2(names_file, env, message):
+    r = subprocess.run([sys.executable, "train.py", "--engine", "c", "--data", names_file, *map(str, TINY)], cwd=REPO,
+                       env={**os.environ, **env}, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert r.stderr.startswith("error: launcher variables")
+
+
+def test_an_engine_without_the_two_halves_is_refused_under_torchrun(names_file):
+    env = rank_env(0, 2, free_port())
+    r = subprocess.run([sys.executable, "train.py", "--engine", "numpy", "--data", names_file, *map(str, TINY)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot train data-parallel" in r.stderr, r.stderr
+
+
+# ---- one rank in this process: the buffer is shared, the step is the engine's own ----
+
+@pytest.mark.parametrize("engine_name", ["c", "torch"])
+def test_one_rank_all_reduces_the_engines_own_buffer_and_steps_as_the_engine(engine_name, monkeypatch):
+    import engines
+    from conftest import encode_names, make_setup, read_names
+    from microgpt.config import TrainConfig
+    from microgpt.distributed import DataParallel
+
+    cfg, params = make_setup()
+    tcfg = TrainConfig(grad_clip=0.5)
+    docs = encode_names(read_names(12), cfg.block_size)
+    cls = engines.load_engine(engine_name)
+    plain, parallel_engine = cls(cfg, tcfg, params.copy()), cls(cfg, tcfg, params.copy())
+    for name, value in rank_env(0, 1, free_port()).items():
+        monkeypatch.setenv(name, value)   # init_process_group reads them (env://: torchrun's own store if any)
+    dp = DataParallel(parallel_engine, launch_from_env(), timeout_s=30)
+    try:
+        grads = parallel_engine.grads
+        address = grads.data_ptr() if torch.is_tensor(grads) else grads.buffer_info()[0]
+        assert dp.grads.data_ptr() == address, "the all-reduce must run on the engine's buffer, not a copy"
+        for i in range(0, 12, 4):
+            assert dp.train_step(docs[i:i + 4], 0.01) == plain.train_step(docs[i:i + 4], 0.01)
+            assert dp.last.total > 0 and dp.last.allreduce >= 0
+        assert dp.steps == 3 and dp.export_params().data == plain.export_params().data
+    finally:
+        dp.close()
+
+
+# ---- N ranks against one process ----
+
+@pytest.mark.parametrize("engine_name", ["c", "torch"])
+def test_two_ranks_equal_one_process_over_50_steps(tmp_path, names_file, engine_name):
+    """float64, gradient clipping on (it must see the summed gradient's norm): the same losses, parameters
+    and Adam moments to 1e-12."""
+    args = ["--engine", engine_name, "--data", names_file, *TINY, "--num-steps", 50, "--batch-size", 4,
+            "--grad-clip", 0.5]
+    train(tmp_path, 0, [*args, "--save", tmp_path / "one.ckpt"], "one")
+    two = train(tmp_path, 2, [*args, "--save", tmp_path / "two.ckpt"], "two")
+    assert sum("data-parallel: 2 ranks (gloo)" in line for line in two) == 1
+    assert_same_run(tmp_path, "two", "one")
+
+
+@pytest.mark.parametrize("engine_name, batch_size", [("c", 3), ("torch", 1)], ids=["uneven-c", "empty-share-torch"])
+def test_uneven_and_empty_shares_equal_one_process(tmp_path, names_file, engine_name, batch_size):
+    """B = 3 over 2 ranks (2 + 1 documents: weights 2/3 and 1/3), and B = 1 (rank 1 has none and adds zeros).
+    The split is the engine-independent part (microgpt/distributed.py): one engine each keeps CI short."""
+    args = ["--engine", engine_name, "--data", names_file, *TINY, "--num-steps", 6, "--batch-size", batch_size]
+    train(tmp_path, 0, [*args, "--save", tmp_path / "one.ckpt"], "one")
+    train(tmp_path, 2, [*args, "--save", tmp_path / "two.ckpt"], "two")
+    assert_same_run(tmp_path, "two", "one")
+
+
+def test_a_checkpoint_resumes_with_any_number_of_ranks(tmp_path, names_file):
+    """2 ranks (through torchrun itself) pause at step 3, one process resumes; one process pauses, 2 ranks
+    resume: both end where one uninterrupted process does."""
+    args = ["--engine", "c", "--data", names_file, *TINY, "--num-steps", 6, "--batch-size", 4, "--grad-clip", 0.5]
+    train(tmp_path, 0, [*args, "--save", tmp_path / "whole.ckpt"], "whole")
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "train.py", *map(str, [*args, "--stop-at", 3, "--save", tmp_path / "a.ckpt", "--loss-log",
+                                       tmp_path / "a0.json"])]
+    r = subprocess.run(torchrun, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT,
+                       env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("engine c (") == 1 and r.stdout.count("step 3/6") == 1, "rank 0 alone prints"
+    assert checkpoint.load(tmp_path / "a.ckpt").step == 3
+    train(tmp_path, 0, [*args, "--resume", tmp_path / "a.ckpt", "--save", tmp_path / "a.ckpt"], "a")
+    assert_resumed(tmp_path, "a0", "a", "whole")
+
+    train(tmp_path, 0, [*args, "--stop-at", 3, "--save", tmp_path / "b.ckpt"], "b0")
+    train(tmp_path, 2, [*args, "--resume", tmp_path / "b.ckpt", "--save", tmp_path / "b.ckpt"], "b")
+    assert_resumed(tmp_path, "b0", "b", "whole")
+
+
+def assert_resumed(tmp_path, first: str, second: str, whole: str) -> None:
+    """The losses of a paused run and of its resumption, end to end, are those of the whole run."""
+    first_losses = json.loads((tmp_path / f"{first}.json").read_text())["train"]
+    log = json.loads((tmp_path / f"{second}.json").read_text())
+    assert log["start_step"] == len(first_losses) == 3
+    log["train"] = first_losses + log["train"]
+    (tmp_path / f"{second}.json").write_text(json.dumps(log))
+    assert_same_run(tmp_path, second, whole)
+
+
+# ---- failures end in one line, not a hang ----
+
+def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path, names_file):
+    args = ["--engine", "c", "--data", names_file, *TINY, "--num-steps", 10 ** 6, "--batch-size", 2,
+            "--log-every", 1, "--dist-timeout", 20]
+    procs = start_ranks(tmp_path, 2, args, "dies")
+    try:
+        out = tmp_path / "dies.0.out"
+        deadline = time.monotonic() + TIMEOUT
+        while not re.search(r"step +2/", out.read_text()) and procs[0].poll() is None:
+            assert time.monotonic() < deadline, "rank 0 never got to its second step"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGKILL)
+        t = time.monotonic()
+        code = procs[0].wait(timeout=60)
+        waited = time.monotonic() - t
+    finally:
+        wait_all(procs, timeout=1)
+    err = (tmp_path / "dies.0.err").read_text()
+    assert code == 1, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2: the all-reduce failed after "), err
+    assert "another rank died or did not answer within --dist-timeout 20 s" in lines[0]
+    assert waited < 60
+
+
+def test_a_rank_that_never_joins_times_out_with_one_line(tmp_path, names_file):
+    args = ["--engine", "c", "--data", names_file, *TINY, "--num-steps", 5, "--dist-timeout", 3]
+    codes = wait_all(start_ranks(tmp_path, 2, args, "alone", ranks=[0]))
+    err = (tmp_path / "alone.0.err").read_text()
+    assert codes == [1], err
+    assert err.count("\nerror: ") + err.startswith("error: ") == 1 and "Traceback" not in err
+    assert "could not form the process group" in err and "--dist-timeout 3 s" in err
