@@ -28,11 +28,14 @@ class Case:
     threads: int
     threshold: float | None = None      # the effect floor for this benchmark, if the matrix sets one
     isa: str | None = None              # the c engine's instruction set when chosen (--isa); None: its best
+    ranks: int = 1                      # data-parallel processes (torchrun, benchmarks/distributed.py); 1: plain
 
     @property
     def id(self) -> str:
         engine = f"{self.engine}[{self.isa}]" if self.isa else self.engine
-        return f"{engine} {config_label(self.config)} b{self.batch_size} {DTYPE_SHORT[self.dtype]} t{self.threads}"
+        ranks = f" r{self.ranks}" if self.ranks > 1 else ""
+        return (f"{engine} {config_label(self.config)} b{self.batch_size} {DTYPE_SHORT[self.dtype]} "
+                f"t{self.threads}{ranks}")
 
     def config_dict(self) -> dict:
         return dict(zip(("n_embd", "n_layer", "n_head", "block_size", "mlp_act"), self.config))
@@ -50,7 +53,7 @@ def parse_config(text: str) -> tuple:
     return n_embd, n_layer, n_head, int(m.group(4) or 16), m.group(5) or "relu2"
 
 
-GROUP_KEYS = {"engines", "exclude", "configs", "batch_sizes", "dtypes", "threads", "threshold"}
+GROUP_KEYS = {"engines", "exclude", "configs", "batch_sizes", "dtypes", "threads", "ranks", "threshold"}
 
 
 def check_group(group, where: str) -> None:
@@ -62,7 +65,7 @@ def check_group(group, where: str) -> None:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(GROUP_KEYS))})")
     positive = lambda xs: isinstance(xs, list) and xs and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                                               for x in xs)
-    for key in ("batch_sizes", "threads"):
+    for key in ("batch_sizes", "threads", "ranks"):
         if key in group and not positive(group[key]):
             raise UserError(f"{where}: {key} must be a non-empty list of integers >= 1")
     if "dtypes" in group and not (isinstance(group["dtypes"], list) and set(group["dtypes"]) <= set(DTYPE_SHORT)):
@@ -94,10 +97,12 @@ def load_matrix(name: str, path: Path = MATRIX) -> tuple[dict, list[Case], list[
                 for batch in group.get("batch_sizes", [1]):
                     for dtype in group.get("dtypes", ["float64"]):
                         for threads in group.get("threads", [1]):
-                            case = Case(engine, config, batch, dtype, threads, group.get("threshold"))
-                            if case.id not in seen:
-                                seen.add(case.id)
-                                cases.append(case)
+                            for ranks in group.get("ranks", [1]):
+                                case = Case(engine, config, batch, dtype, threads, group.get("threshold"),
+                                            ranks=ranks)
+                                if case.id not in seen:
+                                    seen.add(case.id)
+                                    cases.append(case)
     left_out = [{"engine": e, "reason": reason} for e, reason in spec.get("left_out", {}).items() if e in ENGINES]
     return settings, cases, left_out
 

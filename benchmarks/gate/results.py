@@ -49,6 +49,8 @@ def summarise(case: Case, acc: dict) -> dict:
         record["isa"] = acc["isa"]              # the instruction set the c engine's kernels ran
     if case.threshold is not None:
         record["threshold"] = case.threshold
+    if case.ranks > 1:
+        record["ranks"] = case.ranks            # data parallel: this many torchrun processes of ``threads`` each
     return record
 
 

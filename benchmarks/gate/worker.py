@@ -44,7 +44,12 @@ def worker() -> None:
         elif req["cmd"] == "setup":
             case = req["case"]
             try:
-                timer, vocab_size, warmup_s = prepare(case, req["data"], req["warmup"], texts)
+                if case.get("ranks", 1) > 1:        # data parallel: torchrun's processes behind the same interface
+                    from benchmarks.distributed import DistributedTimer
+                    timer = DistributedTimer(case, req["data"], req["warmup"], req["min_sample_s"])
+                    vocab_size, warmup_s = timer.vocab_size, timer.warmup_s
+                else:
+                    timer, vocab_size, warmup_s = prepare(case, req["data"], req["warmup"], texts)
                 steps = timer.steps_for(req["min_sample_s"])
             except EngineUnavailable as e:
                 answer({"skipped": f"engine cannot be loaded: {e}", "whole_engine": True})
@@ -56,16 +61,22 @@ def worker() -> None:
                 answer({"skipped": f"FAILED with {type(e).__name__}: {e}"})
                 continue
             timers[case["id"]] = timer
-            answer({"vocab_size": vocab_size, "warmup_s": warmup_s, "steps": steps, "isa": timer.isa})
+            answer({"vocab_size": vocab_size, "warmup_s": warmup_s, "steps": steps, "isa": timer.isa,
+                    "ranks": case.get("ranks", 1)})
         elif req["cmd"] == "sample":
             wall_ms, cpu_ms, lengths = timers[req["id"]].sample(req["steps"])
             steps = Counter(tuple(sorted(x)) for x in lengths)
             answer({"wall_ms": wall_ms, "cpu_ms": cpu_ms, "step_lengths": [[list(k), n] for k, n in steps.items()]})
         elif req["cmd"] == "drop":
-            del timers[req["id"]]
+            timer = timers.pop(req["id"])
+            if hasattr(timer, "close"):             # a DistributedTimer's torchrun processes
+                timer.close()
             gc.collect()                # the next case starts without this one's garbage
             answer({})
         elif req["cmd"] == "quit":
+            for timer in timers.values():
+                if hasattr(timer, "close"):
+                    timer.close()
             return
 
 
@@ -150,23 +161,23 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     the ``session`` that pairs them.
     """
     log = log or (lambda message: None)
-    groups = list(dict.fromkeys((c.engine, c.threads) for c in cases))
+    groups = list(dict.fromkeys((c.engine, c.threads, c.ranks) for c in cases))
     out = {s.name: {"samples": {}, "skipped": {}} for s in sides}
     dead = {s.name: set() for s in sides}       # engines that could not be imported on that side
     started, loads = time.perf_counter(), []
     done, total = 0, settings["rounds"] * len(groups)
     for r in range(settings["rounds"]):
-        for engine, threads in groups[r % len(groups):] + groups[:r % len(groups)]:
+        for engine, threads, ranks in groups[r % len(groups):] + groups[:r % len(groups)]:
             if hasattr(os, "getloadavg"):
                 loads.append(round(os.getloadavg()[0], 2))     # how busy other jobs kept the machine
-            engine_cases = [c for c in cases if (c.engine, c.threads) == (engine, threads)]
+            engine_cases = [c for c in cases if (c.engine, c.threads, c.ranks) == (engine, threads, ranks)]
             engine_cases = engine_cases[r % len(engine_cases):] + engine_cases[:r % len(engine_cases)]
             live = [s for s in sides if engine not in dead[s.name]]
             if not live:
                 done += 1
                 continue
             t0 = time.perf_counter()
-            workers, cpus = {}, pinned_cpus(threads)
+            workers, cpus = {}, pinned_cpus(threads * ranks)
             try:
                 for s in live:
                     workers[s.name] = WorkerProcess(s, cpus)
@@ -179,6 +190,10 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                             "cmd": "setup", "data": data, "warmup": settings["warmup"],
                             "min_sample_s": settings["min_sample_s"],
                             "case": case_request(case)})
+                        if case.ranks > 1 and "skipped" not in answer and answer.get("ranks") != case.ranks:
+                            workers[s.name].call({"cmd": "drop", "id": case.id})
+                            answer = {"skipped": f"this side's worker (protocol {PROTOCOL}, before data-parallel "
+                                                 f"cases) would time it on one process"}
                         if "skipped" in answer:
                             out[s.name]["skipped"][case.id] = answer["skipped"]
                             if answer.get("whole_engine"):
@@ -266,7 +281,8 @@ def count_instructions(side: Side, case: Case, data: str, warmup: int, steps: in
 def case_request(case: Case) -> dict:
     """A case as the worker protocol and count.py read it."""
     return {"id": case.id, "engine": case.engine, "config": case.config_dict(), "batch_size": case.batch_size,
-            "dtype": case.dtype, "threads": case.threads, **({"isa": case.isa} if case.isa else {})}
+            "dtype": case.dtype, "threads": case.threads, **({"isa": case.isa} if case.isa else {}),
+            **({"ranks": case.ranks} if case.ranks > 1 else {})}
 
 
 def measure_instructions(sides: list[Side], cases: list[Case], settings: dict, data: str, log=None,
@@ -278,9 +294,12 @@ def measure_instructions(sides: list[Side], cases: list[Case], settings: dict, d
 
     log = log or (lambda message: None)
     out = {s.name: {"samples": {}, "skipped": {}} for s in sides}
-    counted = [c for c in cases if c.engine in COUNTED_ENGINES]
+    counted = [c for c in cases if c.engine in COUNTED_ENGINES and c.ranks == 1]
     for c in cases:
-        if c.engine not in COUNTED_ENGINES:
+        if c.ranks > 1:
+            for s in sides:
+                out[s.name]["skipped"][c.id] = "not counted: a data-parallel case runs in torchrun's processes"
+        elif c.engine not in COUNTED_ENGINES:
             for s in sides:
                 out[s.name]["skipped"][c.id] = (f"not counted: instructions are counted for "
                                                 f"{', '.join(COUNTED_ENGINES)} (see benchmarks/README.md)")
