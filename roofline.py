@@ -511,6 +511,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--comm", action="store_true",
                    help="data parallel: the measured all-reduce model (2 processes here), compute vs all-reduce per "
                         "step for N = 1, 2 measured and N = 4..64 projected, and a chart (default engines torch,c)")
+    p.add_argument("--comm-model-only", action="store_true",
+                   help="with --comm: leave out the real data-parallel step on 2 torchrun processes (~15 s per engine "
+                        "x config; the table's torchrun columns stay empty)")
     p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
     p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
     p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
@@ -671,6 +674,21 @@ def scaling_rows(compute_s: dict[int, float], grad_bytes: int, record: dict, bat
     return rows
 
 
+def time_data_parallel(name: str, cfg: ModelConfig, args: argparse.Namespace) -> tuple[dict[int, float], list]:
+    """A real data-parallel step: ``name`` trained by 2 torchrun processes (benchmarks/distributed.py, the
+    benchmark matrix's distributed cases) on the batch; {2: seconds per step} and each rank's compute,
+    all-reduce and update milliseconds per step."""
+    from benchmarks.distributed import time_case
+    from microgpt.data import default_dataset
+    _log(f"timing {name} {config_label(cfg)} batch {args.batch_size} as 2 torchrun processes (startup ~10 s)")
+    config = {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "block_size", "mlp_act")}
+    case = {"id": "roofline", "engine": name, "config": config, "batch_size": args.batch_size, "dtype": args.dtype,
+            "threads": args.threads, "ranks": 2}
+    data = args.data[0] if args.data else str(default_dataset())
+    t = time_case(case, data, warmup=2, samples=5, min_sample_s=args.seconds / 5)
+    return {2: t["ms_per_step"] / 1e3}, t["rank_parts_ms"]
+
+
 def comm_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
     """--comm: the all-reduce model, then per engine x config the data-parallel step at every N, and a chart."""
     from engines import load_engine
@@ -684,6 +702,8 @@ def comm_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
     print()
     texts = load_texts(args.data)
     tokenizer = build_tokenizer("char", texts, texts)
+    # the benchmark gate's document order (benchmarks/gate/count.py), which the torchrun step trains on too
+    random.Random(0).shuffle(texts)
     shares = sorted({math.ceil(args.batch_size / n) for n in COMM_WORLD_SIZES}, reverse=True)
     results = []
     for name in names:
@@ -698,18 +718,28 @@ def comm_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
                 compute[share] = time_engine(engine_cls, cfg, docs, share, args.dtype, args.threads,
                                              args.seconds)["ms_per_step"] / 1e3
             grad_bytes = num_params(cfg) * DTYPES[args.dtype][1]
-            rows = scaling_rows(compute, grad_bytes, record, args.batch_size)
-            results.append({"engine": name, "config": config_label(cfg), "grad_bytes": grad_bytes, "rows": rows})
+            measured, parts = {}, None
+            if not args.comm_model_only:
+                measured, parts = time_data_parallel(name, cfg, args)
+            rows = scaling_rows(compute, grad_bytes, record, args.batch_size, measured_steps=measured)
+            results.append({"engine": name, "config": config_label(cfg), "grad_bytes": grad_bytes, "rows": rows,
+                            "torchrun_rank_parts_ms": parts})
             print(f"data-parallel step: {name} {config_label(cfg)}, batch {args.batch_size} split over N ranks, "
                   f"{args.dtype}, {args.threads} thread{'s' * (args.threads > 1)} per rank; gradients "
                   f"{cli.binary_size(grad_bytes)} all-reduced once per step over {record['backend']}")
             print_table([[r["world_size"], r["share"], f"{r['compute_s'] * 1e3:.3g}", f"{r['allreduce_s'] * 1e3:.3g}",
                           f"{100 * r['allreduce_s'] / r['step_s']:.0f}", f"{r['step_s'] * 1e3:.3g}",
                           f"{r['speedup']:.2f}", f"{100 * r['efficiency']:.0f}",
+                          f"{r['measured_step_s'] * 1e3:.3g}" if r["measured_step_s"] and r["world_size"] > 1 else "",
+                          f"{100 * r['measured_efficiency']:.0f}" if r["measured_step_s"] and r["world_size"] > 1 else "",
                           SOURCES[r["allreduce_source"]] if r["world_size"] > 1 else "measured"]
                          for r in rows],
                         ["N", "docs/rank", "compute ms", "all-reduce ms", "% comm", "step ms", "speedup",
-                         "% efficiency", "source"])
+                         "% efficiency", "torchrun ms", "torchrun % eff", "source"])
+            if parts:
+                print("torchrun step by part (medians, ms per step): " + "; ".join(
+                    f"rank {i}: compute {c:.3g}, all-reduce {a:.3g} ({100 * a / (c + a + u):.0f}%, waiting for the "
+                    f"other rank included), update {u:.3g}" for i, (c, a, u) in enumerate(parts)))
             print()
     print("compute: one process's measured step on a rank's share of the batch; N >= 4 assumes a core per rank and "
           "a link like this machine's loopback, and is a projection, not a measurement")

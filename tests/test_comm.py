@@ -183,8 +183,8 @@ def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tm
     path = tmp_path / "comm-gloo-n2.json"
     path.write_text(json.dumps(synthetic_record()))
     stem = tmp_path / "comm"
-    r = run_cli("--comm", "--engines", "c", "--configs", "tiny", "--batch-size", "4", "--seconds", "0.02",
-                "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+    r = run_cli("--comm", "--comm-model-only", "--engines", "c", "--configs", "tiny", "--batch-size", "4",
+                "--seconds", "0.02", "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "alpha 40 us" in out and "beta 0.5 ns/B" in out and "residuals rms 0%" in out
