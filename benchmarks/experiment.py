@@ -82,14 +82,18 @@ def verdict_list(verdicts) -> list[dict]:
             for v in verdicts]
 
 
-def comparison(sides: list[Side], settings: dict, cases, data: str, data_info: dict, counted: bool) -> dict:
-    """One comparison of side A with every other side: {plan or metric: verdicts}."""
+def comparison(sides: list[Side], settings: dict, cases, data: str, data_info: dict, counted: bool,
+               keep: Path | None = None) -> dict:
+    """One comparison of side A with every other side: {plan or metric: verdicts}; with ``keep``, each
+    side's results document is written there too (``<side>.json``), to judge again offline."""
     warn = lambda message: message.startswith("warning") and print(message, file=sys.stderr, flush=True)
     if counted:
         measured = measure_instructions(sides, cases, settings, data, log=warn, rounds=settings["rounds"])
     else:
         measured = measure(sides, cases, settings, data, log=warn)
     docs = [results_document(measured[s.name], cases, settings, data_info, "experiment", []) for s in sides]
+    for s, d in zip(sides, docs if keep else []):
+        write_json_atomic(keep / f"{s.name}.json", d)
     if counted:             # every other side against A, counted in the same call
         return {s.name: verdict_list(compare_results(docs[0], d)) for s, d in zip(sides[1:], docs[1:])}
     return {metric: verdict_list(compare_results(docs[0], docs[1], metric=metric)) for metric in ("auto", "wall")}
@@ -183,7 +187,8 @@ def experiment(args) -> int:
                 sides = [Side("A", REPO), Side("B", REPO)]
             runs = []
             for i in range(args.comparisons):
-                runs.append(comparison(sides, settings, cases, data, data_info, counted))
+                runs.append(comparison(sides, settings, cases, data, data_info, counted,
+                                       Path(args.keep) / str(i + 1) if args.keep else None))
                 flagged = {k: [v["id"] for v in vs if v["verdict"] == "regression"] for k, vs in runs[-1].items()}
                 print(f"comparison {i + 1}/{args.comparisons} ({time.perf_counter() - started:.0f} s): "
                       + "; ".join(f"{k}: {', '.join(ids) or 'no regression'}" for k, ids in flagged.items()),
@@ -209,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, help="samples per process and benchmark (default: the matrix's)")
     p.add_argument("--data", help="documents (default: names.txt)")
     p.add_argument("--out", help="JSON with every verdict (default: out/experiment-<name>.json)")
+    p.add_argument("--keep", metavar="DIR", help="aa, slowdown, instructions: every comparison's results files in "
+                                                 "DIR/<k>/<side>.json, to judge again offline")
     return run_main(experiment, p.parse_args(argv))
 
 
