@@ -96,6 +96,12 @@ def share(n_docs: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def share_sizes(n_docs: int, world_size: int) -> str:
+    """How many documents the ranks get, for the startup line: "16", or "1-2" when they differ."""
+    low, high = n_docs // world_size, -(-n_docs // world_size)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def supports(engine_cls) -> bool:
     """Whether an engine can train data-parallel (it computes gradients and applies Adam as two calls)."""
     return all(callable(getattr(engine_cls, name, None)) for name in ("compute_grads", "apply_adam"))
@@ -169,9 +175,9 @@ class DataParallel:
         return getattr(self.engine, name)
 
     def _failed(self, what: str, e: Exception) -> PeerLost:
-        return PeerLost(f"rank {self.launch.rank} of {self.launch.world_size}: {what} failed after "
-                        f"{self.steps} steps of this run: another rank died or did not answer within --dist-timeout "
-                        f"{self.timeout_s:g} s ({_first_line(e)})")
+        return PeerLost(f"rank {self.launch.rank} of {self.launch.world_size}: {what} failed after {self.steps} "
+                        f"step{'s' * (self.steps != 1)} of this run: another rank died or did not answer within "
+                        f"--dist-timeout {self.timeout_s:g} s ({_first_line(e)})")
 
     def _sync(self) -> None:
         if self.cuda:

@@ -484,8 +484,9 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
     if not quiet:
         print(f"engine {engine.name} ({args.dtype}, {args.threads} thread{'s' * (args.threads > 1)}"
               f"{f', {isa}' if isa else ''}) | "
-              + (f"data-parallel: {parallel.world_size} ranks ({engine.backend}) x {tcfg.batch_size / parallel.world_size:g} "
-                 f"documents | " if parallel else "")
+              + (f"data-parallel: {parallel.world_size} ranks ({engine.backend}), "
+                 f"{distributed.share_sizes(tcfg.batch_size, parallel.world_size)} documents each | "
+                 if parallel else "")
               + f"{len(params):,} params | {len(data.train):,} train / {len(data.val):,} val documents | "
               f"vocab {mcfg.vocab_size} | steps {start}..{args.stop_at or tcfg.num_steps}"
               + (f" of {tcfg.num_steps}" if args.stop_at else ""), file=out, flush=True)

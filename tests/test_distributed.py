@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 import engines
 from microgpt import UserError, checkpoint, trainer
-from microgpt.distributed import Launch, launch_from_env, share
+from microgpt.distributed import Launch, launch_from_env, share, share_sizes
 
 torch = pytest.importorskip("torch", reason="data-parallel training runs on torch.distributed: pip install -e '.[torch]'")
 
@@ -107,6 +107,7 @@ def test_shares_are_contiguous_cover_the_batch_and_differ_by_at_most_one(n_docs,
     assert [i for p in parts for i in range(n_docs)[p]] == list(range(n_docs))
     sizes = [p.stop - p.start for p in parts]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert share_sizes(n_docs, world_size) == "-".join(sorted({str(min(sizes)), str(max(sizes))}, key=int))
 
 
 def test_launcher_variables():
@@ -181,7 +182,7 @@ def test_two_ranks_equal_one_process_over_50_steps(tmp_path, names_file, engine_
             "--grad-clip", 0.5]
     train(tmp_path, 0, [*args, "--save", tmp_path / "one.ckpt"], "one")
     two = train(tmp_path, 2, [*args, "--save", tmp_path / "two.ckpt"], "two")
-    assert sum("data-parallel: 2 ranks (gloo)" in line for line in two) == 1
+    assert sum("data-parallel: 2 ranks (gloo), 2 documents each" in line for line in two) == 1
     assert_same_run(tmp_path, "two", "one")
 
 
@@ -229,9 +230,11 @@ def assert_resumed(tmp_path, first: str, second: str, whole: str) -> None:
 
 # ---- failures end in one line, not a hang ----
 
-def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path, names_file):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_rank_that_dies_or_hangs_ends_the_others_with_one_line(tmp_path, names_file, how):
+    """Killed, its sockets close and rank 0 fails at once; stopped, rank 0 gives up after --dist-timeout."""
     args = ["--engine", "c", "--data", names_file, *TINY, "--num-steps", 10 ** 6, "--batch-size", 2,
-            "--log-every", 1, "--dist-timeout", 20]
+            "--log-every", 1, "--dist-timeout", 15]
     procs = start_ranks(tmp_path, 2, args, "dies")
     try:
         out = tmp_path / "dies.0.out"
@@ -239,7 +242,7 @@ def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path, names_file):
         while not re.search(r"step +2/", out.read_text()) and procs[0].poll() is None:
             assert time.monotonic() < deadline, "rank 0 never got to its second step"
             time.sleep(0.1)
-        procs[1].send_signal(signal.SIGKILL)
+        procs[1].send_signal(how)
         t = time.monotonic()
         code = procs[0].wait(timeout=60)
         waited = time.monotonic() - t
@@ -249,7 +252,7 @@ def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path, names_file):
     assert code == 1, err
     lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2: the all-reduce failed after "), err
-    assert "another rank died or did not answer within --dist-timeout 20 s" in lines[0]
+    assert "another rank died or did not answer within --dist-timeout 15 s" in lines[0]
     assert waited < 60
 
 
