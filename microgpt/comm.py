@@ -6,9 +6,10 @@ data-parallel trainers run on their gradients, between ``world_size`` processes 
 loopback. They are started with the launcher's environment variables (RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT, as torchrun sets them); ``python -m microgpt.comm --worker`` also runs under torchrun itself.
 For each message size (a float64 tensor of zeros: the sum stays zero, so no overflow or denormal changes
-the speed), every rank times ``k`` back-to-back all-reduces after a barrier, ``repeats`` times; a
-repeat's time is the slowest rank's (the collective is done when its last rank is), and a size's time is
-the median of its repeats (robust to the preemptions of a shared machine).
+the speed), every rank times ``k`` back-to-back all-reduces after a barrier, once per round, ``repeats``
+rounds over all the sizes (a burst of load spoils one repeat of several sizes, not one size); a repeat's
+time is the slowest rank's (the collective is done when its last rank is), and a size's time is the
+median of its repeats (robust to the preemptions of a shared machine).
 
 The model: a ring all-reduce over N ranks is a reduce-scatter then an all-gather, 2(N-1) steps each
 sending n/N bytes, so
@@ -158,11 +159,14 @@ def worker(sizes: list[int], repeats: int, min_repeat_s: float, out: Path) -> No
     device = torch.device("cuda") if backend == "nccl" else torch.device("cpu")
     dist.init_process_group(backend, timeout=timedelta(seconds=GROUP_TIMEOUT_S))
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
-    started, times = time.perf_counter(), []
+    started = time.perf_counter()
+    # one buffer, each message a view of its start: every size stays ready for the rounds below
+    buffer = torch.zeros(max(sizes) // 8, dtype=torch.float64, device=device)
+    views = [buffer[:size // 8] for size in sizes]
     try:
-        for i, size in enumerate(sizes):
-            x = torch.zeros(size // 8, dtype=torch.float64, device=device)
-            for _ in range(2):                      # connections, buffers, the first touch of x
+        steps = []
+        for x in views:
+            for _ in range(2):                      # connections, buffers, the first touch of the memory
                 dist.all_reduce(x)
             sync()
             t0 = time.perf_counter()
@@ -171,21 +175,23 @@ def worker(sizes: list[int], repeats: int, min_repeat_s: float, out: Path) -> No
             # every rank must run the same number of all-reduces: the slowest rank's calibration decides
             k = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
             dist.all_reduce(k, op=dist.ReduceOp.MAX)
-            k = max(1, min(1000, round(min_repeat_s / max(float(k), 1e-7))))
-            per_repeat = []
-            for _ in range(repeats):
+            steps.append(max(1, min(1000, round(min_repeat_s / max(float(k), 1e-7)))))
+        # rounds over all the sizes, not all the repeats of one size in a row: a burst of load from another
+        # job spoils one repeat of several sizes, not the median of one
+        times = [[] for _ in sizes]
+        for r in range(repeats):
+            for i, (x, k) in enumerate(zip(views, steps)):
                 dist.barrier()
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(k):
                     dist.all_reduce(x)
                 sync()
-                per_repeat.append((time.perf_counter() - t0) / k)
-            times.append(per_repeat)
+                times[i].append((time.perf_counter() - t0) / k)
             if rank == 0:
-                print(f"{PROGRESS}  [{i + 1}/{len(sizes)}] all-reduce of {_bytes(size)}: "
-                      f"{statistics.median(per_repeat) * 1e6:.1f} us (rank 0, median of {repeats} x {k}; "
-                      f"{time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+                print(f"{PROGRESS}  round {r + 1}/{repeats}: {len(sizes)} sizes ({time.perf_counter() - started:.1f} s; "
+                      f"{_bytes(sizes[-1])}: {statistics.median(times[-1]) * 1e3:.3g} ms so far)",
+                      file=sys.stderr, flush=True)
     finally:
         dist.destroy_process_group()
     write_json_atomic(out, {"rank": rank, "seconds": times})
