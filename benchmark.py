@@ -4,10 +4,10 @@
     python benchmark.py run -o out/bench.json              # the default matrix, < 5 min
     python benchmark.py run --quick --isa all              # the c engine's cases once per instruction set
     python benchmark.py run --metric instructions --quick  # instructions per step under callgrind: deterministic
-    python benchmark.py compare benchmarks/baseline.json out/bench.json [--md out/compare.md]
+    python benchmark.py update-baseline --runs 3           # this machine's baseline of 3 runs (out/baseline.json)
+    python benchmark.py compare out/baseline.json out/bench.json [--md out/compare.md]
     python benchmark.py ab --base origin/main --quick      # base and head interleaved, then compared (CI's gate)
     python benchmark.py ab --base origin/main --metric instructions   # the same with instruction counts
-    python benchmark.py update-baseline --runs 3           # a baseline of 3 runs: compare then knows the noise
     python benchmark.py report out/bench.json [--base B]   # markdown and charts in out/report/
     python benchmark.py publish                            # README's tables and charts from docs/results/<machine>.json
     python benchmark.py machine                            # this machine and Python build, and their fingerprint
@@ -119,14 +119,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="build the base's extensions even when their sources equal the head's")
     measure_flags(q)
     gate_flags(q)
-    q = sub.add_parser("update-baseline", help="replace the checked-in baseline and append it to the history")
+    q = sub.add_parser("update-baseline", help="write this machine's baseline (out/baseline.json) and append it to "
+                                               "the history (out/history.json)")
     q.add_argument("results", nargs="*", help="results files, one per run (default: run the matrix now)")
     q.add_argument("--runs", type=int, default=1, help="separate runs of the matrix in the baseline (default 1; "
                                                        "3 lets compare estimate the run-to-run noise)")
     q.add_argument("--force", action="store_true", help="write it even from a tree with uncommitted changes")
     q.add_argument("--metric", choices=("time", "instructions"), default="time", help="what the runs measure")
-    q.add_argument("--baseline", default=str(BASELINE), help=f"default {BASELINE.relative_to(REPO)}")
-    q.add_argument("--history", default=str(HISTORY), help=f"default {HISTORY.relative_to(REPO)}")
+    q.add_argument("--baseline", default=str(BASELINE), help=f"default {BASELINE}")
+    q.add_argument("--history", default=str(HISTORY), help=f"default {HISTORY}")
     measure_flags(q)
     q = sub.add_parser("report", help="markdown report with charts")
     q.add_argument("results")
