@@ -23,14 +23,12 @@ all-reduce's share of each step (the speed table of issue 14's note).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from microgpt import UserError
 

@@ -346,25 +346,18 @@ def load(path: Path, backend: str, world_size: int) -> tuple[dict | None, str | 
     all-reduce), model (the formula), fit (``fit_alpha_beta``: alpha_s, beta_s_per_byte, intercept_s,
     slope_s_per_byte, residuals, rms_residual, max_residual).
     """
-    if not path.exists():
-        return None, "not measured yet"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"unreadable ({type(e).__name__}: {e})"
     import torch
-    reason = problem(record, backend, world_size, machine.fingerprint(machine.cpu_info(), machine.caches()),
-                     torch.__version__, device_name(backend) if backend == "nccl" else None)
-    return (None, reason) if reason else (record, None)
+    return machine.read_cache(path, lambda record: problem(
+        record, backend, world_size, machine.fingerprint(machine.cpu_info(), machine.caches()), torch.__version__,
+        device_name(backend) if backend == "nccl" else None))
 
 
 def comm_model(world_size: int = 2, backend: str | None = None, remeasure: bool = False, quality: str = "quick",
                path: Path | None = None, log=None, **measure_args) -> dict:
     """The cached all-reduce record, measured (and cached) first when missing, unusable or ``remeasure``."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError("measuring the all-reduce needs torch.distributed: pip install -e '.[torch]'") from None
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("measuring the all-reduce needs torch.distributed: pip install -e '.[torch]'")
     backend = backend or default_backend()
     path = path or cache_path(backend, world_size)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))

@@ -314,13 +314,19 @@ def load(path: Path) -> tuple[dict | None, str | None]:
     {L1..DRAM: bytes/s}}}, knees {kind: {threads: [bytes]}}, notes [what looked disturbed]. Thread
     counts are string keys (JSON).
     """
+    return read_cache(path, lambda record: problem(record, fingerprint(cpu_info(), caches())))
+
+
+def read_cache(path: Path, problem_of) -> tuple[dict | None, str | None]:
+    """A JSON cache file: (record, None) when it parses and ``problem_of(record)`` finds nothing wrong, else
+    (None, why): not measured yet, unreadable, or the problem (also for the all-reduce cache, microgpt/comm.py)."""
     if not path.exists():
         return None, "not measured yet"
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, f"unreadable ({type(e).__name__}: {e})"
-    reason = problem(record, fingerprint(cpu_info(), caches()))
+    reason = problem_of(record)
     return (None, reason) if reason else (record, None)
 
 
