@@ -101,7 +101,7 @@ def round_values(rounds: list[tuple[list[float], list[float]]]) -> list[float]:
 
 
 def judge(bench_id: str, rounds: list[tuple[list[float], list[float]]], threshold: float = DEFAULT_THRESHOLD,
-          alpha: float = DEFAULT_ALPHA, metric: str = "wall", pooled: tuple[float, int] | None = None) -> Verdict:
+          alpha: float = DEFAULT_ALPHA, metric: str = "wall") -> Verdict:
     """Interleaved pairs (``ab``), grouped by round: ``rounds[r]`` = (base samples, head samples) of round r,
     where one base and one head process took turns, ``base[i]`` and ``cur[i]`` timing the same batches
     moments apart. Load that comes and goes cancels within a pair; what the two processes bring with them
@@ -122,7 +122,7 @@ def judge(bench_id: str, rounds: list[tuple[list[float], list[float]]], threshol
     v.base_ms, v.cur_ms = statistics.median(v.base_samples), statistics.median(v.cur_samples)
     values = round_values([([b for b, _ in r], [c for _, c in r]) for r in kept])
     v.rounds = len(values)
-    model = round_model(values, pooled)
+    model = round_model(values)
     return _by_model(v, model, alpha, "one round: the noise between rounds (between processes) is unknown; "
                                       "`--rounds 3` or more", "more rounds (`--rounds`) narrow it")
 
@@ -294,14 +294,11 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
                 raise UserError(f"--metric {m}: {bench_id} has no {key} in both files"
                                 + ("" if m == "instructions" else " (use --metric wall)"))
         plans.append((bench_id, b, c, m, threshold))
-    # the variance between runs (between rounds, paired) of all benchmarks together, lent to each (stats.noise)
+    # the run-to-run variance of all benchmarks together, lent to each (stats.noise)
     by_metric: dict[str, dict[str, list[float]]] = {}
     groups = []
     for bench_id, b, c, m, _ in plans:
-        if b is None or c is None or m == "instructions":
-            continue
-        if paired:
-            groups.append(round_values(paired_rounds(b, c, SAMPLE_KEYS[m])))
+        if b is None or c is None or paired or m == "instructions":
             continue
         hist = by_metric.setdefault(m, history_values(history or [], base, cur, m))
         for rec in (b, c):
@@ -320,7 +317,7 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
         if m == "instructions":
             verdicts.append(judge_counts(bench_id, b[key], c[key], threshold))
         elif paired:
-            verdicts.append(judge(bench_id, paired_rounds(b, c, key), threshold, alpha, label, pooled))
+            verdicts.append(judge(bench_id, paired_rounds(b, c, key), threshold, alpha, label))
             verdicts[-1].paired = True
         else:
             verdicts.append(judge_runs(bench_id, runs_of(b, key), runs_of(c, key), threshold, alpha, label,

@@ -136,15 +136,17 @@ def run_model(base_runs: list[float], cur_runs: list[float], history: list[float
     return RunModel(log_ratio, se, df, (len(base_runs), len(cur_runs)))
 
 
-def round_model(round_values: list[float], pooled: tuple[float, int] | None = None) -> RunModel:
+def round_model(round_values: list[float]) -> RunModel:
     """Interleaved rounds (``ab``): each value is one round's log ratio, head over base, from one base and
     one head process taking turns. The pairs of a round share their two processes' luck (memory layout,
     the core they got, a neighbour's burst lasting the round), so the round, not the pair, is the unit:
-    the change is the mean of the round values and its test Student's t on them (one sample, rounds
-    minus one degrees of freedom, or the pool's: see ``noise``)."""
+    the change is the mean of the round values and its test Student's t on them (one sample, rounds minus
+    one degrees of freedom). Each benchmark's own rounds only: unlike separate runs, which share the
+    machine's state of the moment, one benchmark's rounds say nothing about another's (one round of c
+    caught by a burst, 27% off, would hide a 9% slowdown of train.py in a pool)."""
     k = len(round_values)
     log_ratio = sum(round_values) / k
-    variance, df = noise([list(round_values)], pooled)
+    variance, df = noise([list(round_values)])
     if variance is None:
         return RunModel(log_ratio, None, 0, (k, k))
     return RunModel(log_ratio, math.sqrt(variance / k), df, (k, k))
