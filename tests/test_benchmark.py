@@ -466,7 +466,7 @@ def test_ab_interleaves_base_and_head_and_compares(scratch_repo):
     for b, h in zip(base["results"], head["results"]):       # the same batches, sample for sample
         assert b["steps_per_sample"] == h["steps_per_sample"] and b["sample_rounds"] == h["sample_rounds"]
         assert b["tokens_per_step"] == h["tokens_per_step"]
-    assert "6 pairs" in r.stdout and "Wilcoxon signed-rank" in (out / "comparison.md").read_text()
+    assert "2 rounds, 6 pairs" in r.stdout and "t test on the rounds" in (out / "comparison.md").read_text()
     assert (out / "distributions.png").stat().st_size > 0
     assert "base" not in subprocess.run(["git", "worktree", "list"], cwd=scratch_repo, capture_output=True,
                                         text=True).stdout.split("\n", 1)[-1]
