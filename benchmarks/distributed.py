@@ -5,8 +5,8 @@ a case with ``ranks`` > 1: it starts
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m benchmarks.distributed
 
-and speaks to rank 0 over the pipe of torchrun's stdin and stdout, one JSON object a line (setup, then
-sample after sample, then quit); rank 0 hands every request to the other ranks (a broadcast over the
+and speaks to rank 0 over the pipe of torchrun's stdin and stdout in the gate's worker protocol
+(WorkerProcess: hello, setup, then sample after sample, then quit); rank 0 hands every request to the other ranks (a broadcast over the
 process group), so all ranks run the same steps. Each rank builds the case's engine on the gate's
 documents in the gate's order (count.prepare's timer), wraps it in microgpt.distributed.DataParallel and
 trains the same batches, each rank its share. A sample answers what EngineTimer.sample does -- rank 0's
@@ -26,9 +26,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 from microgpt import UserError
 
@@ -72,7 +70,10 @@ def serve() -> None:
         dist.broadcast_object_list(box, src=0)
         req = box[0]
         answer = None
-        if req["cmd"] == "setup":
+        if req["cmd"] == "hello":
+            from benchmarks.gate.worker import PROTOCOL
+            answer = {"protocol": PROTOCOL}
+        elif req["cmd"] == "setup":
             case = req["case"]
             try:
                 timer, vocab_size, _ = prepare({**case, "ranks": 1}, req["data"], 0)
@@ -111,59 +112,35 @@ def serve() -> None:
 class DistributedTimer:
     """A case trained by ``case['ranks']`` torchrun processes, with EngineTimer's interface for the gate's worker:
     ``isa``, ``steps_for``, ``sample`` (whose extra ``last_parts`` holds each rank's compute, all-reduce and
-    update milliseconds per step) and ``close``."""
+    update milliseconds per step) and ``close``. Rank 0 speaks the gate's worker protocol (WorkerProcess)."""
 
-    def __init__(self, case: dict, data: str, warmup: int, min_sample_s: float, threads_per_rank: int | None = None):
+    def __init__(self, case: dict, data: str, warmup: int, min_sample_s: float):
+        from benchmarks.gate import REPO
+        from benchmarks.gate.worker import Side, WorkerProcess
+
         self.ranks = case["ranks"]
-        self.stderr = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank or case["threads"]), "PYTHONHASHSEED": "0"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.ranks}",
-             "-m", "benchmarks.distributed"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-            text=True, env=env)
-        answer = self._call({"cmd": "setup", "case": case, "data": data, "warmup": warmup,
-                             "min_sample_s": min_sample_s})
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.ranks}",
+                "-m", "benchmarks.distributed"]
+        self.process = WorkerProcess(Side(f"{self.ranks} torchrun ranks'", REPO, argv))
+        answer = self.process.call({"cmd": "setup", "case": case, "data": data, "warmup": warmup,
+                                    "min_sample_s": min_sample_s})
         if "skipped" in answer:
             self.close()
             raise UserError(answer["skipped"])
-        self.answer, self.isa, self.steps = answer, answer.get("isa"), answer["steps"]
+        self.isa, self.steps = answer.get("isa"), answer["steps"]
         self.warmup_s, self.vocab_size = answer["warmup_s"], answer["vocab_size"]
         self.last_parts: list[list[float]] = []
-
-    def _call(self, request: dict) -> dict:
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        except (BrokenPipeError, OSError):
-            line = ""
-        if not line:
-            self.close()
-            self.stderr.seek(0)
-            errors = [x for x in self.stderr.read().splitlines() if x.strip()]
-            reason = next((x for x in reversed(errors) if x.startswith(("error:", "microgpt", "RuntimeError",
-                                                                         "torch."))), errors[-1] if errors else "")
-            raise UserError(f"the {self.ranks} torchrun ranks stopped during {request['cmd']} "
-                            f"(exit status {self.proc.returncode}): {reason.strip()}")
-        return json.loads(line)
 
     def steps_for(self, min_sample_s: float, max_steps: int = 1000) -> int:
         return self.steps                  # calibrated by rank 0 during setup
 
     def sample(self, k: int) -> tuple[float, float, list[list[int]]]:
-        answer = self._call({"cmd": "sample", "steps": k})
+        answer = self.process.call({"cmd": "sample", "steps": k})
         self.last_parts = answer["rank_parts_ms"]
         return answer["wall_ms"], answer["cpu_ms"], answer["step_lengths"]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=60)
-            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        self.process.close()
 
 
 # --- timing a case directly -------------------------------------------------------------------------------------
