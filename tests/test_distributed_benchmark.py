@@ -43,6 +43,9 @@ def test_a_distributed_case_is_run_recorded_and_compared(tmp_path):
     # the same schema: samples, medians, the documents of every step of the whole batch (4 per step)
     assert set(plain) <= set(dist) | {"ranks"} and len(dist["samples_ms"]) == 2
     assert dist["ms_per_step"] > 0 and dist["tokens_per_step"] == pytest.approx(plain["tokens_per_step"], rel=0.5)
+    # each rank's compute, all-reduce and update per step, and the all-reduce's share of a step
+    assert len(dist["rank_parts_ms"]) == 2 and all(len(p) == 3 and min(p) > 0 for p in dist["rank_parts_ms"])
+    assert 0 < dist["allreduce_share"] < 1 and "rank_parts_ms" not in plain
     c = run_cli("compare", out, out, script="benchmark.py")
     assert c.returncode == 0 and "c C16L1H4 b4 f64 t1 r2" in c.stdout, c.stderr
 

@@ -51,6 +51,11 @@ def summarise(case: Case, acc: dict) -> dict:
         record["threshold"] = case.threshold
     if case.ranks > 1:
         record["ranks"] = case.ranks            # data parallel: this many torchrun processes of ``threads`` each
+        if acc.get("rank_parts_ms"):            # per rank, the median ms per step of compute, all-reduce, update
+            parts = acc["rank_parts_ms"]
+            record["rank_parts_ms"] = [[statistics.median(s[r][i] for s in parts) for i in range(3)]
+                                       for r in range(len(parts[0]))]
+            record["allreduce_share"] = statistics.median(a / (c + a + u) for c, a, u in record["rank_parts_ms"])
     return record
 
 

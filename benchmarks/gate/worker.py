@@ -64,9 +64,11 @@ def worker() -> None:
             answer({"vocab_size": vocab_size, "warmup_s": warmup_s, "steps": steps, "isa": timer.isa,
                     "ranks": case.get("ranks", 1)})
         elif req["cmd"] == "sample":
-            wall_ms, cpu_ms, lengths = timers[req["id"]].sample(req["steps"])
+            timer = timers[req["id"]]
+            wall_ms, cpu_ms, lengths = timer.sample(req["steps"])
             steps = Counter(tuple(sorted(x)) for x in lengths)
-            answer({"wall_ms": wall_ms, "cpu_ms": cpu_ms, "step_lengths": [[list(k), n] for k, n in steps.items()]})
+            answer({"wall_ms": wall_ms, "cpu_ms": cpu_ms, "step_lengths": [[list(k), n] for k, n in steps.items()],
+                    **({"rank_parts_ms": timer.last_parts} if hasattr(timer, "last_parts") else {})})
         elif req["cmd"] == "drop":
             timer = timers.pop(req["id"])
             if hasattr(timer, "close"):             # a DistributedTimer's torchrun processes
@@ -211,6 +213,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                                 "sample_rounds": [], "steps_per_sample": [], "warmup_s": [], "step_lengths": Counter(),
                                 "isa": answers[s.name].get("isa")})
                             rec["samples_ms"].append(sample["wall_ms"])
+                            if "rank_parts_ms" in sample:       # data parallel: each rank's step by part
+                                rec.setdefault("rank_parts_ms", []).append(sample["rank_parts_ms"])
                             rec["cpu_samples_ms"].append(sample["cpu_ms"])
                             rec["sample_rounds"].append(r)
                             if j == 0:
