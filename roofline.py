@@ -45,13 +45,18 @@ one point per phase.
 
 ``--comm`` puts communication on the roofline (microgpt/comm.py): the all-reduce of torch.distributed (gloo
 on CPU, NCCL on CUDA) is timed against message size over 2 processes on this machine (loopback) and the
-ring alpha-beta model fitted to it, cached beside the ceilings (``--measure`` re-measures both). Each
+ring alpha-beta model fitted to it, cached beside the ceilings (``--comm --measure`` re-measures it, a full
+sweep to 128 MiB, ~1 min; the first run without a cache takes the quick one, to 16 MiB). Each
 engine x config of a data-parallel step that splits the batch of B documents over N ranks, then all-reduces
-the gradients (one message of n_params values; torch and c: see microgpt/distributed.py), gets per N:
+the gradients (one message of n_params values, and the loss's one value beside it: microgpt/distributed.py),
+gets per N:
 
   * compute: one process's measured step time on its share, ceil(B/N) documents (the slowest rank's);
   * all-reduce: measured at the gradients' exact size for N = 2, the fitted model at N > 2;
-  * step = compute + all-reduce, speedup T(1) / T(N) and scaling efficiency T(1) / (N T(N)).
+  * step = compute + all-reduce, speedup T(1) / T(N) and scaling efficiency T(1) / (N T(N));
+  * beside them, N = 2 as it really runs: 2 torchrun processes training the batch (benchmarks/distributed.py,
+    as the benchmark matrix's distributed cases), their step time, efficiency and each rank's compute,
+    all-reduce (waiting for the other rank included) and update per step (--comm-model-only leaves it out).
 
 N = 1 and 2 come from measurements here; N = 4 .. 64 are a projection from the model, which assumes
 every rank has a core of its own and a link like this loopback's (a real network has a larger alpha and
@@ -537,6 +542,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise UserError("--batch-size and --threads must be integers >= 1")
     if not args.seconds > 0 or not args.max_step_seconds > 0:
         raise UserError("--seconds and --max-step-seconds must be > 0")
+    if args.comm_model_only and not args.comm:
+        raise UserError("--comm-model-only is an option of --comm")
     if args.engine is not None:
         if args.engine != "c":
             raise UserError(f"--engine {args.engine}: only the fused C step has a per-phase profile (--ops --engine c)")
