@@ -149,8 +149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="first store the rows of engine_table.py -o files as table NAME of this machine's results")
     q.add_argument("--record-output", metavar="NAME",
                    help="first run --command-line and store what it prints as transcript NAME (README's \"What you get\")")
-    q.add_argument("--abridge", default="2,7", metavar="HEAD,TAIL",
-                   help="with --record-output: the first and last lines shown, '...' between (default 2,7)")
+    q.add_argument("--abridge", default="", metavar="START:STOP,...",
+                   help="with --record-output: the line ranges shown (Python slices, e.g. 0:2,-24:-17), '...' for "
+                        "the lines left out (default: every line)")
     q.add_argument("--record-losses", nargs="+", metavar="LOSS_LOG",
                    help="first store trainers' --loss-log files as the chart docs/losses.png")
     q.add_argument("--record-roofline", nargs="+", metavar="TABLE[:ENGINES]",

@@ -78,16 +78,19 @@ def test_tables_of_several_threads_show_wall_time():
 
 
 def test_a_recorded_output_is_shown_abridged_with_its_machine(tmp_path):
+    from benchmarks.gate import report
     from benchmarks.gate.report import record_output
-    path = record_output(tmp_path / "results", "run", "python -c \"[print(f'line {i}') for i in range(9)]\"", (2, 3))
+    path = record_output(tmp_path / "results", "run", "python -c \"[print(f'line {i}') for i in range(9)]\"",
+                         [(0, 2), (-3, -1)])
     readme = tmp_path / "README.md"
     readme.write_text(f"<!-- benchmark.py publish: {path.stem}/run (generated from here) -->\n<!-- end {path.stem}/run -->\n")
     assert publish(readme, tmp_path / "results") == 0
     text = readme.read_text()
-    assert "```\n$ python -c" in text and "line 1\n...\nline 6\nline 7\nline 8\n```" in text and "line 2" not in text
+    assert "```\n$ python -c" in text and "line 1\n...\nline 6\nline 7\n...\n```" in text and "line 2" not in text
+    assert report.abridged("a\nb\nc\n", []) == ["a", "b", "c"] and report.abridged("a\nb\nc", [[1, 3]]) == ["...", "b", "c"]
     assert "Printed on " in text and "fastops" in text and "CPython" in text
     with pytest.raises(UserError, match="failed"):
-        record_output(tmp_path / "results", "bad", "python -c \"raise SystemExit(4)\"", (2, 3))
+        record_output(tmp_path / "results", "bad", "python -c \"raise SystemExit(4)\"", [])
 
 
 def test_charts_are_stamped_with_their_inputs_and_checked_without_matplotlib(tmp_path, monkeypatch, capsys):

@@ -210,10 +210,13 @@ def cmd_publish(args) -> int:
                             args.command_line, args.caption)
         print(f"recorded table {args.record[0]} in {path}")
     if args.record_output:
-        head, _, tail = args.abridge.partition(",")
-        if not (head.isdigit() and tail.isdigit()):
-            raise UserError(f"--abridge HEAD,TAIL: the first and last lines to show (got {args.abridge!r})")
-        path = record_output(results_dir, args.record_output, args.command_line, (int(head), int(tail)), args.caption)
+        try:
+            parts = [tuple(int(x) for x in part.split(":")) for part in args.abridge.split(",") if part]
+        except ValueError:
+            parts = [()]
+        if any(len(part) != 2 for part in parts):
+            raise UserError(f"--abridge START:STOP,...: the line ranges to show, as Python slices (got {args.abridge!r})")
+        path = record_output(results_dir, args.record_output, args.command_line, parts, args.caption)
         print(f"recorded the output of {args.command_line} as {args.record_output} in {path}")
     if args.record_losses:
         path = record_chart(results_dir, "losses", losses_entry([Path(p) for p in args.record_losses],

@@ -145,7 +145,8 @@ def record_table(results_dir: Path, name: str, rows_paths: list[Path], command: 
     return save_results(path, doc)
 
 
-def record_output(results_dir: Path, name: str, command: str, abridge: tuple[int, int], caption: str = "") -> Path:
+def record_output(results_dir: Path, name: str, command: str, abridge: list[tuple[int, int]], caption: str = ""
+                  ) -> Path:
     """Run ``command`` (a shell-like line run from the checkout, ``python`` meaning this interpreter) and keep
     what it printed as transcript ``name`` of this machine: README's "What you get" is such a run."""
     argv = shlex.split(command)
@@ -160,7 +161,7 @@ def record_output(results_dir: Path, name: str, command: str, abridge: tuple[int
         raise UserError(f"{command} failed (exit status {proc.returncode}){': ' + tail[0] if tail else ''}")
     path, doc = machine_results(results_dir)
     doc.setdefault("outputs", {})[name] = {"command": command, "caption": caption, "output": proc.stdout,
-                                           "abridge": list(abridge),
+                                           "abridge": [list(part) for part in abridge],
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return save_results(path, doc)
 
@@ -217,12 +218,25 @@ def render_table(table: dict, env: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def abridged(text: str, parts: list[list[int]]) -> list[str]:
+    """The lines of ``text`` in ``parts`` (Python slices [start, stop], negative from the end), "..." where
+    lines are left out; every line without ``parts``."""
+    lines = text.rstrip("\n").split("\n")
+    if not parts:
+        return lines
+    shown, at = [], 0
+    for start, stop in parts:
+        start, stop, _ = slice(start, stop).indices(len(lines))
+        if start > at or (start < at and shown):
+            shown.append("...")
+        shown += lines[start:stop]
+        at = stop
+    return shown + (["..."] if at < len(lines) else [])
+
+
 def render_output(entry: dict, env: dict, source: str) -> str:
-    """A recorded run as a terminal transcript: its first and last lines (``abridge``), "..." between."""
-    lines = entry["output"].rstrip("\n").split("\n")
-    head, tail = entry.get("abridge") or (len(lines), 0)
-    if len(lines) > head + tail + 1:
-        lines = lines[:head] + ["..."] + (lines[-tail:] if tail else [])
+    """A recorded run as a terminal transcript: the command, then the lines its ``abridge`` keeps."""
+    lines = abridged(entry["output"], entry.get("abridge") or [])
     return "\n".join(["```", f"$ {entry['command']}", *lines, "```", "",
                       f"Printed on {machine_line(env)}, {entry['created'][:10]}"
                       + (f". {entry['caption']}" if entry.get("caption") else "") + f" (from [{source}]({source}))."])
