@@ -178,13 +178,13 @@ def test_scaling_rows_split_the_batch_and_add_the_all_reduce():
     assert roofline.scaling_rows(compute, grad + 8, record, 8, world_sizes=(1, 2))[1]["allreduce_source"] == "model"
 
 
-def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tmp_path):
+def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tmp_path, names_file):
     from conftest import run_cli
     path = tmp_path / "comm-gloo-n2.json"
     path.write_text(json.dumps(synthetic_record()))
     stem = tmp_path / "comm"
     r = run_cli("--comm", "--comm-model-only", "--engines", "c", "--configs", "tiny", "--batch-size", "4",
-                "--seconds", "0.02", "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+                "--seconds", "0.02", "--data", names_file, "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "alpha 40 us" in out and "beta 0.5 ns/B" in out and "residuals rms 0%" in out
