@@ -34,7 +34,7 @@ from array import array
 from collections.abc import Callable
 from operator import attrgetter
 
-from microgpt import UserError
+from microgpt import UserError, native
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.params import FlatParams, layout
 from engines.flat import FlatArraysEngine
@@ -44,10 +44,9 @@ from train import topological_order
 
 def _fastops():
     try:
-        import fastops
+        return native.import_fastops()
     except ImportError as e:
         raise UserError(f"the C extension fastops is not built ({e}); run: pip install -e .") from None
-    return fastops
 
 
 #: --isa names the fused engine knows of (fastops.available_isas() says which this CPU and build run)

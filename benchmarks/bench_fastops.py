@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import fastops  # noqa: E402
 from microgpt import UserError  # noqa: E402
+from microgpt.native import import_fastops  # noqa: E402
 from conftest import encode_names, read_names  # noqa: E402
 from microgpt.config import ModelConfig, TrainConfig  # noqa: E402
 from microgpt.flops import step_cost  # noqa: E402
@@ -36,6 +36,11 @@ from microgpt.params import init_params  # noqa: E402
 from train import PythonEngine  # noqa: E402
 from microgpt.timing import engine_label  # noqa: E402
 from train_fast import FastEngine, OpsEngine, parse_isas  # noqa: E402
+
+try:
+    fastops = import_fastops()
+except ImportError as e:
+    sys.exit(f"bench_fastops.py: {e}; run: pip install -e .")
 
 CONFIGS = {"(16,1,8)": (16, 1, 8), "(64,2,16)": (64, 2, 16), "(128,4,32)": (128, 4, 32)}
 RUNGS = {  # name -> (engine class, dtype)

@@ -30,6 +30,15 @@ SOURCES = [REPO / "fastops.c", *sorted((REPO / "fastops").glob("*.h"))]
 COMPILE_ARGS = ["-O3", "-std=gnu11", "-fno-trapping-math", "-fPIC", "-shared", "-pthread", "-Werror=implicit-function-declaration"]
 
 
+def import_fastops() -> ModuleType:
+    """The built ``fastops`` extension. Raises ImportError when it is not built -- also when ``import
+    fastops`` only finds the fastops/ directory of headers beside this checkout (a namespace package)."""
+    import fastops
+    if getattr(fastops, "GPT", None) is None:
+        raise ImportError("the C extension fastops is not built (only the fastops/ source directory was found)")
+    return fastops
+
+
 def _sources_digest(macros: dict[str, str]) -> str:
     h = hashlib.sha256(repr(sorted(macros.items())).encode())
     for path in SOURCES:

@@ -7,6 +7,9 @@ CPU and build run (fastops.available_isas()), so a machine with fewer (or more) 
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -278,3 +281,17 @@ def test_engine_table_reports_an_engine_that_fails_in_its_row_and_goes_on(names_
     out = capsys.readouterr().out
     assert "| numpy | tiny (16,1,8) | 1 | failed: RuntimeError: the JIT compiler could not build its kernels |" in out
     assert "| python | tiny (16,1,8) | 1 |" in out
+
+
+def test_unbuilt_fastops_is_an_import_error_not_the_header_directory(tmp_path):
+    """Without a built extension, ``import fastops`` finds the fastops/ directory of headers (a namespace
+    package); the engine must still say that the extension is not built, in one line."""
+    shutil.copytree(REPO / "microgpt", tmp_path / "microgpt", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (tmp_path / "fastops").mkdir()
+    (tmp_path / "fastops" / "gpt.h").write_text("/* headers only */\n")
+    code = ("import sys; sys.path[:] = [p for p in sys.path[1:] if 'site-packages' not in p]; sys.path.insert(0, '.')\n"
+            "from microgpt.native import import_fastops\n"
+            "try:\n    import_fastops()\nexcept ImportError as e:\n    print('ImportError:', e)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ImportError: the C extension fastops is not built"), done.stdout
