@@ -35,7 +35,7 @@ def import_fastops() -> ModuleType:
     fastops`` only finds the fastops/ directory of headers beside this checkout (a namespace package)."""
     import fastops
     if getattr(fastops, "GPT", None) is None:
-        raise ImportError("the C extension fastops is not built (only the fastops/ source directory was found)")
+        raise ImportError("the fastops found is its source directory, not the built extension")
     return fastops
 
 
