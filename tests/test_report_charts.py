@@ -68,10 +68,11 @@ def test_speedup_chart_against_the_reference_engine(tmp_path):
 
 
 def test_distribution_chart_of_a_comparison(tmp_path):
+    rounds = [dict(r, sample_rounds=[k // 4 for k in range(12)]) for r in RECORDS]     # 3 rounds of 4 pairs
     slower = [dict(r, samples_ms=[x * 1.3 for x in r["samples_ms"]], cpu_samples_ms=[x * 1.3 for x in r["samples_ms"]])
-              if r["engine"] == "numpy" else r for r in RECORDS]
-    session = {"settings": {"session": "one interleaved ab session"}}    # paired samples: the rank test decides
-    verdicts = compare_results({**results(RECORDS), **session}, {**results(slower), **session})
+              if r["engine"] == "numpy" else r for r in rounds]
+    session = {"settings": {"session": "one interleaved ab session"}}    # paired samples: the rounds decide
+    verdicts = compare_results({**results(rounds), **session}, {**results(slower), **session})
     assert [v.verdict for v in verdicts].count("regression") == 1
     check_written(report_charts.distribution_chart(verdicts, tmp_path / "dist"))
 
