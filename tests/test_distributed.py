@@ -60,10 +60,14 @@ def wait_all(procs, timeout=TIMEOUT) -> list[int]:
     try:
         return [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
+
+
+def kill_all(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()   # SIGKILL ends a stopped process too
+            p.wait()
 
 
 def train(tmp_path, world_size: int, args, name: str) -> list[str]:
@@ -247,7 +251,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_one_line(tmp_path, names
         code = procs[0].wait(timeout=60)
         waited = time.monotonic() - t
     finally:
-        wait_all(procs, timeout=1)
+        kill_all(procs)
     err = (tmp_path / "dies.0.err").read_text()
     assert code == 1, err
     lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
