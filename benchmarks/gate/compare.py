@@ -205,14 +205,15 @@ SAMPLE_KEYS = {"cpu": "cpu_samples_ms", "wall": "samples_ms", "instructions": "i
 
 def pick_metric(metric: str, b: dict, c: dict) -> str:
     """``auto``: instructions when both records counted them, else CPU time for one-thread benchmarks that
-    recorded it on both sides, wall time otherwise (several threads waiting on each other, or a device,
-    only show in wall time)."""
+    recorded it on both sides, wall time otherwise (several threads or data-parallel ranks waiting on each
+    other, or a device, only show in wall time)."""
     if metric != "auto":
         return metric
     if b.get("instruction_samples") and c.get("instruction_samples"):
         return "instructions"
     has_cpu = bool(b.get("cpu_samples_ms")) and bool(c.get("cpu_samples_ms"))
-    return "cpu" if has_cpu and c.get("threads", 1) == 1 and b.get("threads", 1) == 1 else "wall"
+    one_thread = all(rec.get("threads", 1) == 1 and rec.get("ranks", 1) == 1 for rec in (b, c))
+    return "cpu" if has_cpu and one_thread else "wall"
 
 
 def parse_fraction(text: str, what: str = "--threshold") -> float:

@@ -157,7 +157,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
 
     The sides' workers run side by side, pinned to the same CPUs, and take turns sample by sample (A B,
     then B A), all with the same steps per sample, so the n-th samples of two sides time the same batches
-    on the same core moments apart: a burst of load from another job hits both. A worker holds one case
+    on the same core moments apart: a burst of load from another job hits both. Each side first takes one
+    untimed sample of a case, and which side goes first alternates from round to round. A worker holds one case
     at a time, so a benchmark measures the same whichever matrix it is part of. The engine order and
     each engine's case order rotate every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
     the ``session`` that pairs them.
@@ -185,7 +186,8 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                     workers[s.name] = WorkerProcess(s, cpus)
                 for case in engine_cases:       # one at a time: no other engine's memory in the process
                     answers = {}
-                    for s in live:
+                    order = live if r % 2 == 0 else live[::-1]      # the first timed pair's order
+                    for s in order:
                         if engine in dead[s.name]:
                             continue
                         answer = workers[s.name].call({
@@ -203,8 +205,15 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                         else:
                             answers[s.name] = answer
                     steps = min((a["steps"] for a in answers.values()), default=0)
+                    # one untimed turn each first: the first timed sample after the setups was the slow one of
+                    # its pair (in ab A/A runs of numpy, the head's first pairs came out 15% "faster", when
+                    # the base went first in two rounds of three); after it, every timed sample follows a
+                    # sample of the other side
+                    for s in (order if answers else []):
+                        if s.name in answers:
+                            workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
                     for j in range(settings["samples"] if answers else 0):
-                        for s in (live if (r + j) % 2 == 0 else live[::-1]):
+                        for s in (order if j % 2 == 0 else order[::-1]):
                             if s.name not in answers:
                                 continue
                             sample = workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
