@@ -178,6 +178,46 @@ def test_one_rank_all_reduces_the_engines_own_buffer_and_steps_as_the_engine(eng
 
 # ---- N ranks against one process ----
 
+RANK_SCRIPT = """
+import hashlib, json, sys
+sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
+import engines
+from conftest import encode_names, make_setup, read_names
+from microgpt import distributed
+from microgpt.config import TrainConfig
+
+cfg, params = make_setup()
+docs = encode_names(read_names(40), cfg.block_size)
+engine = engines.load_engine({engine!r})(cfg, TrainConfig(grad_clip=0.5), params)
+launch = distributed.launch_from_env()
+dp = distributed.DataParallel(engine, launch, timeout_s=60)
+losses = [dp.train_step(docs[i:i + 5], 0.01) for i in range(0, 40, 5)]
+state = engine.export_params().data.tobytes() + engine.export_adam().m.tobytes() + engine.export_adam().v.tobytes()
+print(json.dumps({{"losses": losses, "state": hashlib.sha256(state).hexdigest(), "t": engine.export_adam().t,
+                  "parts": [dp.totals.compute, dp.totals.allreduce, dp.totals.update]}}))
+dp.close()
+"""
+
+
+def test_every_rank_ends_with_the_same_parameters_and_adam_state(tmp_path):
+    """Nothing but gradients is sent: after 8 steps of 5 documents (3 + 2), the ranks' parameters and both
+    moments are the same bytes, and they saw the same losses."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(repo=str(REPO), engine="c"))
+    port, procs = free_port(), []
+    for rank in range(2):
+        procs.append(subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                                      stdin=subprocess.DEVNULL, env=rank_env(rank, 2, port)))
+    try:
+        outs = [json.loads(p.communicate(timeout=TIMEOUT)[0]) for p in procs]
+    finally:
+        kill_all(procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0]["state"] == outs[1]["state"] and outs[0]["losses"] == outs[1]["losses"]
+    assert outs[0]["t"] == outs[1]["t"] == 8
+    assert all(part >= 0 for out in outs for part in out["parts"]) and all(out["parts"][0] > 0 for out in outs)
+
+
 @pytest.mark.parametrize("engine_name", ["c", "torch"])
 def test_two_ranks_equal_one_process_over_50_steps(tmp_path, names_file, engine_name):
     """float64, gradient clipping on (it must see the summed gradient's norm): the same losses, parameters
