@@ -144,7 +144,6 @@ def test_probe_over_two_gloo_processes(monkeypatch, tmp_path):
     record = comm.measure(2, "gloo", sizes=[8, 1 << 10, 1 << 20], repeats=3, log=lines.append)
     assert record["sizes"] == [8, 1 << 10, 1 << 20] and record["world_size"] == 2
     assert all(t > 0 for t in record["median_s"])
-    assert record["median_s"][2] > record["median_s"][0]          # a MiB takes longer than 8 bytes
     assert all(q1 <= t <= q3 for t, (q1, q3) in zip(record["median_s"], record["quartiles_s"]))
     assert len(record["fit"]["residuals"]) == 3
     assert comm.problem(record, "gloo", 2, record["fingerprint"], torch.__version__) is None
