@@ -161,6 +161,10 @@ class DataParallel:
         self.cuda = grads.is_cuda
         self.backend = "nccl" if self.cuda else "gloo"
         self.steps, self.last, self.totals = 0, StepTimes(), StepTimes()
+        # a rank's own request to stop (the trainer's Ctrl-C flag), and whether any rank had made one by the last
+        # step's all-reduce: every rank then stops after the same step (a rank stopping alone would leave the
+        # others waiting for it in the next all-reduce)
+        self.stop_requested, self.stop_agreed = (lambda: False), False
         if not dist.is_initialized():
             from datetime import timedelta
             try:
@@ -198,14 +202,16 @@ class DataParallel:
             loss = 0.0
         self._sync()
         t1 = time.perf_counter()
-        total = torch.tensor([loss], dtype=torch.float64, device=self.grads.device)
+        # the loss travels beside the gradient, and with it whether any rank has been asked to stop (Ctrl-C)
+        total = torch.tensor([loss, float(bool(self.stop_requested()))], dtype=torch.float64, device=self.grads.device)
         try:
-            pending = dist.all_reduce(total, async_op=True)   # the loss travels beside the gradient
+            pending = dist.all_reduce(total, async_op=True)
             dist.all_reduce(self.grads)
             pending.wait()
         except RuntimeError as e:
             raise self._failed("the all-reduce", e) from None
-        loss = total.item()
+        loss, stops = total.tolist()
+        self.stop_agreed = stops > 0
         self._sync()
         t2 = time.perf_counter()
         self.engine.apply_adam(lr)

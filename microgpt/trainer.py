@@ -193,11 +193,12 @@ def evaluations_left(done: int, tcfg: TrainConfig) -> int:
 
 def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_step: int = 0,
           stop_step: int = 0, save_path: str | None = None, save_every: int = 0, log_every: int = 0, quiet: bool = False,
-          meta: dict | None = None, out=sys.stdout, validate: bool = True, peers=None) -> History:
+          meta: dict | None = None, out=sys.stdout, main_rank: bool = True, peers=None) -> History:
     """Run steps ``start_step .. (stop_step or num_steps) - 1``; validate, stop early, checkpoint, report.
 
-    Data-parallel ranks other than 0 run with ``validate`` False (and quiet, no ``save_path``); ``peers``
-    (microgpt.distributed.DataParallel) carries rank 0's decision to stop early to them.
+    Data-parallel ranks other than 0 run with ``main_rank`` False (and quiet, no ``save_path``): they neither
+    validate nor say why they stop; ``peers`` (microgpt.distributed.DataParallel) carries rank 0's decision to
+    stop early, and any rank's Ctrl-C, to every rank, so that all stop after the same step.
 
     A loss that is not finite, or that has blown up past DIVERGED_FACTOR x ln(vocab), stops the run with a
     UserError before anything is saved, so the last checkpoint written (--save-every) stays the last good one.
@@ -224,14 +225,17 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
     # Ctrl-C ends the run after the step in progress (an engine stopped halfway through its Adam update
     # would save half-updated weights); a second Ctrl-C stops at once, without saving
     ctrl_c = StepInterrupt()
+    if peers is not None:
+        peers.stop_requested = lambda: ctrl_c.requested   # heard by every rank in the next step's all-reduce
     try:
         end = stop_step or tcfg.num_steps
         for step in range(start_step, end):
-            if ctrl_c.requested:
+            if peers.stop_agreed if peers is not None else ctrl_c.requested:
                 save(step)
-                print(f"\ninterrupted after step {step}" + (f"; checkpoint saved to {save_path} (continue with "
-                                                            f"--resume {save_path})" if save_path else ""),
-                      file=out, flush=True)
+                if main_rank:
+                    print(f"\ninterrupted after step {step}" + (f"; checkpoint saved to {save_path} (continue with "
+                                                                f"--resume {save_path})" if save_path else ""),
+                          file=out, flush=True)
                 raise SystemExit(130)
             docs = order.batch(step)
             lr = lr_at(step, tcfg)
@@ -261,7 +265,7 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
                       f"{tokens / train_seconds:,.0f} tok/s | {cli.per_step(per_step)} | "
                       f"ETA {cli.hms(eta)}", file=out, flush=True)
                 last_print = now
-            if evaluate_now and validate:
+            if evaluate_now and main_rank:
                 t = time.perf_counter()
                 val = evaluate(engine, data.val, tcfg.eval_docs)
                 eval_seconds = time.perf_counter() - t
@@ -285,7 +289,8 @@ def train(engine, data: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, start_ste
             if save_every and done % save_every == 0:
                 save(done)
     except KeyboardInterrupt:
-        print(f"\ninterrupted twice during step {step + 1}; nothing saved", file=out, flush=True)
+        if main_rank:
+            print(f"\ninterrupted twice during step {step + 1}; nothing saved", file=out, flush=True)
         raise SystemExit(130) from None
     finally:
         ctrl_c.restore()
@@ -495,7 +500,7 @@ def run(argv: list[str], registry, default_engine: str, description: str, out=sy
                      args.log_every, quiet, meta={"dtype": args.dtype, "threads": args.threads,
                                                   **({"isa": isa} if isa else {}),
                                                   **({"ranks": parallel.world_size} if parallel else {})},
-                     out=out, validate=main_rank, peers=engine if parallel else None)
+                     out=out, main_rank=main_rank, peers=engine if parallel else None)
     finally:
         if parallel:
             engine.close()

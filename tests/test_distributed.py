@@ -172,6 +172,10 @@ def test_one_rank_all_reduces_the_engines_own_buffer_and_steps_as_the_engine(eng
             assert dp.train_step(docs[i:i + 4], 0.01) == plain.train_step(docs[i:i + 4], 0.01)
             assert dp.last.total > 0 and dp.last.allreduce >= 0
         assert dp.steps == 3 and dp.export_params().data == plain.export_params().data
+        assert not dp.stop_agreed
+        dp.stop_requested = lambda: True     # a Ctrl-C on some rank travels with the next step's loss
+        dp.train_step(docs[:4], 0.01)
+        assert dp.stop_agreed
     finally:
         dp.close()
 
@@ -302,6 +306,29 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_one_line(tmp_path, names
     assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2: the all-reduce failed after "), err
     assert "another rank died or did not answer within --dist-timeout 10 s" in lines[0]
     assert waited < 60
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, names_file):
+    """SIGINT reaches rank 1 only: rank 0 hears of it in the next all-reduce, both stop after that step,
+    rank 0 saves a checkpoint of that step, and both exit 130."""
+    ckpt = tmp_path / "run.ckpt"
+    args = ["--engine", "c", "--data", names_file, *TINY, "--num-steps", 10 ** 6, "--batch-size", 2,
+            "--log-every", 1, "--save", ckpt, "--dist-timeout", 30]
+    procs = start_ranks(tmp_path, 2, args, "int")
+    try:
+        out = tmp_path / "int.0.out"
+        deadline = time.monotonic() + TIMEOUT
+        while not re.search(r"step +2/", out.read_text()) and procs[0].poll() is None:
+            assert time.monotonic() < deadline, "rank 0 never got to its second step"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGINT)
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        kill_all(procs)
+    assert codes == [130, 130], [(tmp_path / f"int.{r}.err").read_text() for r in (0, 1)]
+    stopped = re.search(r"interrupted after step (\d+); checkpoint saved", out.read_text())
+    assert stopped and checkpoint.load(ckpt).step == int(stopped.group(1)) >= 2
+    assert (tmp_path / "int.1.out").read_text() == ""
 
 
 def test_a_rank_that_never_joins_times_out_with_one_line(tmp_path, names_file):
