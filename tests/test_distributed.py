@@ -282,6 +282,14 @@ def assert_resumed(tmp_path, first: str, second: str, whole: str) -> None:
 
 # ---- failures end in one line, not a hang ----
 
+def wait_for_step_2(out, rank0) -> None:
+    """Until rank 0 (--log-every 1) has printed its second step: the ranks are training."""
+    deadline = time.monotonic() + TIMEOUT
+    while not re.search(r"step +2/", out.read_text()) and rank0.poll() is None:
+        assert time.monotonic() < deadline, "rank 0 never got to its second step"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
 def test_a_rank_that_dies_or_hangs_ends_the_others_with_one_line(tmp_path, names_file, how):
     """Killed, its sockets close and rank 0 fails at once; stopped, rank 0 gives up after --dist-timeout."""
@@ -289,11 +297,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_one_line(tmp_path, names
             "--log-every", 1, "--dist-timeout", 10]
     procs = start_ranks(tmp_path, 2, args, "dies")
     try:
-        out = tmp_path / "dies.0.out"
-        deadline = time.monotonic() + TIMEOUT
-        while not re.search(r"step +2/", out.read_text()) and procs[0].poll() is None:
-            assert time.monotonic() < deadline, "rank 0 never got to its second step"
-            time.sleep(0.1)
+        wait_for_step_2(tmp_path / "dies.0.out", procs[0])
         procs[1].send_signal(how)
         t = time.monotonic()
         code = procs[0].wait(timeout=60)
@@ -317,10 +321,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, names
     procs = start_ranks(tmp_path, 2, args, "int")
     try:
         out = tmp_path / "int.0.out"
-        deadline = time.monotonic() + TIMEOUT
-        while not re.search(r"step +2/", out.read_text()) and procs[0].poll() is None:
-            assert time.monotonic() < deadline, "rank 0 never got to its second step"
-            time.sleep(0.1)
+        wait_for_step_2(out, procs[0])
         procs[1].send_signal(signal.SIGINT)
         codes = [p.wait(timeout=60) for p in procs]
     finally:
