@@ -24,8 +24,9 @@ for-loop):
   820k float64 parameters (2.2 ms float32); the fused kernel takes one, 1.8 ms (0.6 ms). It computes
   sqrt(v) / sqrt(1 - beta2^t) where train.py computes sqrt(v / (1 - beta2^t)): a rounding apart, inside
   the contract's float64 tolerance (tests/test_engine_contract.py). "foreach" is moot on one tensor.
-* q, k, v as one product over the concatenation of their three matrices (one small copy; one scatter
-  into attention's grid instead of three), and ``F.rms_norm`` (0.53 against 0.59 ms forward and backward
+* q, k, v as one product (one scatter into attention's grid instead of three); the three matrices are
+  one leaf, a (3C, C) view of the flat buffer, since a concatenation per step (and its backward split)
+  cost 1-6% of a step (medium b32 float64 0.942, float32 0.988, small b1 0.948, interleaved); and ``F.rms_norm`` (0.53 against 0.59 ms forward and backward
   of a (227, 128) float64 batch): medium b32 65 -> 58 ms with the fused Adam, numpy taking 56 in the same
   run (float64); the matrix products are ~60% of the step, the rest is pointwise work and scatters.
 * ``F.embedding`` and ``index_select`` instead of indexing (``w[tokens]``, ``o[slots]``), whose gradient
@@ -49,7 +50,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from engines.batching import pack_batch
+from engines.batching import fused_blocks, pack_batch
 from microgpt.config import RMS_EPS, ModelConfig, TrainConfig
 from microgpt.params import AdamState, FlatParams
 
@@ -89,8 +90,7 @@ def forward(cfg: ModelConfig, w: dict, tokens, positions, slots, B: int, T: int)
     for layer in range(cfg.n_layer):
         p = f"layer{layer}."
         h = rmsnorm(x)
-        # one product for the three (their matrices lie side by side: the concatenation is one small copy)
-        q, k, v = heads(F.linear(h, torch.cat([w[p + name] for name in ("attn_wq", "attn_wk", "attn_wv")])))
+        q, k, v = heads(F.linear(h, w[p + "qkv"]))   # one product for the three (see fused_blocks)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q k^T / sqrt(D)) v, causal
         x = x + F.linear(o.transpose(1, 2).reshape(B * T, C).index_select(0, slots), w[p + "attn_wo"])
         u = F.relu(F.linear(rmsnorm(x), w[p + "mlp_fc1"]))
@@ -131,11 +131,13 @@ class TorchEngine:
         self.opt = torch.optim.Adam([self.params], betas=(c.beta1, c.beta2), eps=c.eps, fused=True)
         self.opt.state[self.params] = {"step": torch.zeros((), dtype=torch.float32, device=self.device),
                                        "exp_avg": self.m, "exp_avg_sq": self.v}
+        # a leaf per matrix, each layer's query, key and value matrices as one: they lie side by side in
+        # the flat layout, so one (3C, C) view serves one product and one gradient (no concatenation)
         self.w = {}
-        for t in params.tensors.values():
-            weight = self.params[t.offset:t.offset + t.size].view(t.rows, t.cols).requires_grad_()
-            weight.grad = self.grads[t.offset:t.offset + t.size].view(t.rows, t.cols)
-            self.w[t.name] = weight
+        for name, offset, rows, cols in fused_blocks(model_cfg):
+            weight = self.params[offset:offset + rows * cols].view(rows, cols).requires_grad_()
+            weight.grad = self.grads[offset:offset + rows * cols].view(rows, cols)
+            self.w[name] = weight
         self._loss = self._make_loss()
 
     def _make_loss(self):

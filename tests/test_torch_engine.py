@@ -7,6 +7,7 @@ from engines import load_engine
 from microgpt.config import TrainConfig
 
 torch = pytest.importorskip("torch")
+from engines.batching import fused_blocks  # noqa: E402
 from engines.torch_eager import TorchCompileEngine, TorchEngine  # noqa: E402
 
 
@@ -25,10 +26,12 @@ def test_parameters_and_gradients_are_views_of_flat_buffers():
     eng.train_step(encode_names(read_names(2), 8), 0.01)
     start, end = eng.params.data_ptr(), eng.params.data_ptr() + eng.params.numel() * eng.params.element_size()
     grads_start = eng.grads.data_ptr()
-    for name, t in params.tensors.items():
+    blocks = fused_blocks(cfg)
+    assert sorted(eng.w) == sorted(name for name, *_ in blocks)
+    for name, offset, rows, cols in blocks:
         w = eng.w[name]
-        assert w.is_leaf and start <= w.data_ptr() < end
-        assert w.grad.data_ptr() == grads_start + t.offset * eng.grads.element_size()
+        assert w.is_leaf and w.data_ptr() == start + offset * eng.params.element_size() and w.shape == (rows, cols)
+        assert w.grad.data_ptr() == grads_start + offset * eng.grads.element_size()
     assert not torch.equal(before, eng.params), "Adam on the flat buffer moved the weights the model reads"
 
 
