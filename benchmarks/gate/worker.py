@@ -158,8 +158,7 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     The sides' workers run side by side, pinned to the same CPUs, and take turns sample by sample (A B,
     then B A), all with the same steps per sample, so the n-th samples of two sides time the same batches
     on the same core moments apart: a burst of load from another job hits both. Each side first takes one
-    untimed sample of a case (so each pair's first sample follows one of its own side, as in every pair
-    after), and which side goes first alternates from round to round. A worker holds one case
+    untimed sample of a case, and which side goes first alternates from round to round. A worker holds one case
     at a time, so a benchmark measures the same whichever matrix it is part of. The engine order and
     each engine's case order rotate every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
     the ``session`` that pairs them.
@@ -206,14 +205,15 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                         else:
                             answers[s.name] = answer
                     steps = min((a["steps"] for a in answers.values()), default=0)
-                    # one untimed turn each first, in the reverse of the first pair's order. A sample that follows
-                    # one of its own side runs warmer than one that follows the other side (numpy: ~5% faster);
-                    # the pairs alternate A B, B A, ..., so each pair's first sample follows its own side's
-                    # previous one, the second the other side's, and each side is first in half the pairs of a
-                    # round. Without the turn the first pair ran both sides cold right after the setups (in ab
-                    # A/A runs of numpy, the head's first pairs came out 15% "faster"); in the same order as the
-                    # first pair, the side that went second got the warm first sample in more pairs of a round
-                    for s in (order[::-1] if answers else []):
+                    # one untimed turn each first, in the first pair's order: without it the first timed sample
+                    # after the setups was its pair's slow one (in ab A/A runs of numpy, the head's first pairs
+                    # came out 15% "faster"). A sample that follows one of its own side runs warmer (numpy ~5%)
+                    # than one after the other side: in this order the first pair runs both cold and the
+                    # pairs after it alternate which side is warm, balanced in a round of an odd number of
+                    # samples (the experiment matrix's 3). The reverse order balances even numbers instead and
+                    # raised the round-to-round spread 1.5x with 3 samples (9 of 11 slowdowns flagged, one
+                    # A/A "faster" in 17), so this one stays; sides that strictly alternate would balance both.
+                    for s in (order if answers else []):
                         if s.name in answers:
                             workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
                     for j in range(settings["samples"] if answers else 0):
