@@ -53,11 +53,11 @@ def python_build() -> dict:
 def fastops_isa() -> str | None:
     """The instruction set the c engine's kernels run when none is asked for (the best this CPU and build
     run), None when fastops is not built."""
+    from microgpt.native import import_fastops
     try:
-        import fastops
+        return import_fastops().available_isas()[0]
     except ImportError:
         return None
-    return fastops.available_isas()[0]
 
 
 PYTHON_BUILD_KEYS = ("version", "implementation", "build", "compiler", "config_args", "pgo", "lto")
