@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from microgpt import UserError, machine
+from microgpt import UserError, distributed, machine
 from microgpt.data import cache_dir
 from microgpt.files import write_json_atomic
 
@@ -152,10 +152,13 @@ def worker(sizes: list[int], repeats: int, min_repeat_s: float, out: Path) -> No
     import torch.distributed as dist
 
     backend = os.environ.get("MICROGPT_COMM_BACKEND") or default_backend()
-    rank = int(os.environ["RANK"])
+    launch = distributed.launch_from_env()   # the launcher's variables, checked as the trainer checks them
+    if launch is None:
+        raise UserError("the probe's worker needs the launcher's variables (RANK, WORLD_SIZE, ...)")
+    rank = launch.rank
     torch.set_num_threads(1)
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(launch.local_rank)
     device = torch.device("cuda") if backend == "nccl" else torch.device("cpu")
     dist.init_process_group(backend, timeout=timedelta(seconds=GROUP_TIMEOUT_S))
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
