@@ -587,3 +587,37 @@ def test_separate_runs_on_a_busy_machine_are_never_a_regression():
     cur["settings"] = {"session": "s2", "load_average": [4.0, 9.5]}        # 9.5 runnable on 2 CPUs
     v = compare_results(base, cur)[0]
     assert v.verdict == "inconclusive" and "regression by the runs" in v.note and "9.5 on 2 CPUs" in v.note
+
+
+def test_ab_sides_strictly_take_turns_and_the_leader_alternates_by_round(monkeypatch):
+    """Every timed sample follows one of the other side's (a sample after its own side's runs warmer), after
+    one untimed turn each; the side that leads swaps every round."""
+    from benchmarks.gate import worker as gate_worker
+    turns = []
+
+    class FakeWorker:
+        def __init__(self, side, cpus=None):
+            self.name = side.name
+
+        def call(self, request):
+            if request["cmd"] == "setup":
+                return {"steps": 2, "vocab_size": 27, "warmup_s": 0.0}
+            if request["cmd"] == "sample":
+                turns.append(self.name)
+                return {"wall_ms": 1.0, "cpu_ms": 1.0, "step_lengths": [[[3], 2]]}
+            return {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(gate_worker, "WorkerProcess", FakeWorker)
+    sides = [gate_worker.Side("base", REPO), gate_worker.Side("head", REPO)]
+    case = Case("numpy", (16, 1, 4, 8, "relu2"), 1, "float64", 1)
+    for samples in (3, 4):
+        turns.clear()
+        out = gate_worker.measure(sides, [case], {"rounds": 2, "samples": samples, "warmup": 0,
+                                                  "min_sample_s": 0.0}, data="unused")
+        per_round = 2 * (1 + samples)            # the untimed turn, then the timed ones
+        assert turns[:per_round] == ["base", "head"] * (1 + samples)
+        assert turns[per_round:] == ["head", "base"] * (1 + samples)
+        assert out["base"]["samples"][case.id]["sample_rounds"] == [0] * samples + [1] * samples

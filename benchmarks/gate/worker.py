@@ -155,10 +155,10 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
     """Time ``cases`` on every side: ``settings['rounds']`` rounds, each a fresh worker process per engine,
     thread count and side, taking ``settings['samples']`` samples of every case.
 
-    The sides' workers run side by side, pinned to the same CPUs, and take turns sample by sample (A B,
-    then B A), all with the same steps per sample, so the n-th samples of two sides time the same batches
-    on the same core moments apart: a burst of load from another job hits both. Each side first takes one
-    untimed sample of a case, and which side goes first alternates from round to round. A worker holds one case
+    The sides' workers run side by side, pinned to the same CPUs, and strictly take turns sample by sample
+    (A B A B ...), all with the same steps per sample, so the n-th samples of two sides time the same
+    batches on the same core moments apart: a burst of load from another job hits both. Each side first
+    takes one untimed sample of a case, and which side goes first alternates from round to round. A worker holds one case
     at a time, so a benchmark measures the same whichever matrix it is part of. The engine order and
     each engine's case order rotate every round. Returns, per side, {"samples": {id: {...accumulated...}}, "skipped": {id: reason}} and
     the ``session`` that pairs them.
@@ -205,19 +205,18 @@ def measure(sides: list[Side], cases: list[Case], settings: dict, data: str, log
                         else:
                             answers[s.name] = answer
                     steps = min((a["steps"] for a in answers.values()), default=0)
-                    # one untimed turn each first, in the first pair's order: without it the first timed sample
-                    # after the setups was its pair's slow one (in ab A/A runs of numpy, the head's first pairs
-                    # came out 15% "faster"). A sample that follows one of its own side runs warmer (numpy ~5%)
-                    # than one after the other side: in this order the first pair runs both cold and the
-                    # pairs after it alternate which side is warm, balanced in a round of an odd number of
-                    # samples (the experiment matrix's 3). The reverse order balances even numbers instead and
-                    # raised the round-to-round spread 1.5x with 3 samples (9 of 11 slowdowns flagged, one
-                    # A/A "faster" in 17), so this one stays; sides that strictly alternate would balance both.
+                    # One untimed turn each first: without it the first timed sample after the setups was
+                    # its pair's slow one (in ab A/A runs of numpy, the head's first pairs came out 15%
+                    # "faster"). Then the sides strictly alternate, so every sample follows one of the other
+                    # side's: a sample that follows one of its own side runs warmer (numpy ~5%), and the
+                    # earlier A B, B A turns gave one side that warm turn in every other pair, balanced only
+                    # for an odd number of samples. Which side leads alternates by round, so a drift within
+                    # a round cancels over rounds.
                     for s in (order if answers else []):
                         if s.name in answers:
                             workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
                     for j in range(settings["samples"] if answers else 0):
-                        for s in (order if j % 2 == 0 else order[::-1]):
+                        for s in order:
                             if s.name not in answers:
                                 continue
                             sample = workers[s.name].call({"cmd": "sample", "id": case.id, "steps": steps})
