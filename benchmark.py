@@ -157,7 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--record-roofline", nargs="+", metavar="TABLE[:ENGINES]",
                    help="first store this machine's ceilings and the rows of these tables (optionally only the "
                         "comma-separated engines) as the chart docs/roofline.png")
-    q.add_argument("--command-line", default="", help="with --record, --record-output, --record-losses: the command")
+    q.add_argument("--record-comm", metavar="COMM_JSON",
+                   help="first store what roofline.py --comm --save-results COMM_JSON wrote as the chart "
+                        "docs/roofline-comm.png")
+    q.add_argument("--command-line", default="",
+                   help="with --record, --record-output, --record-losses, --record-comm: the command")
     q.add_argument("--caption", default="", help="with --record, --record-output: a sentence under it")
     q = sub.add_parser("machine", help="this machine and Python build in one line, and its fingerprint")
     q.add_argument("--fingerprint", action="store_true", help="only the fingerprint (baselines are kept per fingerprint)")

@@ -520,7 +520,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --comm: leave out the real data-parallel step on 2 torchrun processes (~15 s per engine "
                         "x config; the table's torchrun columns stay empty)")
     p.add_argument("--results", metavar="FILE", help="benchmark results JSON instead of timing engines here")
-    p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON")
+    p.add_argument("--save-results", metavar="FILE", help="write the timings measured here as results JSON (with "
+                                                           "--comm: the model and the table, what its chart draws)")
     p.add_argument("--engines", help="comma-separated engines to time (default: every registered engine)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="documents to time on (default: names.txt)")
     p.add_argument("--batch-size", type=int, default=1, help="documents per timed step (default 1)")
@@ -750,6 +751,9 @@ def comm_main(args: argparse.Namespace, configs: list[ModelConfig]) -> int:
             print()
     print("compute: one process's measured step on a rank's share of the batch; N >= 4 assumes a core per rank and "
           "a link like this machine's loopback, and is a projection, not a measurement")
+    if args.save_results:       # what the chart is drawn from: benchmark.py publish --record-comm takes it
+        machine.save({"kind": "comm", "record": record, "results": results, "batch_size": args.batch_size,
+                      "dtype": args.dtype}, Path(args.save_results))
     stem = "out/roofline-comm" if args.chart is None else args.chart
     if stem and results:
         draw_chart("comm_chart", record, results, stem, batch_size=args.batch_size, dtype=args.dtype)

@@ -181,9 +181,10 @@ def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tm
     from conftest import run_cli
     path = tmp_path / "comm-gloo-n2.json"
     path.write_text(json.dumps(synthetic_record()))
-    stem = tmp_path / "comm"
+    stem, saved = tmp_path / "comm", tmp_path / "comm-results.json"
     r = run_cli("--comm", "--comm-model-only", "--engines", "c", "--configs", "tiny", "--batch-size", "4",
-                "--seconds", "0.02", "--data", names_file, "--chart", stem, script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
+                "--seconds", "0.02", "--data", names_file, "--chart", stem, "--save-results", saved,
+                script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "alpha 40 us" in out and "beta 0.5 ns/B" in out and "residuals rms 0%" in out
@@ -195,3 +196,18 @@ def test_roofline_comm_prints_measured_and_projected_rows_and_draws_the_chart(tm
     assert stem.with_suffix(".png").stat().st_size > 10_000 and stem.with_suffix(".svg").exists()
     bad = run_cli("--comm", "--ops", script="roofline.py", env={"MICROGPT_CACHE": str(tmp_path)})
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--comm" in bad.stderr
+
+    # what the chart drew is saved, and benchmark.py publish draws docs/roofline-comm.png from it
+    doc = json.loads(saved.read_text())
+    assert doc["kind"] == "comm" and doc["record"]["fit"] == synthetic_record()["fit"]
+    assert [r["engine"] for r in doc["results"]] == ["c"] and doc["batch_size"] == 4
+    readme, results = tmp_path / "README.md", tmp_path / "docs" / "results"
+    readme.write_text("no markers\n")
+    publish = ("publish", "--readme", readme, "--results-dir", results)
+    r = run_cli(*publish, "--record-comm", saved, "--command-line", "python roofline.py --comm ...", script="benchmark.py")
+    assert r.returncode == 0 and "chart: docs/roofline-comm.png" in r.stdout, r.stderr
+    from benchmarks.gate import report
+    assert report.png_stamp(tmp_path / "docs" / "roofline-comm.png")
+    assert run_cli(*publish, "--check", script="benchmark.py").returncode == 0
+    wrong = run_cli(*publish, "--record-comm", path, "--command-line", "x", script="benchmark.py")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "roofline.py --comm --save-results" in wrong.stderr

@@ -196,13 +196,13 @@ def cmd_update_baseline(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from benchmarks.gate.report import (losses_entry, machine_results, publish, record_chart, record_output,
-                                        record_table, roofline_entry)
+    from benchmarks.gate.report import (comm_entry, losses_entry, machine_results, publish, record_chart,
+                                        record_output, record_table, roofline_entry)
     results_dir = Path(args.results_dir)
-    recording = args.record or args.record_output or args.record_losses
+    recording = args.record or args.record_output or args.record_losses or args.record_comm
     if recording and not args.command_line:
-        raise UserError("--record, --record-output and --record-losses need --command-line: the command that "
-                        "measured (or printed) what is recorded, for the reader")
+        raise UserError("--record, --record-output, --record-losses and --record-comm need --command-line: the "
+                        "command that measured (or printed) what is recorded, for the reader")
     if args.record:
         if len(args.record) < 2:
             raise UserError("--record NAME ROWS_JSON [ROWS_JSON ...]: a table name and engine_table.py -o files")
@@ -222,6 +222,9 @@ def cmd_publish(args) -> int:
         path = record_chart(results_dir, "losses", losses_entry([Path(p) for p in args.record_losses],
                                                                 args.command_line))
         print(f"recorded chart losses ({len(args.record_losses)} loss logs) in {path}")
+    if args.record_comm:
+        path = record_chart(results_dir, "roofline-comm", comm_entry(Path(args.record_comm), args.command_line))
+        print(f"recorded chart roofline-comm ({args.record_comm}) in {path}")
     if args.record_roofline:
         _, doc = machine_results(results_dir)
         path = record_chart(results_dir, "roofline", roofline_entry(args.record_roofline, doc["tables"]))

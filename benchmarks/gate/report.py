@@ -196,6 +196,19 @@ def roofline_entry(specs: list[str], doc_tables: dict) -> dict:
     return {"kind": "roofline", "sources": sources, "ceilings": machine.ceilings()}
 
 
+COMM_KEYS = ("record", "results", "batch_size", "dtype")
+
+
+def comm_entry(path: Path, command: str) -> dict:
+    """A communication chart's input: what ``roofline.py --comm --save-results FILE`` wrote (the measured
+    all-reduce model and the data-parallel table per engine x config), kept whole."""
+    saved = read_json(path, "roofline.py --comm results")
+    if not isinstance(saved, dict) or saved.get("kind") != "comm" or any(k not in saved for k in COMM_KEYS):
+        raise UserError(f"{path} is not what roofline.py --comm --save-results writes (kind 'comm', with "
+                        f"{', '.join(COMM_KEYS)})")
+    return {"kind": "comm", "command": command, **{k: saved[k] for k in COMM_KEYS}}
+
+
 def render_table(table: dict, env: dict, source: str) -> str:
     """One published table: engines x (config, batch), CPU ms per step as engine_table's --pivot lays it
     out, and the machine, ISA and Python build it was measured on under it."""
@@ -267,9 +280,12 @@ PNG_SIGNATURE, STAMP_KEY = b"\x89PNG\r\n\x1a\n", b"microgpt-publish"
 
 
 def chart_inputs(entry: dict, doc: dict) -> dict:
-    """What a chart is drawn from, resolved: the loss logs, or the roofline's rows and ceilings."""
+    """What a chart is drawn from, resolved: the loss logs, the all-reduce model and its table, or the
+    roofline's rows and ceilings."""
     if entry["kind"] == "losses":
         return {"kind": "losses", "logs": entry["logs"]}
+    if entry["kind"] == "comm":
+        return {"kind": "comm", **{k: entry[k] for k in COMM_KEYS}}
     rows = []
     for source in entry["sources"]:
         table = doc["tables"].get(source["table"])
@@ -313,6 +329,9 @@ def draw(inputs: dict, stem: Path) -> list[Path]:
     import report_charts
     if inputs["kind"] == "losses":
         return report_charts.loss_chart(inputs["logs"], stem)
+    if inputs["kind"] == "comm":
+        return report_charts.comm_chart(inputs["record"], inputs["results"], stem, batch_size=inputs["batch_size"],
+                                        dtype=inputs["dtype"])
     import roofline
     rows = [roofline.analyse(dict(r), inputs["ceilings"]) for r in inputs["rows"]]
     return report_charts.roofline_chart(inputs["ceilings"], rows, stem)
