@@ -152,8 +152,9 @@ def roofline_chart(ceilings: dict, rows: list[dict], stem: str | Path, title: st
     legend_height = 0.02 + 0.04 * math.ceil(len(engines) / 6)
 
     cpu = ceilings["cpu"]
-    ax.set_title(title or f"Roofline of one training step — {cpu['model']}, {threads} thread{'s' * (threads > 1)} "
-                          f"(measured ceilings)", fontsize=11)
+    cores = (f"{threads} cores (threads x ranks)" if any(r.get("ranks", 1) > 1 for r in rows)
+             else f"{threads} thread{'s' * (threads > 1)}")
+    ax.set_title(title or f"Roofline of one training step — {cpu['model']}, {cores} (measured ceilings)", fontsize=11)
     ax.set_xlabel("arithmetic intensity (FLOP / byte, program bytes)")
     ax.set_ylabel("FLOP/s")
     ax.grid(True, which="major", color="#dddddd", lw=0.6)

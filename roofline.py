@@ -189,7 +189,9 @@ def load_results(path: str) -> list[dict]:
             raise UserError(f"{where}: missing {', '.join(missing)}")
         if r["dtype"] not in DTYPES:
             raise UserError(f"{where}: dtype must be one of {', '.join(DTYPES)} (got {r['dtype']!r})")
-        for key in ("batch_size", "threads"):
+        for key in ("batch_size", "threads", "ranks"):
+            if key == "ranks" and key not in r:
+                continue
             if not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1:
                 raise UserError(f"{where}: {key} must be an integer >= 1 (got {r[key]!r})")
         for key in ("ms_per_step", "tokens_per_step"):
@@ -258,19 +260,28 @@ def classify(ai: float, achieved: float, ceilings: dict, dtype: str, threads: in
     return {"roof": roof, "roof_flops": attainable, "percent": 100 * achieved / attainable, "verdict": verdict}
 
 
+def cores(record: dict) -> int:
+    """The cores a record's step ran on, which its roofs are: threads per process x data-parallel ranks."""
+    return record["threads"] * record.get("ranks", 1)
+
+
 def analyse(record: dict, ceilings: dict) -> dict:
+    """A record on the roofline. A data-parallel record (``ranks`` > 1, benchmark.py's ``... r2`` cases) is
+    one step of the whole batch on threads x ranks cores, held to that many cores' roofs; its "threads"
+    are those cores, and its engine is labelled with the ranks."""
     cost = analyse_cost(record)
     dtype = DTYPES[record["dtype"]][0]
     achieved = cost.flops / (record["ms_per_step"] / 1e3)
-    level = machine.level_for(ceilings, cost.working_set_bytes, record["threads"])
+    n = cores(record)
+    level = machine.level_for(ceilings, cost.working_set_bytes, n)
     cfg = record.get("model_config") or ModelConfig.from_dict(record["config"])
-    isa = record.get("isa")
-    return {"engine": timing.engine_label(record["engine"], isa), "isa": isa, "config": config_label(cfg),
-            "batch_size": record["batch_size"],
-            "dtype": record["dtype"], "threads": record["threads"], "ms_per_step": record["ms_per_step"],
+    isa, ranks = record.get("isa"), record.get("ranks", 1)
+    return {"engine": timing.engine_label(record["engine"], isa) + (f" r{ranks}" if ranks > 1 else ""), "isa": isa,
+            "config": config_label(cfg), "batch_size": record["batch_size"],
+            "dtype": record["dtype"], "threads": n, "ranks": ranks, "ms_per_step": record["ms_per_step"],
             "flops": cost.flops, "bytes": cost.bytes, "intensity": cost.intensity, "achieved": achieved,
             "level": level, "exact": bool(record.get("doc_lengths")),
-            **classify(cost.intensity, achieved, ceilings, dtype, record["threads"], level, isa)}
+            **classify(cost.intensity, achieved, ceilings, dtype, n, level, isa)}
 
 
 # --- the fused C step, phase by phase (--ops --engine c) --------------------------------------------------

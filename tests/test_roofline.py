@@ -185,6 +185,14 @@ def test_analyse_uses_exact_lengths_or_marks_the_estimate(record):
     assert exact["achieved"] == pytest.approx(exact["flops"] / 5e-5)
 
 
+def test_a_data_parallel_record_is_held_to_the_roofs_of_its_cores(record):
+    """benchmark.py's ``... r2`` cases time one step of the whole batch on 2 processes: 2 cores' roofs."""
+    one, two = roofline.analyse(dict(RESULTS[0]), record), roofline.analyse({**RESULTS[0], "ranks": 2}, record)
+    assert (one["engine"], one["threads"], two["engine"], two["threads"]) == ("c", 1, "c r2", 2)
+    assert two["roof_flops"] == roofline.analyse({**RESULTS[0], "threads": 2}, record)["roof_flops"]
+    assert roofline.cores({**RESULTS[0], "threads": 2, "ranks": 2}) == 4
+
+
 def test_roofline_reads_results_and_writes_the_chart(cache, tmp_path, capsys):
     results = tmp_path / "bench.json"
     results.write_text(json.dumps({"results": RESULTS}))

@@ -46,11 +46,12 @@ def cmd_report(args) -> int:
             import roofline
             from microgpt import machine
             ceilings = machine.ceilings()
-            for threads in sorted({r["threads"] for r in records}):     # each against its own roofs
-                rows = [roofline.analyse(dict(r), ceilings) for r in records if r["threads"] == threads]
-                stem = out / ("roofline" if threads == 1 else f"roofline-{threads}-threads")
-                chart(f"Roofline, {threads} thread{'s' * (threads > 1)}",
-                      report_charts.roofline_chart(ceilings, rows, stem))
+            # each against its own roofs: a step on 2 threads, or on 2 data-parallel ranks, has 2 cores'
+            for cores in sorted({roofline.cores(r) for r in records}):
+                rows = [roofline.analyse(dict(r), ceilings) for r in records if roofline.cores(r) == cores]
+                stem = out / ("roofline" if cores == 1 else f"roofline-{cores}-cores")
+                chart(f"Roofline, {cores} core{'s' * (cores > 1)} (threads x ranks)" if cores > 1 else
+                      "Roofline, 1 core", report_charts.roofline_chart(ceilings, rows, stem))
     if args.base:
         base = load_results(args.base)
         verdicts = compare_results(base, cur, args.metric, args.alpha, args.threshold)
