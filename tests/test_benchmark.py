@@ -277,6 +277,16 @@ def test_compare_cli_exit_codes_markdown_and_machine_warning(tmp_path):
     assert r.returncode == 0 and "no change" in r.stdout and "WARNING" not in r.stderr and "3+2 runs" in r.stdout
     r = cli("compare", one, one.with_name("one.json"), "--history", tmp_path / "none.json")
     assert r.returncode == 0 and "inconclusive" in r.stdout and "benchmark.py ab" in r.stderr
+    # an interleaved (ab) pair whose rounds disagree: the advice is more rounds, not ab
+    paired = []
+    for name, shifts in (("pbase", [1, 1, 1]), ("pcur", [0.92, 1.0, 1.08])):
+        d = doc({"python x": [shift * x for shift in shifts for x in (1.0, 1.01, 0.99, 1.0)]})
+        d["settings"] = {"session": "one-ab-run"}
+        d["results"][0]["sample_rounds"] = [r for r in range(3) for _ in range(4)]
+        paired.append(tmp_path / f"{name}.json")
+        paired[-1].write_text(json.dumps(d))
+    r = cli("compare", *paired)
+    assert r.returncode == 0 and "inconclusive" in r.stdout and "--rounds" in r.stderr and "ab --base" not in r.stderr
     md = tmp_path / "out" / "cmp.md"
     r = cli("compare", base, slow, "--md", md)
     assert r.returncode == 1 and "REGRESSION" in r.stdout

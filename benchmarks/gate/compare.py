@@ -498,9 +498,14 @@ def report_comparison(base: dict, cur: dict, args, title: str) -> int:
         print(line)
     print(summary_line(verdicts))
     if any(v.verdict == "inconclusive" for v in verdicts):
-        print("inconclusive: separate runs cannot tell these changes from the machine's run-to-run noise; "
-              "`benchmark.py ab --base REV` measures both sides interleaved, `--metric instructions` counts "
-              "deterministically", file=sys.stderr)
+        session = (base.get("settings") or {}).get("session")
+        if session and session == (cur.get("settings") or {}).get("session"):     # ab: interleaved already
+            print("inconclusive: these benchmarks' rounds disagree by more than the floor; more rounds "
+                  "(`--rounds`) narrow it, `--metric instructions` counts deterministically", file=sys.stderr)
+        else:
+            print("inconclusive: separate runs cannot tell these changes from the machine's run-to-run noise; "
+                  "`benchmark.py ab --base REV` measures both sides interleaved, `--metric instructions` counts "
+                  "deterministically", file=sys.stderr)
     if args.md:
         write_text_atomic(Path(args.md), markdown(verdicts, warnings, title, args.alpha, getattr(args, "md_extra", "")))
     if args.charts:
