@@ -156,12 +156,23 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
                the panel, 2-19% slower with Adam; holding a tile's gradient back and doing its Adam a vector
                at a time inside the next tile's k loop (to hide the square roots and divisions), 6-28% slower. */
             const ptrdiff_t panel = 2 * VW, NB = (GEMM_B_BYTES / (kb * (ptrdiff_t)sizeof(real))) / panel * panel;
-            for (ptrdiff_t n1 = 0; n1 < N; n1 += NB > panel ? NB : panel)
+            const ptrdiff_t block = NB > panel ? NB : panel;
+            for (ptrdiff_t n1 = 0; n1 < N; n1 += block) {
+                const ptrdiff_t width = N - n1 < block ? N - n1 : block;
                 for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
-                    for (ptrdiff_t n0 = n1; n0 < N && n0 < n1 + (NB > panel ? NB : panel); n0 += panel) {
-                        if (upd && M * N >= 65536) FN(prefetch_adam_tile)(upd, Cm, ldc, M, m0, n0 + 8 * VW);
+                    for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += panel) {
+                        if (upd && M * N >= 65536) {
+                            /* the Adam state of the tile 4 panels ahead in the order tiles are visited: past
+                               the block's last panel, the next row group's first (a prefetch 4 panels to
+                               the right left a block's first 4 tiles of every row group to demand misses,
+                               4 of 9 at AVX-512 widths). Measured: 2 or 8 panels ahead, no better. */
+                            ptrdiff_t pn = n0 + 4 * panel, pm = m0;
+                            if (pn >= n1 + width) { pn -= width; pm += GEMM_MR; }
+                            if (pm < M) FN(prefetch_adam_tile)(upd, Cm, ldc, M, pm, pn);
+                        }
                         FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
                     }
+            }
         } else if (a_cs != 1) {
             /* A read down its columns: each block of rows is first copied tile by tile, k-major with
                GEMM_MR values per k, so that a tile's k loop reads one stream, not a line (and, K apart,
