@@ -147,6 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--results-dir", default=str(REPO / "docs" / "results"))
     q.add_argument("--record", nargs="+", metavar="NAME ROWS_JSON",
                    help="first store the rows of engine_table.py -o files as table NAME of this machine's results")
+    q.add_argument("--record-run", nargs=2, metavar=("NAME", "RESULTS_JSON"),
+                   help="first store a benchmark.py run results file as table NAME, laid out by processes x "
+                        "threads (the data-parallel table)")
     q.add_argument("--record-output", metavar="NAME",
                    help="first run --command-line and store what it prints as transcript NAME (README's \"What you get\")")
     q.add_argument("--abridge", default="", metavar="START:STOP,...",
@@ -161,8 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="first store what roofline.py --comm --save-results COMM_JSON wrote as the chart "
                         "docs/roofline-comm.png")
     q.add_argument("--command-line", default="",
-                   help="with --record, --record-output, --record-losses, --record-comm: the command")
-    q.add_argument("--caption", default="", help="with --record, --record-output: a sentence under it")
+                   help="with --record, --record-run, --record-output, --record-losses, --record-comm: the command")
+    q.add_argument("--caption", default="", help="with --record, --record-run, --record-output: a sentence under it")
     q = sub.add_parser("machine", help="this machine and Python build in one line, and its fingerprint")
     q.add_argument("--fingerprint", action="store_true", help="only the fingerprint (baselines are kept per fingerprint)")
     sub.add_parser("worker")

@@ -119,3 +119,35 @@ def test_charts_are_stamped_with_their_inputs_and_checked_without_matplotlib(tmp
     path.write_text(json.dumps(doc))
     assert publish(readme, results, check=True) == 1
     assert publish(readme, results) == 0 and report.png_stamp(png) not in (None, stamp)
+
+
+def test_a_recorded_run_is_laid_out_by_processes_and_threads(tmp_path):
+    """publish --record-run: benchmark.py run's results (the distributed matrix) as a table of processes x
+    threads, with the all-reduce's share and the scaling efficiency of the data-parallel rows."""
+    from benchmarks.gate import report
+    from benchmarks.gate.results import SCHEMA
+    config = {"n_embd": 128, "n_layer": 4, "n_head": 4, "block_size": 32, "mlp_act": "relu2", "vocab_size": 27}
+    results = []
+    for engine, one, two_threads, two_ranks, share in (("c", 40.0, 44.0, 50.0, 0.37), ("torch", 80.0, 390.0, 77.0, 0.2)):
+        for threads, ranks, wall in ((1, 1, one), (2, 1, two_threads), (1, 2, two_ranks)):
+            rec = {"id": f"{engine} t{threads} r{ranks}", "engine": engine, "config": config, "batch_size": 32,
+                   "dtype": "float64", "threads": threads, "samples_ms": [wall], "cpu_samples_ms": [wall * 0.7],
+                   "ms_per_step": wall, "cpu_ms_per_step": wall * 0.7}
+            if ranks > 1:
+                rec.update(ranks=ranks, allreduce_share=share)
+            results.append(rec)
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"schema": SCHEMA, "created": "2026-11-30T15:00:00Z", "results": results}))
+    path = report.record_run(tmp_path / "results", "dp", run, "python benchmark.py run --matrix distributed", "")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"<!-- benchmark.py publish: {path.stem}/dp (generated from here) -->\n<!-- end {path.stem}/dp -->\n")
+    assert publish(readme, tmp_path / "results") == 0
+    text = readme.read_text()
+    assert "C128L4H4T32 b32 float64: wall ms per step" in text and "| | `c` | `torch` |" in text
+    assert "| 1 process × 1 thread | 40 (28) | 80 (56) |" in text and "| 2 processes × 1 thread | 50 (35) | 77 (53.9) |" in text
+    assert "2-rank step (waiting for the other ranks included) | 37% | 20% |" in text
+    assert "scaling efficiency of 2 ranks, T₁ / (2 T2) | 40% | 52% |" in text
+    assert publish(readme, tmp_path / "results", check=True) == 0
+    run.write_text(json.dumps({"schema": SCHEMA, "created": "x", "results": [{"id": "a", "samples_ms": [1]}]}))
+    with pytest.raises(UserError, match="no timed results"):
+        report.record_run(tmp_path / "results", "dp", run, "x", "")

@@ -197,12 +197,16 @@ def cmd_update_baseline(args) -> int:
 
 def cmd_publish(args) -> int:
     from benchmarks.gate.report import (comm_entry, losses_entry, machine_results, publish, record_chart,
-                                        record_output, record_table, roofline_entry)
+                                        record_output, record_run, record_table, roofline_entry)
     results_dir = Path(args.results_dir)
-    recording = args.record or args.record_output or args.record_losses or args.record_comm
+    recording = args.record or args.record_run or args.record_output or args.record_losses or args.record_comm
     if recording and not args.command_line:
-        raise UserError("--record, --record-output, --record-losses and --record-comm need --command-line: the "
-                        "command that measured (or printed) what is recorded, for the reader")
+        raise UserError("--record, --record-run, --record-output, --record-losses and --record-comm need "
+                        "--command-line: the command that measured (or printed) what is recorded, for the reader")
+    if args.record_run:
+        name, results = args.record_run
+        path = record_run(results_dir, name, Path(results), args.command_line, args.caption)
+        print(f"recorded table {name} (benchmark.py run results) in {path}")
     if args.record:
         if len(args.record) < 2:
             raise UserError("--record NAME ROWS_JSON [ROWS_JSON ...]: a table name and engine_table.py -o files")

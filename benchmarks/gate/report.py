@@ -146,6 +146,62 @@ def record_table(results_dir: Path, name: str, rows_paths: list[Path], command: 
     return save_results(path, doc)
 
 
+def record_run(results_dir: Path, name: str, results_path: Path, command: str, caption: str) -> Path:
+    """Put a ``benchmark.py run`` results file into this machine's results as table ``name``: per benchmark
+    its engine, shape, threads, data-parallel ranks, median wall and CPU ms per step and all-reduce share
+    (rendered by ``run_table``: how one step runs on processes x threads, not engine against engine)."""
+    from microgpt.cli import config_label
+    from microgpt.config import ModelConfig
+    doc = load_results(results_path)
+    rows = [{"engine": r["engine"], "isa": r.get("isa"), "config_name": config_label(ModelConfig.from_dict(r["config"])),
+             "batch_size": r["batch_size"], "dtype": r["dtype"], "threads": r["threads"], "ranks": r.get("ranks", 1),
+             "ms_per_step": r["ms_per_step"], "cpu_ms_per_step": r["cpu_ms_per_step"],
+             "allreduce_share": r.get("allreduce_share")}
+            for r in doc["results"] if "ms_per_step" in r and "cpu_ms_per_step" in r]
+    if not rows:
+        raise UserError(f"{results_path}: no timed results to record (instruction counts are not a table)")
+    path, out = machine_results(results_dir)
+    out["tables"][name] = {"kind": "run", "command": command, "caption": caption, "rows": rows,
+                           "created": doc["created"]}
+    return save_results(path, out)
+
+
+def run_table(rows: list[dict]) -> str:
+    """A run's benchmarks laid out by how a step ran: a row per processes x threads, an engine per column,
+    wall ms per step with the CPU ms of every process and thread in brackets; then, where there are
+    data-parallel rows, the all-reduce's share of their step and their scaling efficiency T1 / (N TN)
+    against the same engine on one process of one thread."""
+    from benchmarks.engine_table import ms
+    shapes = list(dict.fromkeys((r["config_name"], r["batch_size"], r["dtype"]) for r in rows))
+    engines = list(dict.fromkeys(f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"] for r in rows))
+    out = []
+    for config, batch, dtype in shapes:
+        cells: dict[tuple, dict[str, dict]] = {}
+        for r in rows:
+            if (r["config_name"], r["batch_size"], r["dtype"]) == (config, batch, dtype):
+                label = f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"]
+                cells.setdefault((r["ranks"], r["threads"]), {})[label] = r
+        out += [f"{config} b{batch} {dtype}: wall ms per step (CPU ms of all processes and threads):", "",
+                "| | " + " | ".join(f"`{e}`" for e in engines) + " |", "|---|" + "---:|" * len(engines)]
+        for (ranks, threads), by_engine in sorted(cells.items()):
+            label = f"{ranks} process{'es' * (ranks > 1)} × {threads} thread{'s' * (threads > 1)}"
+            out.append(f"| {label} | " + " | ".join(
+                f"{ms(by_engine[e]['ms_per_step'])} ({ms(by_engine[e]['cpu_ms_per_step'])})" if e in by_engine else "-"
+                for e in engines) + " |")
+        single = cells.get((1, 1), {})
+        for ranks in sorted({n for n, _ in cells if n > 1}):
+            parallel = cells.get((ranks, 1), {})
+            out.append(f"| all-reduce's share of a {ranks}-rank step (waiting for the other ranks included) | " +
+                       " | ".join(f"{100 * parallel[e]['allreduce_share']:.0f}%"
+                                  if parallel.get(e, {}).get("allreduce_share") is not None else "-"
+                                  for e in engines) + " |")
+            out.append(f"| scaling efficiency of {ranks} ranks, T₁ / ({ranks} T{ranks}) | " + " | ".join(
+                f"{100 * single[e]['ms_per_step'] / (ranks * parallel[e]['ms_per_step']):.0f}%"
+                if e in single and e in parallel else "-" for e in engines) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def record_output(results_dir: Path, name: str, command: str, abridge: list[tuple[int, int]], caption: str = ""
                   ) -> Path:
     """Run ``command`` (a shell-like line run from the checkout, ``python`` meaning this interpreter) and keep
@@ -215,7 +271,7 @@ def render_table(table: dict, env: dict, source: str) -> str:
     out, and the machine, ISA and Python build it was measured on under it."""
     from benchmarks.engine_table import pivot_table
 
-    lines = [pivot_table(table["rows"]).rstrip()]
+    lines = [(run_table if table.get("kind") == "run" else pivot_table)(table["rows"]).rstrip()]
     # The compile cost of the engines whose first step is mostly compilation (over 10 steady steps and a
     # quarter of a second), as a range per engine over the table's cells; other first steps are steps like
     # the rest (with a first allocation).
