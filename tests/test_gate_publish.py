@@ -146,7 +146,7 @@ def test_a_recorded_run_is_laid_out_by_processes_and_threads(tmp_path):
     assert "C128L4H4T32 b32 float64: wall ms per step" in text and "| | `c` | `torch` |" in text
     assert "| 1 process × 1 thread | 40 (28) | 80 (56) |" in text and "| 2 processes × 1 thread | 50 (35) | 77 (53.9) |" in text
     assert "2-rank step (waiting for the other ranks included) | 37% | 20% |" in text
-    assert "scaling efficiency of 2 ranks, T₁ / (2 T2) | 40% | 52% |" in text
+    assert "scaling efficiency of 2 ranks, T₁ / (2 T₂) | 40% | 52% |" in text
     assert publish(readme, tmp_path / "results", check=True) == 0
     run.write_text(json.dumps({"schema": SCHEMA, "created": "x", "results": [{"id": "a", "samples_ms": [1]}]}))
     with pytest.raises(UserError, match="no timed results"):

@@ -195,7 +195,8 @@ def run_table(rows: list[dict]) -> str:
                        " | ".join(f"{100 * parallel[e]['allreduce_share']:.0f}%"
                                   if parallel.get(e, {}).get("allreduce_share") is not None else "-"
                                   for e in engines) + " |")
-            out.append(f"| scaling efficiency of {ranks} ranks, T₁ / ({ranks} T{ranks}) | " + " | ".join(
+            sub = str(ranks).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
+            out.append(f"| scaling efficiency of {ranks} ranks, T₁ / ({ranks} T{sub}) | " + " | ".join(
                 f"{100 * single[e]['ms_per_step'] / (ranks * parallel[e]['ms_per_step']):.0f}%"
                 if e in single and e in parallel else "-" for e in engines) + " |")
         out.append("")
