@@ -189,9 +189,7 @@ def load_results(path: str) -> list[dict]:
             raise UserError(f"{where}: missing {', '.join(missing)}")
         if r["dtype"] not in DTYPES:
             raise UserError(f"{where}: dtype must be one of {', '.join(DTYPES)} (got {r['dtype']!r})")
-        for key in ("batch_size", "threads", "ranks"):
-            if key == "ranks" and key not in r:
-                continue
+        for key in ("batch_size", "threads") + (("ranks",) if "ranks" in r else ()):
             if not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1:
                 raise UserError(f"{where}: {key} must be an integer >= 1 (got {r[key]!r})")
         for key in ("ms_per_step", "tokens_per_step"):

@@ -87,8 +87,8 @@ def pivot_table(rows: list[dict]) -> str:
         threads = max(r.get("threads", 1) for r in rows if r["dtype"] == dtype)
         key, clock = ("cpu_ms_per_step", "CPU time") if threads == 1 else ("ms_per_step", "wall time")
         for r in (r for r in rows if r["dtype"] == dtype):
-            label = f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"]
-            cells.setdefault(label, {})[f"{r['config_name']} b{r['batch_size']}"] = r[key]
+            column = f"{r['config_name']} b{r['batch_size']}"
+            cells.setdefault(engine_label(r["engine"], r.get("isa")), {})[column] = r[key]
         columns = list(dict.fromkeys(c for by_col in cells.values() for c in by_col))
         best = {c: min(v[c] for v in cells.values() if c in v) for c in columns}
         out += [f"{dtype}, ms of {clock} per step" + (f", {threads} threads each:" if threads > 1 else ":"), "", "| engine | " + " | ".join(columns) + " |",

@@ -263,6 +263,12 @@ def history_values(history: list[dict], base: dict, cur: dict, metric: str) -> d
     return out
 
 
+def interleaved(base: dict, cur: dict) -> bool:
+    """Whether two results files are the two sides of one interleaved session (``ab``), not separate runs."""
+    session = (base.get("settings") or {}).get("session")
+    return session is not None and session == (cur.get("settings") or {}).get("session")
+
+
 def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = DEFAULT_ALPHA,
                     thresholds: list[str] | None = None, history: list[dict] | None = None) -> list[Verdict]:
     """One verdict per benchmark id found in either file (sorted as in the current file): paired when both
@@ -273,8 +279,7 @@ def compare_results(base: dict, cur: dict, metric: str = "auto", alpha: float = 
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1) (got {alpha})")
     default, patterns = thresholds_from(thresholds or [])
-    session = (base.get("settings") or {}).get("session")
-    paired = session is not None and session == (cur.get("settings") or {}).get("session")
+    paired = interleaved(base, cur)
     b_by_id = {r["id"]: r for r in base["results"]}
     c_by_id = {r["id"]: r for r in cur["results"]}
     if not set(b_by_id) & set(c_by_id):
@@ -467,8 +472,7 @@ def comparison_warnings(base: dict, cur: dict) -> list[str]:
             warnings.append(f"the {side} results were measured with uncommitted changes")
         load = (doc.get("settings") or {}).get("load_average")
         cpus = doc.get("environment", {}).get("machine", {}).get("cpus")
-        paired = (base.get("settings") or {}).get("session") == (cur.get("settings") or {}).get("session")
-        if load and cpus and load[1] > cpus and not paired:
+        if load and cpus and load[1] > cpus and not interleaved(base, cur):
             warnings.append(f"the {side} run shared a busy machine (1-minute load average up to {load[1]:g} on "
                             f"{cpus} CPUs): other jobs' load is in its times; `benchmark.py ab` cancels it")
     return warnings
@@ -498,8 +502,7 @@ def report_comparison(base: dict, cur: dict, args, title: str) -> int:
         print(line)
     print(summary_line(verdicts))
     if any(v.verdict == "inconclusive" for v in verdicts):
-        session = (base.get("settings") or {}).get("session")
-        if session and session == (cur.get("settings") or {}).get("session"):     # ab: interleaved already
+        if interleaved(base, cur):     # ab: the sides were interleaved already
             print("inconclusive: these benchmarks' rounds disagree by more than the floor; more rounds "
                   "(`--rounds`) narrow it, `--metric instructions` counts deterministically", file=sys.stderr)
         else:

@@ -50,8 +50,8 @@ def cmd_report(args) -> int:
             for cores in sorted({roofline.cores(r) for r in records}):
                 rows = [roofline.analyse(dict(r), ceilings) for r in records if roofline.cores(r) == cores]
                 stem = out / ("roofline" if cores == 1 else f"roofline-{cores}-cores")
-                chart(f"Roofline, {cores} core{'s' * (cores > 1)} (threads x ranks)" if cores > 1 else
-                      "Roofline, 1 core", report_charts.roofline_chart(ceilings, rows, stem))
+                chart(f"Roofline, {cores} core{'s (threads x ranks)' * (cores > 1)}",
+                      report_charts.roofline_chart(ceilings, rows, stem))
     if args.base:
         base = load_results(args.base)
         verdicts = compare_results(base, cur, args.metric, args.alpha, args.threshold)
@@ -153,7 +153,8 @@ def record_run(results_dir: Path, name: str, results_path: Path, command: str, c
     from microgpt.cli import config_label
     from microgpt.config import ModelConfig
     doc = load_results(results_path)
-    rows = [{"engine": r["engine"], "isa": r.get("isa"), "config_name": config_label(ModelConfig.from_dict(r["config"])),
+    rows = [{"engine": r["engine"], "isa": r.get("isa"),
+             "config_name": config_label(ModelConfig.from_dict(r["config"])),
              "batch_size": r["batch_size"], "dtype": r["dtype"], "threads": r["threads"], "ranks": r.get("ranks", 1),
              "ms_per_step": r["ms_per_step"], "cpu_ms_per_step": r["cpu_ms_per_step"],
              "allreduce_share": r.get("allreduce_share")}
@@ -172,15 +173,15 @@ def run_table(rows: list[dict]) -> str:
     data-parallel rows, the all-reduce's share of their step and their scaling efficiency T1 / (N TN)
     against the same engine on one process of one thread."""
     from benchmarks.engine_table import ms
+    from microgpt.timing import engine_label
     shapes = list(dict.fromkeys((r["config_name"], r["batch_size"], r["dtype"]) for r in rows))
-    engines = list(dict.fromkeys(f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"] for r in rows))
+    engines = list(dict.fromkeys(engine_label(r["engine"], r.get("isa")) for r in rows))
     out = []
     for config, batch, dtype in shapes:
         cells: dict[tuple, dict[str, dict]] = {}
         for r in rows:
             if (r["config_name"], r["batch_size"], r["dtype"]) == (config, batch, dtype):
-                label = f"{r['engine']}[{r['isa']}]" if r.get("isa") else r["engine"]
-                cells.setdefault((r["ranks"], r["threads"]), {})[label] = r
+                cells.setdefault((r["ranks"], r["threads"]), {})[engine_label(r["engine"], r.get("isa"))] = r
         out += [f"{config} b{batch} {dtype}: wall ms per step (CPU ms of all processes and threads):", "",
                 "| | " + " | ".join(f"`{e}`" for e in engines) + " |", "|---|" + "---:|" * len(engines)]
         for (ranks, threads), by_engine in sorted(cells.items()):
