@@ -135,14 +135,29 @@ static TARGET void FN(linear_backward_fused_task)(void *p, ptrdiff_t begin, ptrd
     for (; i < f->N; i++) FN(fused_rows)(1, 0, f, i, begin, end, g_rows);
 }
 
-/* Token-major copy (M x K) of a feature-major array (K x MP). */
+/* Token-major copy (M x K) of a feature-major array (K x MP), in 4 x 4 blocks: each block reads 4 short
+   row segments and writes 4, which the compiler keeps in registers (it turns them into shuffles), where
+   copying one value at a time stored every value on its own (1.4x the time at K = 128 and 512, hot
+   caches). Each row's line two blocks ahead is prefetched: xT usually comes from beyond L2. */
 static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
-    for (ptrdiff_t t0 = 0; t0 < M; t0 += 8)
-        for (ptrdiff_t k = 0; k < K; k++) {
-            __builtin_prefetch(xT + k * MP + t0 + 16);   /* the next block's line of this row, usually in memory */
-            for (ptrdiff_t t = t0; t < t0 + 8 && t < M; t++) x[t * K + k] = xT[k * MP + t];
+    ptrdiff_t t0 = 0;
+    for (; t0 + 4 <= M; t0 += 4) {
+        ptrdiff_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const real *src = xT + k * MP + t0;
+            real *dst = x + t0 * K + k, block[4][4];
+            for (int i = 0; i < 4; i++) __builtin_prefetch(src + i * MP + 16);
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) block[i][j] = src[i * MP + j];
+            for (int j = 0; j < 4; j++)
+                for (int i = 0; i < 4; i++) dst[j * K + i] = block[i][j];
         }
+        for (; k < K; k++)
+            for (ptrdiff_t t = t0; t < t0 + 4; t++) x[t * K + k] = xT[k * MP + t];
+    }
+    for (; t0 < M; t0++)
+        for (ptrdiff_t k = 0; k < K; k++) x[t0 * K + k] = xT[k * MP + t0];
 }
 
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
