@@ -3,14 +3,17 @@
 MLX is lazy: each operation only records a node, and the graph runs when a result is needed (``mx.eval``).
 "mlx" builds and runs that graph afresh every step; "mlx-compile" wraps the very same step function in
 ``mx.compile``, which traces it once per input shape and fuses chains of elementwise operations into
-single kernels. Both keep the weights and Adam's moments as three flat vectors in the layout of
-microgpt/params.py: the matrices are static slices of the parameter vector, their gradients are
-concatenated back into the flat layout, and the Adam update is part of the same graph.
+single kernels. Both keep the weights and Adam's moments as lists of matrices, the flat layout of
+microgpt/params.py cut at engines.batching.fused_blocks (a layer's q, k, v as one block); the Adam update
+is part of the step's graph, and export concatenates the matrices on the host.
 
 Batching: the rows of engines.batching.grid_batch, as the jax engine (see its docstring): the batch's
-real positions back to back, bucketed to a quarter-octave, attention on a power-of-two (B, T) grid
-reached by gathers whose gradients are gathers too (``permute``, an ``mx.custom_function``: MLX's own
-gradient of a gather is a scatter-add); a one-document batch is its own grid. The first version padded
+real positions back to back, attention on a (B, T) grid reached by gathers whose gradients are gathers
+too (``permute``, an ``mx.custom_function``: MLX's own gradient of a gather is a scatter-add); a
+one-document batch is its own grid. "mlx-compile" buckets the rows to a quarter-octave and T to a power
+of two, so it traces a handful of shapes; eager "mlx" takes each batch at its exact shape (buckets only
+spare a compiler its retracing, and cost eager rows: names padded to T = 8 or 16 are 29% more rows
+than their real positions over the first 400 training names). The first version padded
 every document to block_size: medium b32 float64 went from 1393 to 364 ms (mlx) and from 1348 to 346 ms
 (mlx-compile) with this layout (one process, interleaved, CPU time; MLX's own textbook version,
 benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
@@ -69,10 +72,24 @@ def _permute_vjp(primals, cotangent, output):
     return permute(cotangent, inverse, index), mx.zeros_like(index), mx.zeros_like(inverse)
 
 
+@mx.custom_function
+def linear(x, w):
+    """``x @ w.T``, whose weight gradient is computed as ``cotangent.T @ x``: contiguous in ``w``'s (out, in)
+    layout. MLX's own vjp gives ``(x.T @ cotangent).T``, a transposed view, which Adam's elementwise
+    operations then read with strides (see the module docstring)."""
+    return x @ w.T
+
+
+@linear.vjp
+def _linear_vjp(primals, cotangent, output):
+    x, w = primals
+    return cotangent @ w, cotangent.T @ x
+
+
 def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype, token_major: bool) -> dict:
     """The step, gradient, loss and logits functions of one model shape, optimiser, dtype and layout (not
     compiled); the batch arrives as engines.batching.Grid arrays."""
-    parts = fused_blocks(cfg)
+    names = [name for name, *_ in fused_blocks(cfg)]
     heads, head_dim, C = cfg.n_head, cfg.head_dim, cfg.n_embd
     if dtype == mx.float64:
         e = mx.array(math.e, dtype=mx.float64)
@@ -94,60 +111,55 @@ def build_functions(cfg: ModelConfig, tcfg: TrainConfig, dtype, token_major: boo
     def logsumexp(x):
         return mx.stop_gradient(mx.max(x, axis=-1)) + mx.log(mx.sum(shifted_exp(x), axis=-1))
 
-    def unflatten(flat):
-        return {name: flat[off:off + rows * cols].reshape(rows, cols) for name, off, rows, cols in parts}
-
-    def flatten(w):
-        return mx.concatenate([w[name].reshape(-1) for name, *_ in parts])
-
     def onehot(ids, n):
         return (ids[:, None] == mx.arange(n)).astype(dtype)
 
-    def forward(w, tokens, positions, gather, slots):
+    def forward(matrices, tokens, positions, gather, slots):
         """Logits (rows, vocab) of a batch's rows (see jax_jit.build_functions, the same program)."""
+        w = dict(zip(names, matrices))
         B, T = gather.shape
-        causal = mx.tril(mx.ones((T, T), dtype=mx.bool_))
+        # 0 on and below the diagonal, -inf above: added to the scores (an addition's gradient is the
+        # cotangent itself, where mx.where's is another select)
+        mask = mx.triu(mx.full((T, T), -math.inf, dtype=dtype), k=1)
         x = rmsnorm(onehot(tokens, cfg.vocab_size) @ w["wte"] + onehot(positions, cfg.block_size) @ w["wpe"])
         for layer in range(cfg.n_layer):
             p = f"layer{layer}."
-            qkv = rmsnorm(x) @ w[p + "qkv"].T
+            qkv = linear(rmsnorm(x), w[p + "qkv"])
             grid = permute(qkv, gather.reshape(-1), slots) if token_major else qkv
             grid = grid.reshape(B, T, 3, heads, head_dim)
-            q, k, v = (grid[:, :, i].transpose(0, 2, 1, 3) for i in range(3))       # (B, H, T, D)
-            scores = mx.where(causal, (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(head_dim), -math.inf)
+            q, k, v = (a.squeeze(2).transpose(0, 2, 1, 3) for a in mx.split(grid, 3, axis=2))  # (B, H, T, D)
+            scores = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(head_dim) + mask
             o = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(B * T, C)
-            x = x + (permute(o, slots, gather.reshape(-1)) if token_major else o) @ w[p + "attn_wo"].T
-            u = rmsnorm(x) @ w[p + "mlp_fc1"].T
+            x = x + linear(permute(o, slots, gather.reshape(-1)) if token_major else o, w[p + "attn_wo"])
+            u = linear(rmsnorm(x), w[p + "mlp_fc1"])
             u = mx.where(u > 0, u * u if cfg.mlp_act == "relu2" else u, 0)
-            x = x + u @ w[p + "mlp_fc2"].T
-        return x @ w["lm_head"].T
+            x = x + linear(u, w[p + "mlp_fc2"])
+        return linear(x, w["lm_head"])
 
     def batch_loss(w, tokens, positions, targets, weights, gather, slots):
         logits = forward(w, tokens, positions, gather, slots)
         picked = mx.sum(logits * onehot(targets, cfg.vocab_size), axis=-1)
         return mx.sum((logsumexp(logits) - picked) * weights)
 
-    def loss_and_grad(flat, *batch):
-        """The gradient is taken per matrix and concatenated once; the gradient of each slice of the flat
-        vector would be a zero-padded full-length vector, one per matrix, all summed."""
-        loss, grads = mx.value_and_grad(batch_loss)(unflatten(flat), *batch)
-        return loss, flatten(grads)
+    def loss_and_grad(w, *batch):
+        return mx.value_and_grad(batch_loss)(w, *batch)
 
-    def train_step(flat, m, v, hyper, *batch):
-        """One optimiser step; ``hyper`` = (lr, 1 - beta1^t, 1 - beta2^t), computed on the host per step."""
-        loss, g = loss_and_grad(flat, *batch)
+    def train_step(w, m, v, hyper, *batch):
+        """One optimiser step over the matrices (lists in fused_blocks order); ``hyper`` = (lr / (1 - beta1^t),
+        1 / sqrt(1 - beta2^t)), computed on the host per step: w -= lr m^ / (sqrt(v^) + eps) as two products
+        where train.py divides twice (a rounding apart; in an eager step each operation is a pass over memory)."""
+        loss, g = loss_and_grad(w, *batch)
         if tcfg.grad_clip > 0:
-            norm = mx.sqrt(mx.sum(g * g))
-            g = mx.where(norm > tcfg.grad_clip, g * (tcfg.grad_clip / norm), g)
-        m = tcfg.beta1 * m + (1 - tcfg.beta1) * g
-        v = tcfg.beta2 * v + (1 - tcfg.beta2) * g * g
-        lr, bias1, bias2 = hyper[0], hyper[1], hyper[2]
-        flat = flat - lr * (m / bias1) / (mx.sqrt(v / bias2) + tcfg.eps)
-        return flat, m, v, loss
+            norm = mx.sqrt(sum(mx.sum(mx.square(gi)) for gi in g))
+            factor = mx.where(norm > tcfg.grad_clip, tcfg.grad_clip / norm, 1)
+            g = [gi * factor for gi in g]
+        step, scale = hyper[0], hyper[1]
+        m = [tcfg.beta1 * mi + (1 - tcfg.beta1) * gi for mi, gi in zip(m, g)]
+        v = [tcfg.beta2 * vi + (1 - tcfg.beta2) * mx.square(gi) for vi, gi in zip(v, g)]
+        w = [wi - (step * mi) / (mx.sqrt(vi) * scale + tcfg.eps) for wi, mi, vi in zip(w, m, v)]
+        return w, m, v, loss
 
-    return {"train_step": train_step, "loss_and_grad": loss_and_grad,
-            "eval_loss": lambda flat, *batch: batch_loss(unflatten(flat), *batch),
-            "logits": lambda flat, *batch: forward(unflatten(flat), *batch)}
+    return {"train_step": train_step, "loss_and_grad": loss_and_grad, "eval_loss": batch_loss, "logits": forward}
 
 
 class MlxEngine:
@@ -179,14 +191,16 @@ class MlxEngine:
         self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
         self.t = 0
 
-    def _put(self, flat: array | bytes) -> mx.array:
-        """A float64 host buffer (array('d') or zero bytes) as a vector in this engine's dtype."""
-        return mx.array(np.frombuffer(flat, np.float64), dtype=self.dtype)
+    def _put(self, flat: array | bytes) -> list[mx.array]:
+        """A float64 host buffer in the flat layout (array('d') or zero bytes) as this engine's matrices."""
+        data = np.frombuffer(flat, np.float64)
+        return [mx.array(data[off:off + rows * cols].reshape(rows, cols), dtype=self.dtype)
+                for _, off, rows, cols in fused_blocks(self.cfg)]
 
     def _batch(self, docs: list[list[int]]) -> tuple[dict, list[mx.array]]:
         """The functions for this batch's layout, and the batch as MLX arrays."""
         token_major = len(docs) > 1
-        g = grid_batch(docs, self.cfg, self.np_dtype, token_major)
+        g = grid_batch(docs, self.cfg, self.np_dtype, token_major, bucketed=self.compiled)
         return self.fns[token_major], [mx.array(a, dtype=self.dtype) if a is g.weights else mx.array(a) for a in g]
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
@@ -200,7 +214,7 @@ class MlxEngine:
         fn, batch = self._batch(docs)  # bad documents raise before the step count moves
         self.t += 1
         c = self.tcfg
-        hyper = mx.array([lr, 1 - c.beta1 ** self.t, 1 - c.beta2 ** self.t], dtype=self.dtype)
+        hyper = mx.array([lr / (1 - c.beta1 ** self.t), 1 / math.sqrt(1 - c.beta2 ** self.t)], dtype=self.dtype)
         with mx.stream(self.device):
             self.params, self.m, self.v, loss = fn["train_step"](self.params, self.m, self.v, hyper, *batch)
             mx.eval(self.params, self.m, self.v, loss)  # the step is finished before the loss is returned
@@ -230,13 +244,14 @@ class MlxEngine:
         return AdamState(self._host(self.m), self._host(self.v), self.t)
 
     def import_adam(self, state: AdamState) -> None:
-        n = self.params.size
+        n = sum(w.size for w in self.params)
         state.check(n)
         self.m, self.v, self.t = self._put(array("d", state.m)), self._put(array("d", state.v)), state.t
 
     @staticmethod
-    def _host(x: mx.array) -> array:
-        return array("d", np.array(x, np.float64).tobytes())
+    def _host(matrices: list[mx.array]) -> array:
+        """The matrices back in the flat layout, as array('d')."""
+        return array("d", np.concatenate([np.array(w, np.float64).ravel() for w in matrices]).tobytes())
 
 
 class MlxCompiledEngine(MlxEngine):

@@ -1,11 +1,12 @@
-"""engines.mlx_cpu beyond the contract (tests/test_engine_contract.py): devices."""
+"""engines.mlx_cpu beyond the contract (tests/test_engine_contract.py): devices, one-document batches."""
 
 import mlx.core as mx
 import pytest
 
-from conftest import make_setup
-from engines.mlx_cpu import MlxEngine
-from microgpt.config import TrainConfig
+from conftest import encode_names, make_setup, read_names
+from engines.mlx_cpu import MlxCompiledEngine, MlxEngine
+from microgpt.config import TrainConfig, lr_at
+from train import PythonEngine
 
 
 def test_devices():
@@ -22,3 +23,23 @@ def test_devices():
     else:
         with pytest.raises(ValueError, match="no GPU backend here"):
             MlxEngine(cfg, tcfg, params, dtype="float32", device="mps")
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["mlx", "mlx-compile"])
+@pytest.mark.parametrize("dtype,rel", [("float64", 1e-12), ("float32", 1e-4)])
+def test_one_document_steps_match_the_reference(compiled, dtype, rel):
+    """Batches of one document take their own path (the document is its own grid; eager mlx at its exact
+    length, mx.compile at a bucketed one), which the contract's batches of two never reach: a few steps of
+    documents of different lengths, with clipping, against train.py's engine."""
+    cfg, params = make_setup(8, 2, 2, 8, mlp_act="relu", zero_init_proj=False)
+    tcfg = TrainConfig(num_steps=4, grad_clip=0.5).validate()
+    docs = sorted(encode_names(read_names(12), cfg.block_size), key=len)[::3]  # short to long
+    assert len({len(d) for d in docs}) > 1
+    ref, engine = PythonEngine(cfg, tcfg, params.copy()), (MlxCompiledEngine if compiled else MlxEngine)(
+        cfg, tcfg, params.copy(), dtype=dtype)
+    for step, doc in enumerate(docs):
+        want, got = ref.train_step([doc], lr_at(step, tcfg)), engine.train_step([doc], lr_at(step, tcfg))
+        assert abs(got - want) <= rel * abs(want)
+    want, got = ref.export_params().data, engine.export_params().data
+    scale = max(map(abs, want))
+    assert max(abs(a - b) for a, b in zip(got, want)) <= rel * scale
