@@ -30,6 +30,40 @@ the first step apart and warms every engine up; measured so, compile is not slow
 float64 346 against 364 ms; small b32 57 against 61 ms), and ``shapeless=True`` is not needed: a new
 bucketed shape retraces the graph but reuses the compiled kernels.
 
+Why eager mlx lost to its yardstick at medium b1, and what changed (issue 13). The README's table had it at
+31.2 ms against the textbook mlx.nn + optim.Adam version's 26.2 (float64; 27.3 against 23.2 in float32),
+while mlx-compile was faster (21.8). Measured with mlx 0.32.4 (perf, ``ru_minflt``, the graph through
+``mx.export_to_dot``, the BLAS calls logged by an LD_PRELOAD shim):
+
+* The flat vectors. Medium's are 6.4 MB in float64, and an eager step allocated four afresh (the concatenated
+  gradient and the Adam temporaries that cannot take over an input's buffer). MLX's CPU allocator keeps at
+  most 32 MB of freed buffers and does not evict on free (mlx/backend/no_gpu/allocator.cpp): once smaller
+  buffers fill it, each 6.4 MB buffer goes back to malloc and from there to the kernel, ~4,600 page faults per
+  step. Whether that happens depends on what the process allocated before: the same code took 30 ms (no
+  faults; still more than the yardstick's 26.6: the next two items) in one process and 38-44 in others.
+  Per-matrix arrays (the largest 512 x 128, 512 KB) come back from the cache: no faults in any run. Adam is
+  then 13 operations per matrix rather than 13 in all, ~4 us of dispatch each: tiny and small lose up to 4%
+  (tiny b32), far inside their margin to the yardstick. ``mx.set_cache_limit`` would be the other way out, but
+  it is process-wide: it would change the memory of the yardstick and of any MLX code run beside the engine
+  (engine_table runs them in one process).
+* Weight gradients: MLX's vjp of ``x @ w.T`` is a transposed view (``linear``), which the flattening
+  copied with strides (``copy_general_general``, 10% of the step in perf). Computed contiguous:
+  mlx-compile medium b1 float64 24.1 -> 19.5 ms, eager ~4% (one engine per process, alternating, 3-5 runs).
+* Buckets cost eager rows (above); Adam divided by both bias corrections (now two host scalars, one
+  division); a slice's gradient is a zero array plus a slice update (``mx.split`` for q, k, v now) and
+  ``mx.where``'s is another select (an additive causal mask now): 820 -> 760 nodes in the gradient graph.
+
+Not the cause: the number of operations (the step's graph had 868 nodes, the yardstick's 1,928); the
+matrix products (the same ones, q, k, v fused in one call here and three there; 7.2 against 6.8 ms of
+the step in perf); the float64 ``exp`` (float32 showed the same) and RMSNorm (``mx.fast.rms_norm`` was no
+faster and is float32-accurate in float64). Before -> after (yardstick), one engine per process, order
+alternating, CPU ms per step, medians of 3-5 runs on the shared machine: medium b1 float64 37.1 (a
+faulting run) -> 19.1 (24.3), float32 18.5 -> 13.7 (16.5); medium b32 float64 331 -> 282 (396), float32
+302 -> 261 (381); small b1 float64 3.95 -> 4.04 (5.09), b32 50.4 -> 43.8 (64.3); tiny b1 1.49 -> 1.38
+(1.86), b32 3.73 -> 3.88 (4.37). mlx-compile medium b1 float64 26.8 -> 24.2, float32 15.3 -> 12.7; at
+b32 unchanged (float64 306 against 307, float32 331 against 332). engine_table.py over tiny, small and
+medium x b1, b32 in both precisions, twice: eager mlx under its yardstick in all 24 cells (by 5% or more).
+
 Precision: MLX's CPU backend computes in float64 as well as float32; its GPU backends (Metal on Apple
 silicon, CUDA with ``mlx[cuda]``) have no float64, so asking for it there is a ValueError. One catch,
 measured here with mlx 0.32: in float64, ``mx.exp`` (and so ``mx.softmax`` and ``mx.logsumexp``) is only
