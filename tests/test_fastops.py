@@ -6,6 +6,7 @@ kernels are checked on the machine that has the fast ones.
 
 import functools
 from array import array
+from pathlib import Path
 
 import pytest
 
@@ -371,6 +372,34 @@ def test_logits_rejects_bad_tokens(tiny):
     with pytest.raises(TypeError, match="tokens must be a list"):
         model.logits(26)
     assert len(model.logits([26, 1])) == 27
+
+
+def vm_flags_at(address):
+    """The VmFlags of the mapping of this process (Linux /proc/self/smaps) that holds address."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="transparent huge pages are a Linux feature; elsewhere the engine asks for none")
+def test_constructor_asks_for_huge_pages_under_the_buffers():
+    """Each flat buffer's whole 2 MiB pages are advised MADV_HUGEPAGE (the 'hg' flag of their mapping): at
+    medium the weights and moments are 6.4 MB each, more than the TLB maps in 4 KiB pages."""
+    cfg, params = make_setup(128, 4, 4, 32)
+    model, bufs = c_model(cfg, params)
+    for b in bufs:
+        address, n = b.buffer_info()
+        assert "hg" in vm_flags_at(address + n * b.itemsize // 2)
+    model.train_steps([[[26, 1, 2, 26]]], [0.01])   # and the engine trains on them as before
+    assert model.step == 1
 
 
 def test_step_is_adams_update_count(tiny):
