@@ -54,6 +54,15 @@ def ms(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 
 
+def fresh_allocator_caches() -> None:
+    """Every row starts from the same allocator state. MLX keeps up to 32 MB of freed buffers for reuse and
+    never evicts them, so an MLX row would run on whatever the rows before it left there (mlx-yardstick,
+    medium b1 float32: 17.4 ms in one table, 23.1 in another)."""
+    mx = sys.modules.get("mlx.core")
+    if mx is not None:
+        mx.clear_cache()
+
+
 def yardsticks_for(option: str, engines: list[str]) -> list[str]:
     """The yardstick rows --yardsticks asks for: auto (those beside --engines), none, or a comma list."""
     if option == "auto":
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     try:
                         engine_cls = load_row(name)
+                        fresh_allocator_caches()
                         # the first step (compilation) and two more; a jitted engine may compile a new shape
                         # in one of those, so the faster of the two is the estimate of a step
                         probe = time_engine(engine_cls, cfg, encoded, batch, args.dtype, warmup=1, samples=2,

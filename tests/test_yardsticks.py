@@ -65,3 +65,18 @@ def test_engine_table_times_yardsticks_beside_engines_with_the_first_step_apart(
     r = run_cli("--engines", "numpy", "--yardsticks", "numpy", script="benchmarks/engine_table.py")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --yardsticks: unknown numpy (known: auto, none, torch-yardstick, jax-yardstick, mlx-yardstick)"]
+
+
+def test_engine_table_starts_every_row_with_mlx_buffer_cache_cleared(monkeypatch):
+    """MLX's allocator keeps freed buffers across engines in one process; each row clears them first."""
+    import sys
+    import types
+
+    from benchmarks.engine_table import fresh_allocator_caches
+    cleared = []
+    monkeypatch.setitem(sys.modules, "mlx.core", types.SimpleNamespace(clear_cache=lambda: cleared.append(1)))
+    fresh_allocator_caches()
+    assert cleared == [1]
+    monkeypatch.delitem(sys.modules, "mlx.core")
+    fresh_allocator_caches()          # without MLX loaded: nothing to clear, no import
+    assert cleared == [1] and "mlx.core" not in sys.modules
