@@ -10,12 +10,13 @@ is part of the step's graph, and export concatenates the matrices on the host.
 Batching: the rows of engines.batching.grid_batch, as the jax engine (see its docstring): the batch's
 real positions back to back, attention on a (B, T) grid reached by gathers whose gradients are gathers
 too (``permute``, an ``mx.custom_function``: MLX's own gradient of a gather is a scatter-add); a
-one-document batch is its own grid. "mlx-compile" buckets the rows to a quarter-octave and T to a power
-of two, so it traces a handful of shapes; eager "mlx" takes each batch at its exact shape (buckets only
-spare a compiler its retracing, and cost eager rows: names padded to T = 8 or 16 are 29% more rows
-than their real positions over the first 400 training names). The first version padded
-every document to block_size: medium b32 float64 went from 1393 to 364 ms (mlx) and from 1348 to 346 ms
-(mlx-compile) with this layout (one process, interleaved, CPU time; MLX's own textbook version,
+one-document batch is its own grid. Eager "mlx" takes each batch at its exact shape (buckets only spare a
+compiler its retracing, and cost eager rows: names padded to T = 8 or 16 are 29% more rows than their real
+positions over the first 400 training names). "mlx-compile" buckets (rows to a quarter-octave, T to a power
+of two: a handful of shapes) one-document batches always, and multi-document ones below
+``EXACT_SHAPES_FROM`` parameters; from there on, it takes them at their exact shape (see "Buckets or exact
+shapes"). The first version padded every document to block_size: medium b32 float64 went from 1393 to
+364 ms (mlx) and from 1348 to 346 ms (mlx-compile) with this layout (one process, interleaved, CPU time; MLX's own textbook version,
 benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
 (256 x 128 x 512, float32 or float64), a tenth of NumPy's BLAS, which is why MLX stays the slowest
 framework on this CPU whatever the layout.
@@ -27,8 +28,30 @@ kernel: 5.7 s for one three-op kernel on this loaded machine), cached on disk fo
 engine_table decided an engine was "slow" when its first step (the probe) took over 2 s, and then timed it
 with no warm-up: the compiler's seconds landed in mlx-compile's "steady" samples. engine_table now reports
 the first step apart and warms every engine up; measured so, compile is not slower than eager (medium b32
-float64 346 against 364 ms; small b32 57 against 61 ms), and ``shapeless=True`` is not needed: a new
-bucketed shape retraces the graph but reuses the compiled kernels.
+float64 346 against 364 ms; small b32 57 against 61 ms). A new shape retraces the graph but reuses the
+compiled kernels (named by their operations, types and contiguity; the shape is an argument).
+
+Buckets or exact shapes for mx.compile (mlx 0.32.4, one engine per process, CPU ms, medians of 3-5 runs
+on the shared machine). Once eager mlx ran exact shapes, bucketed mx.compile lost at medium b32 (float64 356
+against 332, 314 against 284): its padded rows (~12% at 32 names, and T = 16) cost more than fusion saves,
+for matrix products and gathers are most of that step and compile does not change them; at a shape it has
+seen, the compiled step is only 0-3% faster than eager (medium b32 float64 268-273 against 277; small b32
+float32 42.6-44.1 against 43.9-44.2). A retrace costs ~3 ms (tiny), ~4 (small), ~10 (medium), and at 32
+names nearly every step is a new exact shape (12 in 12 medium steps, 26 in 30 small ones), so compiling
+each exact shape on sight lost at small (float32 49.0 against 45.7, 5 runs). Hence, from EXACT_SHAPES_FROM
+parameters (small: 102,784, medium: 797,440), a multi-document batch runs at its exact shape, eagerly the
+first time its shape comes and compiled from the second (a shape's retrace is paid once, and only for a
+shape that recurs; in a long run most steps find theirs compiled): small b32 float32 46.4 against eager 45.7
+(5 runs), float64 47.9 against 50.2; medium b32 float64 282 against 276. Below it (tiny: 4,064) a padded
+row is cheap and a retrace dear, and the buckets stay (tiny b32 float64 2.5-2.8 against eager 3.6-3.9;
+exact shapes 3.7, tiered 3.4, rows to a multiple of 8 or 16 2.9 and 2.7). One-document batches stay
+bucketed at every size (T = 8 or 16, two shapes): tiered exact lengths lost at small b1 (3.0 against 2.7).
+Also measured: rows to a multiple of 16 at medium b32 (302 and 273 against eager 284 and 273), an eager
+gradient with only clipping and Adam compiled (333 against 332). ``shapeless=True`` throws on this step
+("CustomTransforms cannot infer output shapes": ``linear`` and ``permute`` are ``mx.custom_function``; ``x[:1]``
+is a Slice, which has no output-shape rule either). So at small and medium b32 mlx-compile and mlx are
+within a few percent of each other, either side from run to run (engine_table's few steps per row): no
+choice of shapes beats a step that compile can make only 0-3% faster.
 
 Why eager mlx lost to its yardstick at medium b1, and what changed (issue 13). The README's table had it at
 31.2 ms against the textbook mlx.nn + optim.Adam version's 26.2 (float64; 27.3 against 23.2 in float32),
@@ -91,6 +114,10 @@ from microgpt.params import AdamState, FlatParams
 
 DTYPES = {"float64": (mx.float64, np.float64), "float32": (mx.float32, np.float32)}
 DEVICES = {"cpu": mx.cpu, "mps": mx.gpu, "cuda": mx.gpu}  # --device name -> MLX device
+#: From this many parameters on, mlx-compile takes batches of several documents at their exact shape (eagerly
+#: the first time a shape comes, compiled from its second) rather than bucketed (padded rows): see "Buckets or
+#: exact shapes" above.
+EXACT_SHAPES_FROM = 50_000
 
 
 @mx.custom_function
@@ -217,13 +244,18 @@ class MlxEngine:
             raise ValueError("MLX computes float64 on the CPU only; use --dtype float32 on a GPU")
         self.cfg, self.tcfg = model_cfg, train_cfg
         self.dtype, self.np_dtype = DTYPES[dtype]
-        self.fns = {}   # token-major or not -> the functions; a one-document batch is its own grid
-        for layout in (True, False):
-            fns = build_functions(model_cfg, train_cfg, self.dtype, layout)
-            self.fns[layout] = {name: mx.compile(f) for name, f in fns.items()} if self.compiled else fns
+        self.eager = {layout: build_functions(model_cfg, train_cfg, self.dtype, layout) for layout in (True, False)}
+        # token-major or not -> the functions; a one-document batch is its own grid
+        self.fns = ({layout: {name: mx.compile(f) for name, f in fns.items()} for layout, fns in self.eager.items()}
+                    if self.compiled else self.eager)
         self.params = self._put(params.data)
         self.m, self.v = self._put(bytes(8 * len(params))), self._put(bytes(8 * len(params)))
         self.t = 0
+        # bucketed shapes: mx.compile's one-document batches always, its multi-document ones for small models;
+        # an exact shape runs eagerly the first time it comes, compiled from its second (see the docstring)
+        self.bucketed = {False: self.compiled,
+                         True: self.compiled and sum(w.size for w in self.params) < EXACT_SHAPES_FROM}
+        self.seen_shapes: set[tuple[int, ...]] = set()
 
     def _put(self, flat: array | bytes) -> list[mx.array]:
         """A float64 host buffer in the flat layout (array('d') or zero bytes) as this engine's matrices."""
@@ -234,8 +266,14 @@ class MlxEngine:
     def _batch(self, docs: list[list[int]]) -> tuple[dict, list[mx.array]]:
         """The functions for this batch's layout, and the batch as MLX arrays."""
         token_major = len(docs) > 1
-        g = grid_batch(docs, self.cfg, self.np_dtype, token_major, bucketed=self.compiled)
-        return self.fns[token_major], [mx.array(a, dtype=self.dtype) if a is g.weights else mx.array(a) for a in g]
+        g = grid_batch(docs, self.cfg, self.np_dtype, token_major, bucketed=self.bucketed[token_major])
+        fns = self.fns[token_major]
+        if self.compiled and not self.bucketed[token_major]:
+            shape = g.gather.shape + g.tokens.shape
+            if shape not in self.seen_shapes:
+                self.seen_shapes.add(shape)
+                fns = self.eager[token_major]
+        return fns, [mx.array(a, dtype=self.dtype) if a is g.weights else mx.array(a) for a in g]
 
     def loss_and_grad(self, docs: list[list[int]]) -> tuple[float, array]:
         fn, batch = self._batch(docs)
