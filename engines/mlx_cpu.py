@@ -16,8 +16,8 @@ positions over the first 400 training names). "mlx-compile" buckets (rows to a q
 of two: a handful of shapes) one-document batches always, and multi-document ones below
 ``EXACT_SHAPES_FROM`` parameters; from there on, it takes them at their exact shape (see "Buckets or exact
 shapes"). The first version padded every document to block_size: medium b32 float64 went from 1393 to
-364 ms (mlx) and from 1348 to 346 ms (mlx-compile) with this layout (one process, interleaved, CPU time; MLX's own textbook version,
-benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
+364 ms (mlx) and from 1348 to 346 ms (mlx-compile) with this layout (one process, interleaved, CPU
+time; MLX's own textbook version, benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
 (256 x 128 x 512, float32 or float64), a tenth of NumPy's BLAS, which is why MLX stays the slowest
 framework on this CPU whatever the layout.
 
