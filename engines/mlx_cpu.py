@@ -17,9 +17,9 @@ of two: a handful of shapes) one-document batches always, and multi-document one
 ``EXACT_SHAPES_FROM`` parameters; from there on, it takes them at their exact shape (see "Buckets or exact
 shapes"). The first version padded every document to block_size: medium b32 float64 went from 1393 to
 364 ms (mlx) and from 1348 to 346 ms (mlx-compile) with this layout (one process, interleaved, CPU
-time; MLX's own textbook version, benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix products run at ~5 GFLOP/s here
-(256 x 128 x 512, float32 or float64), a tenth of NumPy's BLAS, which is why MLX stays the slowest
-framework on this CPU whatever the layout.
+time; MLX's own textbook version, benchmarks/yardsticks.py, 479 ms in the same run). MLX's CPU matrix
+products run at ~5 GFLOP/s here (256 x 128 x 512, float32 or float64), a tenth of NumPy's BLAS, which is
+why MLX stays the slowest framework on this CPU whatever the layout.
 
 Why mx.compile looked slower than eager (README: 1,501 against 945 ms). MLX's compile guide says the first
 call of a compiled function builds, optimises and *generates and compiles code*; on the CPU backend that is
