@@ -156,8 +156,8 @@ static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrd
         for (; k < K; k++)
             for (ptrdiff_t t = t0; t < t0 + 4; t++) x[t * K + k] = xT[k * MP + t];
     }
-    for (; t0 < M; t0++)
-        for (ptrdiff_t k = 0; k < K; k++) x[t0 * K + k] = xT[k * MP + t0];
+    for (ptrdiff_t k = 0; k < K && t0 < M; k++)   /* the last M % 4 tokens: one line of xT per k */
+        for (ptrdiff_t t = t0; t < M; t++) x[t * K + k] = xT[k * MP + t];
 }
 
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
