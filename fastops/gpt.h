@@ -140,6 +140,9 @@ done:
    `collapse`, pages already written (the caller's buffers) are moved onto huge pages now (MADV_COLLAPSE,
    Linux 6.1+), not whenever khugepaged gets to them. Advice only: on any error nothing changes. */
 #define HUGE_PAGE ((size_t)2 << 20)
+#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#define MADV_COLLAPSE 25   /* Linux 6.1; older C libraries' headers lack it */
+#endif
 static void advise_huge_pages(void *p, size_t bytes, int collapse)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -147,7 +150,7 @@ static void advise_huge_pages(void *p, size_t bytes, int collapse)
                     hi = ((uintptr_t)p + bytes) & ~(uintptr_t)(HUGE_PAGE - 1);
     if (hi <= lo) return;
     madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-    if (collapse) madvise((void *)lo, hi - lo, 25 /* MADV_COLLAPSE, not in every libc's headers */);
+    if (collapse) madvise((void *)lo, hi - lo, MADV_COLLAPSE);
 #else
     (void)p; (void)bytes; (void)collapse;
 #endif

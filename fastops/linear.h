@@ -135,29 +135,37 @@ static TARGET void FN(linear_backward_fused_task)(void *p, ptrdiff_t begin, ptrd
     for (; i < f->N; i++) FN(fused_rows)(1, 0, f, i, begin, end, g_rows);
 }
 
+/* x[t][k] = xT[k][t] for features [k0, k1) and tokens [t0, t1): one line of xT per k. */
+static inline TARGET void FN(copy_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t MP, ptrdiff_t k0,
+                                               ptrdiff_t k1, ptrdiff_t t0, ptrdiff_t t1)
+{
+    for (ptrdiff_t k = k0; k < k1; k++)
+        for (ptrdiff_t t = t0; t < t1; t++) x[t * K + k] = xT[k * MP + t];
+}
+
 /* Token-major copy (M x K) of a feature-major array (K x MP), in 4 x 4 blocks: each block reads 4 short
    row segments and writes 4, which the compiler keeps in registers (it turns them into shuffles), where
    copying one value at a time stored every value on its own (1.4x the time at K = 128 and 512, hot
-   caches). Each row's line two blocks ahead is prefetched: xT usually comes from beyond L2. */
+   caches). The rows' lines 16 values ahead are prefetched, once per line: xT usually comes from beyond L2. */
 static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
     ptrdiff_t t0 = 0;
     for (; t0 + 4 <= M; t0 += 4) {
+        const int new_line = (t0 * (ptrdiff_t)sizeof(real)) % 64 == 0;
         ptrdiff_t k = 0;
         for (; k + 4 <= K; k += 4) {
             const real *src = xT + k * MP + t0;
             real *dst = x + t0 * K + k, block[4][4];
-            for (int i = 0; i < 4; i++) __builtin_prefetch(src + i * MP + 16);
+            if (new_line)
+                for (int i = 0; i < 4; i++) __builtin_prefetch(src + i * MP + 16);
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 4; j++) block[i][j] = src[i * MP + j];
             for (int j = 0; j < 4; j++)
                 for (int i = 0; i < 4; i++) dst[j * K + i] = block[i][j];
         }
-        for (; k < K; k++)
-            for (ptrdiff_t t = t0; t < t0 + 4; t++) x[t * K + k] = xT[k * MP + t];
+        FN(copy_token_major)(xT, x, K, MP, k, K, t0, t0 + 4);
     }
-    for (ptrdiff_t k = 0; k < K && t0 < M; k++)   /* the last M % 4 tokens: one line of xT per k */
-        for (ptrdiff_t t = t0; t < M; t++) x[t * K + k] = xT[k * MP + t];
+    FN(copy_token_major)(xT, x, K, MP, 0, K, t0, M);   /* the last M % 4 tokens */
 }
 
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
