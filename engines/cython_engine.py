@@ -43,7 +43,7 @@ def _zeros(code: str, *shape: int) -> memoryview:
 def _matrices(flat: array, cfg: ModelConfig) -> dict[str, memoryview]:
     """name -> (rows, cols) view into ``flat``: writes through the view land in the flat buffer."""
     view = memoryview(flat)
-    return {t.name: view[t.offset:t.offset + t.size].cast("B").cast(flat.typecode, (t.rows, t.cols))
+    return {t.name: view[t.offset:t.offset + t.size].cast("B").cast(view.format, (t.rows, t.cols))
             for t in layout(cfg)}
 
 

@@ -4,6 +4,7 @@ Every test runs on each instruction set this CPU supports (AVX-512, AVX2, portab
 kernels are checked on the machine that has the fast ones.
 """
 
+import ctypes
 import functools
 from array import array
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import encode_names, make_setup, read_names
+from engines.flat import HUGE_PAGE, flat_buffer
 from microgpt.config import TrainConfig
 from train import PythonEngine
 
@@ -400,6 +402,40 @@ def test_constructor_asks_for_huge_pages_under_the_buffers():
         assert "hg" in vm_flags_at(address + n * b.itemsize // 2)
     model.train_steps([[[26, 1, 2, 26]]], [0.01])   # and the engine trains on them as before
     assert model.step == 1
+
+
+def buffer_address(buf):
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+@pytest.mark.parametrize("code", ["d", "f"])
+def test_flat_buffers_start_on_a_huge_page_when_they_fill_one(code):
+    """flat_buffer: zeros of the dtype, writable, and from 2 MiB up on a 2 MiB boundary (where malloc's
+    arrays start 16 bytes past a 4 KiB page, leaving a third of a medium buffer on small pages)."""
+    n = HUGE_PAGE // array(code).itemsize + 1000
+    big = flat_buffer(code, n)
+    assert len(big) == n and memoryview(big).format == code and not any(big)
+    assert buffer_address(big) % HUGE_PAGE == 0
+    big[:] = array(code, range(n))
+    assert big[n - 1] == n - 1 and array("d", big)[-2] == n - 2
+    if Path("/sys/kernel/mm/transparent_hugepage").exists():
+        assert "hg" in vm_flags_at(buffer_address(big) + n * array(code).itemsize - 1)   # its tail's page too
+    small_buf = flat_buffer(code, 100)   # under one huge page: a plain array, no 2 MiB of slack
+    assert isinstance(small_buf, array) and small_buf.typecode == code and not any(small_buf)
+
+
+def test_the_engine_trains_the_same_on_aligned_buffers_as_on_arrays():
+    """FastEngine's 2 MiB-aligned buffers (medium: 6.4 MB each) give the bits of fastops.GPT on arrays."""
+    from train_fast import FastEngine
+    cfg, params = make_setup(128, 4, 4, 32)
+    docs = encode_names(read_names(40), cfg.block_size)
+    engine = FastEngine(cfg, TrainConfig(), params.copy())
+    assert all(buffer_address(b) % HUGE_PAGE == 0 for b in (engine.params, engine.grads, engine.m, engine.v))
+    model, bufs = c_model(cfg, params)
+    batches = [docs[:16], docs[16:40]]
+    assert engine.train_steps(batches, [0.01, 0.009]) == model.train_steps(batches, [0.01, 0.009])
+    assert array("d", engine.params) == bufs[0] and array("d", engine.v) == bufs[3]
+    assert engine.export_adam().m == bufs[2]
 
 
 def test_step_is_adams_update_count(tiny):
