@@ -115,42 +115,16 @@ static TARGET void FN(attention_backward_doc)(const FN(AttnArgs) *a, int doc, re
     }
 }
 
-/* Asks for a document's segment of `rows` feature-major rows (one or two cache lines each): a document
-   touches a few lanes of hundreds of rows, a pattern no hardware prefetcher follows. */
-static TARGET void FN(prefetch_doc)(const FN(AttnArgs) *a, const real *base, ptrdiff_t rows, int doc, int write)
-{
-    const ptrdiff_t s0 = a->b->doc_start[doc], last = a->b->doc_start[doc + 1] - 1;
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        if (write) {
-            __builtin_prefetch(base + r * a->MP + s0, 1);
-            __builtin_prefetch(base + r * a->MP + last, 1);
-        } else {
-            __builtin_prefetch(base + r * a->MP + s0);
-            __builtin_prefetch(base + r * a->MP + last);
-        }
-    }
-}
-
-/* Documents begin .. end-1 one after another, forward or backward; while one computes, the rows of the
-   next are fetched. q, k, v and dO are read in place, a document's TP lanes from its first token: the
-   lanes past its T tokens belong to the next document (or padding, or, after the last row of dO, its
-   LANE_PAD elements of slack); they only reach padding query lanes, whose results are never stored and
-   whose score gradients are zeroed. (Copying each document into zero-padded tiles first cost a third of
-   attention's instructions.) */
+/* Documents begin .. end-1 one after another, forward or backward. q, k, v and dO are read in place, a
+   document's TP lanes from its first token: the lanes past its T tokens belong to the next document (or
+   padding, or, after the last row of dO, its LANE_PAD elements of slack); they only reach padding query
+   lanes, whose results are never stored and whose score gradients are zeroed. (Copying each document into
+   zero-padded tiles first cost a third of attention's instructions.) Measured and left out: prefetching
+   the next document's rows while one computes, 1-2% slower at every config (AVX2, float64). */
 static TARGET void FN(attention_docs)(const FN(AttnArgs) *a, ptrdiff_t begin, ptrdiff_t end, int thread, int backward)
 {
-    const ptrdiff_t C = a->s->C;
     real *scratch = a->scratch + thread * FN(attention_scratch)(a->s);
     for (ptrdiff_t doc = begin; doc < end; doc++) {
-        if (doc + 1 < end) {
-            FN(prefetch_doc)(a, a->qkv, 3 * C, (int)doc + 1, 0);
-            if (backward) {
-                FN(prefetch_doc)(a, a->dO, C, (int)doc + 1, 0);
-                FN(prefetch_doc)(a, a->dqkv, 3 * C, (int)doc + 1, 1);
-            } else {
-                FN(prefetch_doc)(a, a->o, C, (int)doc + 1, 1);
-            }
-        }
         if (backward) FN(attention_backward_doc)(a, (int)doc, scratch);
         else FN(attention_forward_doc)(a, (int)doc, scratch);
     }

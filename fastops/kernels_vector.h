@@ -116,21 +116,6 @@ static TARGET void FN(gemm_block)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const r
 #undef TILE
 }
 
-/* Asks for the Adam state (p, m, v) of the tile at rows m0.., columns n0.. of C, a tile or more before its
-   update: the hardware prefetchers do not follow a tile's short row segments. */
-static inline TARGET void FN(prefetch_adam_tile)(const FN(AdamArgs) *a, const real *Cm, ptrdiff_t ldc, ptrdiff_t M,
-                                                 ptrdiff_t m0, ptrdiff_t n0)
-{
-    for (ptrdiff_t r = m0; r < m0 + GEMM_MR && r < M; r++) {
-        const ptrdiff_t i = (Cm - a->g) + r * ldc + n0;
-        for (int line = 0; line < (int)(2 * VW * sizeof(real)); line += 64) {
-            __builtin_prefetch((const char *)(a->p + i) + line, 1);
-            __builtin_prefetch((const char *)(a->m + i) + line, 1);
-            __builtin_prefetch((const char *)(a->v + i) + line, 1);
-        }
-    }
-}
-
 /* Rows [m1, end) of A, k from 0 to kb, copied tile by tile: the tile of rows m0.. holds, at pack + (m0 - m1) kb,
    for each k the GEMM_MR values A[m0 + r][k] (rows past `end` left unset: no tile reads them). */
 static inline TARGET void FN(pack_rows)(real *pack, const real *a, ptrdiff_t a_rs, ptrdiff_t a_cs, ptrdiff_t m1,
@@ -178,24 +163,16 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             /* Measured and left out here (kernel harness, AVX2/AVX-512, CPU time, 225 tokens): copying each
                panel of B (X token-major, rows 4 KiB apart in fc2) into contiguous rows and walking C down
                the panel, 2-19% slower with Adam; holding a tile's gradient back and doing its Adam a vector
-               at a time inside the next tile's k loop (to hide the square roots and divisions), 6-28% slower. */
+               at a time inside the next tile's k loop (to hide the square roots and divisions), 6-28% slower;
+               software prefetch of the Adam state 4 tiles ahead, no faster in a step (the hardware prefetchers
+               keep up once the buffers sit on 2 MiB pages). */
             const ptrdiff_t panel = 2 * VW, NB = (GEMM_B_BYTES / (kb * (ptrdiff_t)sizeof(real))) / panel * panel;
             const ptrdiff_t block = NB > panel ? NB : panel;
             for (ptrdiff_t n1 = 0; n1 < N; n1 += block) {
                 const ptrdiff_t width = N - n1 < block ? N - n1 : block;
                 for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
-                    for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += panel) {
-                        if (upd && M * N >= 65536) {
-                            /* the Adam state of the tile 4 panels ahead in the order tiles are visited: past
-                               the block's last panel, the next row group's first (a prefetch 4 panels to
-                               the right left a block's first 4 tiles of every row group to demand misses,
-                               4 of 9 at AVX-512 widths). Measured: 2 or 8 panels ahead, no better. */
-                            ptrdiff_t pn = n0 + 4 * panel, pm = m0;
-                            if (pn >= n1 + width) { pn -= width; pm += GEMM_MR; }
-                            if (pm < M) FN(prefetch_adam_tile)(upd, Cm, ldc, M, pm, pn);
-                        }
+                    for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += panel)
                         FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
-                    }
             }
         } else if (a_cs != 1) {
             /* A read down its columns: each block of rows is first copied tile by tile, k-major with
