@@ -40,8 +40,11 @@ static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdi
 #define GEMM_B_BYTES (GEMM_B_KB * 1024)     /* bytes of B per column block of a row-by-row pass */
 
 /* ---- matrix product: C (M x N) = or += A (M x K) B (K x N); A[m][k] = A[m*a_rs + k*a_cs] ----
+   B[k][n] = B[k*ldb + n], or, with b_panels, B in column panels of ldb = GEMM_PANEL columns (the register
+   tile's width): B[k][n] = B[(n / GEMM_PANEL) b_panels + k GEMM_PANEL + n % GEMM_PANEL].
    With `adam`, C is the gradient of the parameters at the same offset: instead of being stored it is
    applied to them right away, while the tile is still in registers (one pass over the weights, not two). */
+#define GEMM_PANEL (2 * VW)
 
 
 /* A register tile of MR (<= GEMM_MR) rows x NR (<= 2) vectors of C, the last vector masked to the columns that
@@ -86,13 +89,13 @@ FN(gemm_tile)(const int MR, const int NR, ptrdiff_t K, const real *A, ptrdiff_t 
 
 /* The tile of C at rows m0.., columns n0.. (up to GEMM_MR rows, 2 vectors), dispatched to a constant shape. */
 static TARGET void FN(gemm_block)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
-                                  ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc,
-                                  int accumulate, const FN(AdamArgs) *adam, ptrdiff_t m0, ptrdiff_t n0)
+                                  ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, ptrdiff_t b_panels, real *Cm,
+                                  ptrdiff_t ldc, int accumulate, const FN(AdamArgs) *adam, ptrdiff_t m0, ptrdiff_t n0)
 {
     const ptrdiff_t cols = N - n0 < 2 * VW ? N - n0 : 2 * VW;
     const int rows = M - m0 < GEMM_MR ? (int)(M - m0) : GEMM_MR, NR = cols > VW ? 2 : 1;
     const VMASK last = VMASK_FIRST(cols - (NR - 1) * VW);
-    const real *a = A + m0 * a_rs, *b = B + n0;
+    const real *a = A + m0 * a_rs, *b = b_panels ? B + n0 / GEMM_PANEL * b_panels : B + n0;
     real *c = Cm + m0 * ldc + n0;
     /* Full tiles pass the constant full mask: without mask registers (lane-count masks) a variable one
        would leave a branch on every load of the k loop. */
@@ -141,7 +144,7 @@ static inline TARGET void FN(pack_rows)(real *pack, const real *a, ptrdiff_t a_r
 }
 
 static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const real *B, ptrdiff_t ldb, ptrdiff_t b_panels, real *Cm, ptrdiff_t ldc, int accumulate,
                             const FN(AdamArgs) *adam)
 {
     /* Cache blocking, so that what a block reuses stays close while it is reused:
@@ -172,7 +175,7 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
                 const ptrdiff_t width = N - n1 < block ? N - n1 : block;
                 for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
                     for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += panel)
-                        FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+                        FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, b_panels, Cm, ldc, acc, upd, m0, n0);
             }
         } else if (a_cs != 1) {
             /* A read down its columns: each block of rows is first copied tile by tile, k-major with
@@ -183,14 +186,14 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
                 FN(pack_rows)(pack, a, a_rs, a_cs, m1, M < m1 + GEMM_MB ? M : m1 + GEMM_MB, kb);
                 for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
                     for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR)
-                        FN(gemm_block)(M - m0, N, kb, pack + (m0 - m1) * kb, 1, GEMM_MR, b, ldb, Cm + m0 * ldc, ldc,
+                        FN(gemm_block)(M - m0, N, kb, pack + (m0 - m1) * kb, 1, GEMM_MR, b, ldb, b_panels, Cm + m0 * ldc, ldc,
                                        acc, upd, 0, n0);
             }
         } else {
             for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB)
                 for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
                     for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR)
-                        FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, Cm, ldc, acc, upd, m0, n0);
+                        FN(gemm_block)(M, N, kb, a, a_rs, a_cs, b, ldb, b_panels, Cm, ldc, acc, upd, m0, n0);
         }
     }
 }

@@ -74,7 +74,7 @@ static TARGET void FN(adam)(Model *g, double lr, double grad_scale)
 
 /* gemm spread over the pool's threads by blocks of rows of C. */
 typedef struct {
-    ptrdiff_t N, K, a_rs, a_cs, ldb, ldc;
+    ptrdiff_t N, K, a_rs, a_cs, ldb, b_panels, ldc;
     const real *A, *B;
     real *C;
     int accumulate;
@@ -85,15 +85,15 @@ static TARGET void FN(gemm_task)(void *p, ptrdiff_t begin, ptrdiff_t end, int th
 {
     const FN(GemmArgs) *g = p;
     (void)thread;
-    FN(gemm)(end - begin, g->N, g->K, g->A + begin * g->a_rs, g->a_rs, g->a_cs, g->B, g->ldb,
+    FN(gemm)(end - begin, g->N, g->K, g->A + begin * g->a_rs, g->a_rs, g->a_cs, g->B, g->ldb, g->b_panels,
              g->C + begin * g->ldc, g->ldc, g->accumulate, g->adam);
 }
 
 static TARGET void FN(pgemm)(Pool *pool, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs,
-                             ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
-                             const FN(AdamArgs) *adam)
+                             ptrdiff_t a_cs, const real *B, ptrdiff_t ldb, ptrdiff_t b_panels, real *Cm, ptrdiff_t ldc,
+                             int accumulate, const FN(AdamArgs) *adam)
 {
-    FN(GemmArgs) g = {N, K, a_rs, a_cs, ldb, ldc, A, B, Cm, accumulate, adam};
+    FN(GemmArgs) g = {N, K, a_rs, a_cs, ldb, b_panels, ldc, A, B, Cm, accumulate, adam};
     parallel_for(pool, FN(gemm_task), &g, M, GEMM_MR);
 }
 
@@ -103,23 +103,24 @@ static TARGET void FN(pgemm)(Pool *pool, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, 
 static TARGET void FN(linear_forward)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *xT, real *yT,
                                       ptrdiff_t MP, int accumulate)
 {
-    FN(pgemm)(pool, N, MP, K, W, K, 1, xT, MP, yT, MP, accumulate, NULL);
+    FN(pgemm)(pool, N, MP, K, W, K, 1, xT, MP, 0, yT, MP, accumulate, NULL);
 }
 
 /* dX^T (K x MP) = W^T dY^T: row i of W^T is column i of W, hence the strides (1, K). */
 static TARGET void FN(linear_backward_input)(Pool *pool, const real *W, ptrdiff_t N, ptrdiff_t K, const real *dyT,
                                              real *dxT, ptrdiff_t MP)
 {
-    FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, dxT, MP, 0, NULL);
+    FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, 0, dxT, MP, 0, NULL);
 }
 
-/* dW (N x K) = dY^T X over the M real tokens; X token-major (M x K). Overwrites dW: each weight
-   matrix gets its whole gradient from this one product. With `adam`, updates W instead (see gemm). */
+/* dW (N x K) = dY^T X over the M real tokens; X in column panels (x_panels, from to_panels). Overwrites
+   dW: each weight matrix gets its whole gradient from this one product. With `adam`, updates W instead
+   (see gemm). */
 static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
-                                              const real *x_tok, ptrdiff_t M, ptrdiff_t MP,
+                                              const real *x_panels, ptrdiff_t M, ptrdiff_t MP,
                                               const FN(AdamArgs) *adam)
 {
-    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_tok, K, dW, K, 0, adam);
+    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_panels, GEMM_PANEL, GEMM_PANEL * M, dW, K, 0, adam);
 }
 
 
@@ -168,6 +169,34 @@ static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrd
     FN(copy_token_major)(xT, x, K, MP, 0, K, t0, M);   /* the last M % 4 tokens */
 }
 
+/* X (M tokens x K features) in column panels of GEMM_PANEL features, from its feature-major copy xT
+   (K x MP): panel j holds, token after token, features j GEMM_PANEL .. + GEMM_PANEL - 1, at
+   xp + j GEMM_PANEL M (the last panel's missing features are zeros). The weight gradient's product then
+   reads its B -- a panel per register tile, token after token -- as one contiguous stream, where rows of
+   the token-major X were K values apart: at K = 512 a new page per token, beyond the L1 prefetcher's
+   2 KiB stride, and all in one L1 set. The copy itself writes contiguously, 4 x 4 blocks at a time. */
+static TARGET void FN(to_panels)(const real *xT, real *xp, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
+{
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += GEMM_PANEL) {
+        real *panel = xp + k0 * M;
+        const ptrdiff_t width = K - k0 < GEMM_PANEL ? K - k0 : GEMM_PANEL;
+        ptrdiff_t t0 = 0;
+        if (width == GEMM_PANEL)
+            for (; t0 + 4 <= M; t0 += 4)
+                for (ptrdiff_t c = 0; c < GEMM_PANEL; c += 4) {
+                    const real *src = xT + (k0 + c) * MP + t0;
+                    real *dst = panel + t0 * GEMM_PANEL + c, block[4][4];
+                    for (int i = 0; i < 4; i++)
+                        for (int j = 0; j < 4; j++) block[i][j] = src[i * MP + j];
+                    for (int j = 0; j < 4; j++)
+                        for (int i = 0; i < 4; i++) dst[j * GEMM_PANEL + i] = block[i][j];
+                }
+        for (; t0 < M; t0++)
+            for (ptrdiff_t c = 0; c < GEMM_PANEL; c++)
+                panel[t0 * GEMM_PANEL + c] = c < width ? xT[(k0 + c) * MP + t0] : 0;
+    }
+}
+
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
 static TARGET void FN(from_token_major)(const real *x, ptrdiff_t ld, real *xT, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
@@ -183,12 +212,13 @@ static TARGET void FN(linear_backward)(Pool *pool, FN(Work) *w, const real *W, r
                                        const real *dyT, const real *xT, real *dxT, ptrdiff_t M,
                                        const FN(AdamArgs) *adam)
 {
-    FN(to_token_major)(xT, w->tok_major, K, M, w->MP);
     if (M <= FUSED_MAX_TOKENS) {
+        FN(to_token_major)(xT, w->tok_major, K, M, w->MP);
         FN(FusedArgs) f = {W, dW, N, K, M, w->MP, dyT, w->tok_major, w->dx_tok, w->g_rows, adam};
         parallel_for(pool, FN(linear_backward_fused_task), &f, K, 16);
         FN(from_token_major)(w->dx_tok, K + DX_SKEW, dxT, K, M, w->MP);
     } else {
+        FN(to_panels)(xT, w->tok_major, K, M, w->MP);
         FN(linear_backward_input)(pool, W, N, K, dyT, dxT, w->MP);
         FN(linear_backward_weight)(pool, dW, N, K, dyT, w->tok_major, M, w->MP, adam);
     }

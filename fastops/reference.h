@@ -15,19 +15,24 @@ static TARGET void FN(adam_update)(const FN(AdamArgs) *a, ptrdiff_t begin, ptrdi
     }
 }
 
-/* Portable version: row by row, the inner loop over contiguous columns for the compiler to vectorise. */
+/* Portable version: row by row, the inner loop over contiguous columns (a panel's, with b_panels) for the
+   compiler to vectorise. */
+#define GEMM_PANEL 8
 static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                            const real *B, ptrdiff_t ldb, real *Cm, ptrdiff_t ldc, int accumulate,
+                            const real *B, ptrdiff_t ldb, ptrdiff_t b_panels, real *Cm, ptrdiff_t ldc, int accumulate,
                             const FN(AdamArgs) *adam)
 {
+    const ptrdiff_t width = b_panels ? GEMM_PANEL : N;
     for (ptrdiff_t m = 0; m < M; m++) {
         real *restrict c = Cm + m * ldc;
         if (!accumulate)
             for (ptrdiff_t n = 0; n < N; n++) c[n] = 0;
         for (ptrdiff_t k = 0; k < K; k++) {
             const real a = A[m * a_rs + k * a_cs];
-            const real *restrict b = B + k * ldb;
-            for (ptrdiff_t n = 0; n < N; n++) c[n] += a * b[n];
+            for (ptrdiff_t n0 = 0; n0 < N; n0 += width) {
+                const real *restrict b = b_panels ? B + n0 / width * b_panels + k * ldb : B + k * ldb + n0;
+                for (ptrdiff_t n = 0; n < width && n0 + n < N; n++) c[n0 + n] += a * b[n];
+            }
         }
         if (adam) FN(adam_update)(adam, c - adam->g, c - adam->g + N, c);
     }

@@ -14,6 +14,7 @@
 #undef TARGET
 #undef GEMM_MR
 #undef GEMM_MB
+#undef GEMM_PANEL
 #undef GEMM_B_BYTES
 #undef VREAL
 #undef VMASK

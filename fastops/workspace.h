@@ -33,7 +33,7 @@ static size_t FN(carve)(FN(Work) *w, const Shape *s, ptrdiff_t MP, int n_saved, 
     TAKE(o, L * C * MP); TAKE(h2, L * C * MP); TAKE(inv2, L * MP); TAKE(u, L * F * MP); TAKE(act, L * F * MP);
     TAKE(logits, s->vocab * MP); TAKE(lane_w, MP); TAKE(lane_loss, MP);
     TAKE(lane_a, MP); TAKE(lane_b, MP); TAKE(lane_c, MP);
-    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP + LANE_PAD);   /* attention reads a whole lane group past its last row */ TAKE(tok_major, F * MP); TAKE(dx_tok, (F + DX_SKEW) * MP);
+    TAKE(dx, C * MP); TAKE(dbig, big * MP); TAKE(dsmall, C * MP + LANE_PAD);   /* attention reads a whole lane group past its last row */ TAKE(tok_major, round_up(F, 64) * MP);   /* or X in panels: up to 63 features of zeros */ TAKE(dx_tok, (F + DX_SKEW) * MP);
     TAKE(g_rows, n_threads * F);
     TAKE(att_scratch, n_threads * FN(attention_scratch)(s));
 #undef TAKE

@@ -147,27 +147,33 @@ static void FN(case_gemm)(const Inst *in, ptrdiff_t N, ptrdiff_t K, ptrdiff_t M)
         if (!want(kernel)) continue;
         rng_seed_case(kernel, shape);
         const ptrdiff_t off = 5;
-        real *dyT = FN(rand_buf)(N * MP, -1, 1), *x = FN(rand_buf)(M * K, -1, 1);
+        /* X comes feature-major (the layer's input), each instance copies it into its own panels: the
+           copy is part of the timed kernel */
+        real *dyT = FN(rand_buf)(N * MP, -1, 1), *xT = FN(rand_buf)(K * MP, -1, 1);
+        real *xp0 = FN(rand_buf)(round_up(K, 64) * MP, -1, 1), *xp1 = FN(dup)(xp0, round_up(K, 64) * MP);
+#define DW(fn, g, adam) (fn(to_panels)(xT, xp##g, K, M, MP), fn(linear_backward_weight)(&solo, dw##g, N, K, dyT, xp##g, M, MP, adam))
         double err, seconds = 0;
         if (!with_adam) {
-            real *g0 = FN(rand_buf)(N * K, -1, 1), *g1 = FN(dup)(g0, N * K);
-            RF(linear_backward_weight)(&solo, g0, N, K, dyT, x, M, MP, NULL);
-            FN(linear_backward_weight)(&solo, g1, N, K, dyT, x, M, MP, NULL);
-            err = REL_ERR(g1, g0, N * K, 1);
-            if (!opt.check_only) BENCH(seconds, FN(linear_backward_weight)(&solo, g1, N, K, dyT, x, M, MP, NULL));
-            free(g0); free(g1);
+            real *dw0 = FN(rand_buf)(N * K, -1, 1), *dw1 = FN(dup)(dw0, N * K);
+            DW(RF, 0, NULL);
+            DW(FN, 1, NULL);
+            err = REL_ERR(dw1, dw0, N * K, 1);
+            if (!opt.check_only) BENCH(seconds, DW(FN, 1, NULL));
+            free(dw0); free(dw1);
         } else {
             FN(AdamBufs) b = FN(adam_bufs)(off + N * K, sqrt((double)M) / 3);
             RF(AdamArgs) ra = ADAM_INIT(b.p[0], b.g[0], b.m[0], b.v[0], 1.0, 0);
             FN(AdamArgs) ta = ADAM_INIT(b.p[1], b.g[1], b.m[1], b.v[1], 1.0, 0);
-            RF(linear_backward_weight)(&solo, b.g[0] + off, N, K, dyT, x, M, MP, &ra);
-            FN(linear_backward_weight)(&solo, b.g[1] + off, N, K, dyT, x, M, MP, &ta);
+            real *dw0 = b.g[0] + off, *dw1 = b.g[1] + off;
+            DW(RF, 0, &ra);
+            DW(FN, 1, &ta);
             err = FN(adam_err)(&b, 0);
-            if (!opt.check_only) BENCH(seconds, FN(linear_backward_weight)(&solo, b.g[1] + off, N, K, dyT, x, M, MP, &ta));
+            if (!opt.check_only) BENCH(seconds, DW(FN, 1, &ta));
             FN(adam_free)(&b);
         }
+#undef DW
         report(in, kernel, shape, err, in->tol, seconds, 2.0 * N * K * M, "GFLOP/s");
-        free(dyT); free(x);
+        free(dyT); free(xT); free(xp0); free(xp1);
     }
 
     /* The fused small-batch backward: dX (token-major, rows K + DX_SKEW apart) and dW into G or Adam, in
