@@ -113,14 +113,25 @@ static TARGET void FN(linear_backward_input)(Pool *pool, const real *W, ptrdiff_
     FN(pgemm)(pool, K, MP, N, W, 1, K, dyT, MP, 0, dxT, MP, 0, NULL);
 }
 
-/* dW (N x K) = dY^T X over the M real tokens; X in column panels (x_panels, from to_panels). Overwrites
-   dW: each weight matrix gets its whole gradient from this one product. With `adam`, updates W instead
-   (see gemm). */
-static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
-                                              const real *x_panels, ptrdiff_t M, ptrdiff_t MP,
-                                              const FN(AdamArgs) *adam)
+/* Whether the weight gradient's product takes X in column panels (to_panels) rather than token-major: where
+   X's rows are long. Token-major rows K apart are read one line per token, which the L1 prefetcher follows
+   up to 2 KiB strides and no further, and rows 4 KiB apart all fall in one L1 set; panels make that one
+   stream. Short rows stay token-major: a panel wider than the row is mostly zeros. */
+#ifndef X_PANEL_MIN_ROW_BYTES
+#define X_PANEL_MIN_ROW_BYTES 1024
+#endif
+static inline int FN(x_in_panels)(ptrdiff_t K)
 {
-    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x_panels, GEMM_PANEL, GEMM_PANEL * M, dW, K, 0, adam);
+    return K * (ptrdiff_t)sizeof(real) >= X_PANEL_MIN_ROW_BYTES;
+}
+
+/* dW (N x K) = dY^T X over the M real tokens; X as copy_weight_input leaves it. Overwrites dW: each
+   weight matrix gets its whole gradient from this one product. With `adam`, updates W instead (see gemm). */
+static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
+                                              const real *x, ptrdiff_t M, ptrdiff_t MP, const FN(AdamArgs) *adam)
+{
+    if (FN(x_in_panels)(K)) FN(pgemm)(pool, N, K, M, dyT, MP, 1, x, GEMM_PANEL, GEMM_PANEL * M, dW, K, 0, adam);
+    else FN(pgemm)(pool, N, K, M, dyT, MP, 1, x, K, 0, dW, K, 0, adam);
 }
 
 
@@ -171,10 +182,9 @@ static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrd
 
 /* X (M tokens x K features) in column panels of GEMM_PANEL features, from its feature-major copy xT
    (K x MP): panel j holds, token after token, features j GEMM_PANEL .. + GEMM_PANEL - 1, at
-   xp + j GEMM_PANEL M (the last panel's missing features are zeros). The weight gradient's product then
-   reads its B -- a panel per register tile, token after token -- as one contiguous stream, where rows of
-   the token-major X were K values apart: at K = 512 a new page per token, beyond the L1 prefetcher's
-   2 KiB stride, and all in one L1 set. The copy itself writes contiguously, 4 x 4 blocks at a time. */
+   xp + j GEMM_PANEL M (the last panel's missing features are zeros): the weight gradient's product reads
+   its B, a panel per register tile, token after token, as one stream. The copy writes contiguously, 4 x 4
+   blocks at a time. */
 static TARGET void FN(to_panels)(const real *xT, real *xp, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
     for (ptrdiff_t k0 = 0; k0 < K; k0 += GEMM_PANEL) {
@@ -195,6 +205,13 @@ static TARGET void FN(to_panels)(const real *xT, real *xp, ptrdiff_t K, ptrdiff_
             for (ptrdiff_t c = 0; c < GEMM_PANEL; c++)
                 panel[t0 * GEMM_PANEL + c] = c < width ? xT[(k0 + c) * MP + t0] : 0;
     }
+}
+
+/* X for linear_backward_weight, from the layer's input xT (K x MP): in panels or token-major (x_in_panels). */
+static TARGET void FN(copy_weight_input)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
+{
+    if (FN(x_in_panels)(K)) FN(to_panels)(xT, x, K, M, MP);
+    else FN(to_token_major)(xT, x, K, M, MP);
 }
 
 /* Feature-major copy (K x MP) of a token-major array (M x K, row stride ld); padding lanes get zeros. */
@@ -218,7 +235,7 @@ static TARGET void FN(linear_backward)(Pool *pool, FN(Work) *w, const real *W, r
         parallel_for(pool, FN(linear_backward_fused_task), &f, K, 16);
         FN(from_token_major)(w->dx_tok, K + DX_SKEW, dxT, K, M, w->MP);
     } else {
-        FN(to_panels)(xT, w->tok_major, K, M, w->MP);
+        FN(copy_weight_input)(xT, w->tok_major, K, M, w->MP);
         FN(linear_backward_input)(pool, W, N, K, dyT, dxT, w->MP);
         FN(linear_backward_weight)(pool, dW, N, K, dyT, w->tok_major, M, w->MP, adam);
     }

@@ -147,11 +147,11 @@ static void FN(case_gemm)(const Inst *in, ptrdiff_t N, ptrdiff_t K, ptrdiff_t M)
         if (!want(kernel)) continue;
         rng_seed_case(kernel, shape);
         const ptrdiff_t off = 5;
-        /* X comes feature-major (the layer's input), each instance copies it into its own panels: the
-           copy is part of the timed kernel */
+        /* X comes feature-major (the layer's input); each instance copies it into the layout its product
+           reads (copy_weight_input), and the copy is part of the timed kernel */
         real *dyT = FN(rand_buf)(N * MP, -1, 1), *xT = FN(rand_buf)(K * MP, -1, 1);
         real *xp0 = FN(rand_buf)(round_up(K, 64) * MP, -1, 1), *xp1 = FN(dup)(xp0, round_up(K, 64) * MP);
-#define DW(fn, g, adam) (fn(to_panels)(xT, xp##g, K, M, MP), fn(linear_backward_weight)(&solo, dw##g, N, K, dyT, xp##g, M, MP, adam))
+#define DW(fn, g, adam) (fn(copy_weight_input)(xT, xp##g, K, M, MP), fn(linear_backward_weight)(&solo, dw##g, N, K, dyT, xp##g, M, MP, adam))
         double err, seconds = 0;
         if (!with_adam) {
             real *dw0 = FN(rand_buf)(N * K, -1, 1), *dw1 = FN(dup)(dw0, N * K);

@@ -6,7 +6,7 @@
      adam            Adam on a range of the flat buffers (adam_range), plain and with clipping's scale
      gemm_fwd        Y^T = W X^T                            (linear_forward; += for the residual layers)
      gemm_dx         dX^T = W^T dY^T, W read down columns   (linear_backward_input: a_rs = 1, a_cs = K)
-     gemm_dw         dW = dY^T X, and gemm_dw_adam with Adam fused in  (to_panels + linear_backward_weight)
+     gemm_dw         dW = dY^T X, and gemm_dw_adam with Adam fused in  (copy_weight_input + linear_backward_weight)
      fused / fused_adam   the small-batch backward (linear_backward_fused_task), columns split as two threads
      rmsnorm_fwd / rmsnorm_bwd, vexp (and vexp_libm: its accuracy against libm), cross_entropy
      attn_fwd / attn_bwd  causal attention of a batch's documents (attention_*_task)
