@@ -155,10 +155,21 @@ static inline TARGET void FN(copy_token_major)(const real *xT, real *x, ptrdiff_
         for (ptrdiff_t t = t0; t < t1; t++) x[t * K + k] = xT[k * MP + t];
 }
 
-/* Token-major copy (M x K) of a feature-major array (K x MP), in 4 x 4 blocks: each block reads 4 short
-   row segments and writes 4, which the compiler keeps in registers (it turns them into shuffles), where
-   copying one value at a time stored every value on its own (1.4x the time at K = 128 and 512, hot
-   caches). The rows' lines 16 values ahead are prefetched, once per line: xT usually comes from beyond L2. */
+/* dst[j][i] = src[i][j] for a 4 x 4 block (rows src_ld and dst_ld apart): 4 short row segments read and 4
+   written, which the compiler keeps in registers (it turns them into shuffles), where copying one value at
+   a time stored every value on its own (1.4x the time at K = 128 and 512, hot caches). */
+static inline __attribute__((always_inline)) TARGET void FN(transpose_4x4)(const real *src, ptrdiff_t src_ld,
+                                                                           real *dst, ptrdiff_t dst_ld)
+{
+    real block[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) block[i][j] = src[i * src_ld + j];
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 4; i++) dst[j * dst_ld + i] = block[i][j];
+}
+
+/* Token-major copy (M x K) of a feature-major array (K x MP), in 4 x 4 blocks. The rows' lines 16 values
+   ahead are prefetched, once per line: xT usually comes from beyond L2. */
 static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrdiff_t M, ptrdiff_t MP)
 {
     ptrdiff_t t0 = 0;
@@ -167,13 +178,9 @@ static TARGET void FN(to_token_major)(const real *xT, real *x, ptrdiff_t K, ptrd
         ptrdiff_t k = 0;
         for (; k + 4 <= K; k += 4) {
             const real *src = xT + k * MP + t0;
-            real *dst = x + t0 * K + k, block[4][4];
             if (new_line)
                 for (int i = 0; i < 4; i++) __builtin_prefetch(src + i * MP + 16);
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) block[i][j] = src[i * MP + j];
-            for (int j = 0; j < 4; j++)
-                for (int i = 0; i < 4; i++) dst[j * K + i] = block[i][j];
+            FN(transpose_4x4)(src, MP, x + t0 * K + k, K);
         }
         FN(copy_token_major)(xT, x, K, MP, k, K, t0, t0 + 4);
     }
@@ -193,14 +200,8 @@ static TARGET void FN(to_panels)(const real *xT, real *xp, ptrdiff_t K, ptrdiff_
         ptrdiff_t t0 = 0;
         if (width == GEMM_PANEL)
             for (; t0 + 4 <= M; t0 += 4)
-                for (ptrdiff_t c = 0; c < GEMM_PANEL; c += 4) {
-                    const real *src = xT + (k0 + c) * MP + t0;
-                    real *dst = panel + t0 * GEMM_PANEL + c, block[4][4];
-                    for (int i = 0; i < 4; i++)
-                        for (int j = 0; j < 4; j++) block[i][j] = src[i * MP + j];
-                    for (int j = 0; j < 4; j++)
-                        for (int i = 0; i < 4; i++) dst[j * GEMM_PANEL + i] = block[i][j];
-                }
+                for (ptrdiff_t c = 0; c < GEMM_PANEL; c += 4)
+                    FN(transpose_4x4)(xT + (k0 + c) * MP + t0, MP, panel + t0 * GEMM_PANEL + c, GEMM_PANEL);
         for (; t0 < M; t0++)
             for (ptrdiff_t c = 0; c < GEMM_PANEL; c++)
                 panel[t0 * GEMM_PANEL + c] = c < width ? xT[(k0 + c) * MP + t0] : 0;
