@@ -179,17 +179,17 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
         const real *a = A + k0 * a_cs, *b = B + k0 * ldb;
         if (K <= 64 || upd) {
             /* Measured and left out here (kernel harness, AVX2/AVX-512, CPU time, 225 tokens): copying each
-               panel of B (X token-major, rows 4 KiB apart in fc2) into contiguous rows and walking C down
-               the panel, 2-19% slower with Adam; holding a tile's gradient back and doing its Adam a vector
+               panel of a token-major B into contiguous rows here and walking C down the panel, 2-19% slower
+               with Adam (the backward pass now hands over B in panels, and C is still walked by rows); holding a tile's gradient back and doing its Adam a vector
                at a time inside the next tile's k loop (to hide the square roots and divisions), 6-28% slower;
                software prefetch of the Adam state 4 tiles ahead, no faster in a step (the hardware prefetchers
                keep up once the buffers sit on 2 MiB pages). */
-            const ptrdiff_t panel = 2 * VW, NB = (GEMM_B_BYTES / (kb * (ptrdiff_t)sizeof(real))) / panel * panel;
-            const ptrdiff_t block = NB > panel ? NB : panel;
+            const ptrdiff_t NB = (GEMM_B_BYTES / (kb * (ptrdiff_t)sizeof(real))) / GEMM_PANEL * GEMM_PANEL;
+            const ptrdiff_t block = NB > GEMM_PANEL ? NB : GEMM_PANEL;
             for (ptrdiff_t n1 = 0; n1 < N; n1 += block) {
                 const ptrdiff_t width = N - n1 < block ? N - n1 : block;
                 for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR)
-                    for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += panel)
+                    for (ptrdiff_t n0 = n1; n0 < n1 + width; n0 += GEMM_PANEL)
                         FN(gemm_block_at)(M, N, kb, a, a_rs, a_cs, b, ldb, b_panels, Cm, ldc, acc, upd, m0, n0);
             }
         } else if (a_cs != 1) {
@@ -199,14 +199,14 @@ static TARGET void FN(gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const real *A
             real pack[GEMM_MB * GEMM_KB_COLUMNS];
             for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB) {
                 FN(pack_rows)(pack, a, a_rs, a_cs, m1, M < m1 + GEMM_MB ? M : m1 + GEMM_MB, kb);
-                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += GEMM_PANEL)
                     for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR)
                         FN(gemm_block_at)(M - m0, N, kb, pack + (m0 - m1) * kb, 1, GEMM_MR, b, ldb, b_panels, Cm + m0 * ldc, ldc,
                                        acc, upd, 0, n0);
             }
         } else {
             for (ptrdiff_t m1 = 0; m1 < M; m1 += GEMM_MB)
-                for (ptrdiff_t n0 = 0; n0 < N; n0 += 2 * VW)
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += GEMM_PANEL)
                     for (ptrdiff_t m0 = m1; m0 < M && m0 < m1 + GEMM_MB; m0 += GEMM_MR)
                         FN(gemm_block_at)(M, N, kb, a, a_rs, a_cs, b, ldb, b_panels, Cm, ldc, acc, upd, m0, n0);
         }

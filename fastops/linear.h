@@ -130,8 +130,8 @@ static inline int FN(x_in_panels)(ptrdiff_t K)
 static TARGET void FN(linear_backward_weight)(Pool *pool, real *dW, ptrdiff_t N, ptrdiff_t K, const real *dyT,
                                               const real *x, ptrdiff_t M, ptrdiff_t MP, const FN(AdamArgs) *adam)
 {
-    if (FN(x_in_panels)(K)) FN(pgemm)(pool, N, K, M, dyT, MP, 1, x, GEMM_PANEL, GEMM_PANEL * M, dW, K, 0, adam);
-    else FN(pgemm)(pool, N, K, M, dyT, MP, 1, x, K, 0, dW, K, 0, adam);
+    const int panels = FN(x_in_panels)(K);
+    FN(pgemm)(pool, N, K, M, dyT, MP, 1, x, panels ? GEMM_PANEL : K, panels ? GEMM_PANEL * M : 0, dW, K, 0, adam);
 }
 
 
