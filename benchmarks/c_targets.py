@@ -8,8 +8,11 @@
 One line per target and cell: what was measured, what the target asks, and whether it holds. The targets:
 
 - fastest: every ``c[isa]`` row is faster than every other engine of the same file (one run), config, batch,
-  dtype and threads (framework yardsticks and the c-ops rung aside): ms of CPU time per step with one
-  thread, wall time with more, as the README's tables read them;
+  dtype and threads (framework yardsticks and the c-ops rung aside) whose own kernels ran that ISA or a
+  narrower one (the row's "frameworks_isa"; rows without it ran this CPU's best): ms of CPU time per step
+  with one thread, wall time with more, as the README's tables read them. A forced c[avx2] on an AVX-512
+  machine races NumPy and PyTorch held to AVX2 (benchmarks/framework_isa.py avx2 -- engine_table.py ...);
+  a c row with no such peer in its run is counted as not raced;
 - peak: ``c[avx2]`` medium batch 32 float64 at >= 60% of this machine's measured AVX2 float64 peak
   (FLOPs from the tokens the step trained on; roofline.py's ceilings, measured once and cached);
 - f32: ``c[avx2]`` medium batch 32 trains >= 1.7x the tokens per second in float32 as in float64;
@@ -41,6 +44,7 @@ AVX2_OVER_AVX512 = {1: 1.3, 32: 2.2}   # step-time ratio by batch size
 NARROW_OVER_AVX2 = 2.5     # 128-bit instance against AVX2
 TINY_B1_F32_US = 12.0      # AVX2 tiny, one document, float32
 NOT_PEERS = ("c", "c-ops")  # engines that are not the c engine's competition
+ISA_WIDTH = {"generic": 0, "sse": 1, "neon": 1, "avx2": 2, "avx512": 3}
 
 
 @dataclass
@@ -79,9 +83,16 @@ def c_row(rows: list[dict], isa: str, config: str, batch: int, dtype: str, threa
     return found[-1] if found else None
 
 
-def fastest_checks(runs: list[list[dict]]) -> list[Check]:
-    """Each c row against the fastest other engine of its own run and cell."""
-    checks = []
+def races(c: dict, peer: dict, native: str | None) -> bool:
+    """Whether ``peer``'s kernels ran an ISA no wider than c's (unknown ISAs race: nothing to tell them apart)."""
+    mine, theirs = ISA_WIDTH.get(c.get("isa")), ISA_WIDTH.get(peer.get("frameworks_isa") or native)
+    return mine is None or theirs is None or theirs <= mine
+
+
+def fastest_checks(runs: list[list[dict]], native: str | None) -> tuple[list[Check], int]:
+    """Each c row against the fastest other engine of its own run and cell that ran no wider an ISA; and
+    how many c rows had no such engine beside them."""
+    checks, unraced = [], 0
     for rows in runs:
         cells: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -90,15 +101,17 @@ def fastest_checks(runs: list[list[dict]]) -> list[Check]:
         for group in cells.values():
             peers = [r for r in group if r["engine"] not in NOT_PEERS]
             for c in (r for r in group if r["engine"] == "c"):
-                if not peers:
+                rivals = [p for p in peers if races(c, p, native)]
+                if not rivals:
+                    unraced += bool(peers)
                     continue
-                best = min(peers, key=step_ms)
+                best = min(rivals, key=step_ms)
                 checks.append(Check("fastest", f"{engine_label('c', c.get('isa'))} {cell_of(c)}",
                                     f"{step_ms(c):.4g} ms", f"< {engine_label(best['engine'], None)} {step_ms(best):.4g} ms",
                                     step_ms(c) < step_ms(best)))
     if not checks:
         checks.append(Check("fastest", "every c row", "", "a c row and another engine in one run", None))
-    return checks
+    return checks, unraced
 
 
 def peak_check(rows: list[dict], ceilings_of) -> Check:
@@ -162,13 +175,15 @@ def tiny_check(rows: list[dict]) -> Check:
     return Check("tiny", "c[avx2] tiny b1 f32", f"{us:.3g} us", needs, us <= TINY_B1_F32_US)
 
 
-def check_all(runs: list[list[dict]], ceilings_of) -> list[Check]:
+def check_all(runs: list[list[dict]], ceilings_of, native: str | None) -> tuple[list[Check], int]:
+    """Every target on the rows of ``runs`` (one list per engine_table.py run) of a CPU whose best ISA is
+    ``native``; and the number of c rows not raced (see fastest_checks)."""
     rows = [r for run in runs for r in run]
-    return [*fastest_checks(runs), peak_check(rows, ceilings_of), f32_check(rows), *isa_ratio_checks(rows),
-            tiny_check(rows)]
+    fastest, unraced = fastest_checks(runs, native)
+    return [*fastest, peak_check(rows, ceilings_of), f32_check(rows), *isa_ratio_checks(rows), tiny_check(rows)], unraced
 
 
-def report(checks: list[Check]) -> str:
+def report(checks: list[Check], unraced: int = 0) -> str:
     lines = ["| target | cell | measured | needs | holds |", "|---|---|---|---|---|"]
     for c in checks:
         verdict = "not measured" if c.ok is None else "yes" if c.ok else "**no**"
@@ -179,6 +194,9 @@ def report(checks: list[Check]) -> str:
               + (f"; missed: {', '.join(f'{c.target} {c.cell}' for c in missed)}" if missed else "")
               + (f"; not measured: {', '.join(c.target for c in checks if c.ok is None)}"
                  if any(c.ok is None for c in checks) else "")]
+    if unraced:
+        lines.append(f"{unraced} c rows not raced: every engine beside them ran a wider instruction set (race "
+                     "them in a benchmarks/framework_isa.py run)")
     return "\n".join(lines)
 
 
@@ -192,8 +210,10 @@ def run(argv: list[str] | None = None) -> int:
     from microgpt import machine
     runs = [roofline.load_results(path) for path in args.results]
     print(f"machine: {machine_line(environment())}")
-    checks = check_all(runs, lambda: machine.ceilings(quality="quick", path=machine.cache_path()))
-    print(report(checks))
+    from benchmarks.engine_table import best_isa
+    checks, unraced = check_all(runs, lambda: machine.ceilings(quality="quick", path=machine.cache_path()),
+                                best_isa())
+    print(report(checks, unraced))
     return 1 if any(c.ok is False for c in checks) else 0
 
 

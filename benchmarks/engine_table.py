@@ -8,7 +8,9 @@
 
 --isa picks the instruction sets of the c engine's kernels, a comma list (avx512,avx2,sse,...; auto = the
 best available, the default; all = every one this CPU and build run): each is its own row, c[avx2], and
-each JSON row of the c engine records the "isa" that ran. --configs takes any of STANDARD_CONFIGS; large
+each JSON row of the c engine records the "isa" that ran, and every row its "frameworks_isa": the ISA of
+the engine's own kernels (c: its isa; numpy and torch: the cap of benchmarks/framework_isa.py, else this
+CPU's best, as for every other engine). --configs takes any of STANDARD_CONFIGS; large
 and xl (n_embd 256 and 512) are left out by default, as train.py would take minutes per step on them.
 
 --yardsticks adds the textbook version of each framework (benchmarks/yardsticks.py: an nn.Module with
@@ -37,11 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.framework_isa import frameworks_isa  # noqa: E402
 from benchmarks.yardsticks import BESIDE, YARDSTICKS, load_yardstick  # noqa: E402
 from engines import ENGINES, load_engine  # noqa: E402
 from microgpt import UserError  # noqa: E402
 from microgpt.config import DEFAULT_CONFIGS, STANDARD_CONFIGS, ModelConfig  # noqa: E402
 from microgpt.data import default_dataset, load_documents, split_documents  # noqa: E402
+from microgpt.files import write_json_atomic  # noqa: E402
 from microgpt.timing import engine_label, time_engine  # noqa: E402
 from microgpt.tokenizers import build_tokenizer, wrap  # noqa: E402
 
@@ -84,6 +88,15 @@ def load_row(name: str):
         return load_yardstick(name)
     except ImportError as e:
         raise UserError(f"{name} cannot be loaded ({e})") from None
+
+
+def best_isa() -> str | None:
+    """The widest instruction set of this CPU (fastops' best), which libraries left to themselves run."""
+    try:
+        from train_fast import available_isas
+        return available_isas()[0]
+    except UserError:
+        return None
 
 
 def pivot_table(rows: list[dict]) -> str:
@@ -162,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             isas = list(dict.fromkeys(isa or best for isa in parse_isas(args.isa)))
             at = names.index("c")
             instances[at:at + 1] = [("c", isa) for isa in isas]
+        native = best_isa()
         docs = load_documents([str(default_dataset())])
         train, _ = split_documents(docs, 0.1, 42)
         tok = build_tokenizer("char", train, docs)
@@ -221,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"{t.cpu_ms_per_step:.4g} | {t.tokens_per_step / (t.cpu_ms_per_step / 1e3):,.0f} | {speedup} |",
                           flush=True)
                     rows.append({**t.to_dict(), "config_name": cname, "speedup_vs_python_cpu": speedup,
-                                 "first_step_ms": first_ms, "yardstick": name in YARDSTICKS})
+                                 "first_step_ms": first_ms, "yardstick": name in YARDSTICKS,
+                                 "frameworks_isa": t.isa if name == "c" else frameworks_isa(name, native)})
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(json.dumps(rows, indent=1))
+            write_json_atomic(args.output, rows, indent=1)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,6 +37,18 @@ CAPS: dict[str, dict[str, str]] = {
             "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
 UNCAPPED = "jax (XLA's dot ignores --xla_cpu_max_isa) and mlx (no switch)"
+#: Set in the capped environment: engine_table.py records in each row the ISA its engine's libraries ran
+#: (benchmarks/c_targets.py races a forced c[isa] only against peers held to that ISA or a narrower one).
+MARKER = "MICROGPT_FRAMEWORKS_ISA"
+#: The engines whose libraries read the caps (their yardsticks too); every other engine runs the CPU's best.
+CAPPABLE = ("numpy", "torch", "torch-compile", "torch-yardstick")
+
+
+def frameworks_isa(engine: str, native: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The instruction set ``engine``'s own kernels ran under this environment: the cap that
+    framework_isa.py set for a cappable engine, else ``native`` (the CPU's best)."""
+    cap = (os.environ if environ is None else environ).get(MARKER)
+    return cap if cap and engine in CAPPABLE else native
 
 
 def capped_environment(isa: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -45,6 +57,7 @@ def capped_environment(isa: str, base: dict[str, str] | None = None) -> dict[str
         raise ValueError(f"no framework cap for {isa!r}: choose one of {', '.join(CAPS)}")
     env = dict(os.environ if base is None else base)
     env.update(CAPS[isa])
+    env[MARKER] = isa
     return env
 
 

@@ -29,9 +29,19 @@ def test_capped_environment_sets_every_library_variable_and_keeps_the_rest():
     env = framework_isa.capped_environment("avx2", {"PATH": "/bin"})
     assert env["PATH"] == "/bin"
     assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["ATEN_CPU_CAPABILITY"] == "avx2"
-    assert framework_isa.capped_environment("avx512", {"A": "1"}) == {"A": "1"}
+    assert framework_isa.capped_environment("avx512", {"A": "1"}) == {"A": "1", framework_isa.MARKER: "avx512"}
     with pytest.raises(ValueError, match="no framework cap for 'neon'"):
         framework_isa.capped_environment("neon", {})
+
+
+def test_rows_record_the_cap_for_the_libraries_that_read_it_and_the_cpus_best_for_the_rest():
+    capped = framework_isa.capped_environment("avx2", {})
+    assert capped[framework_isa.MARKER] == "avx2"
+    for engine in ("numpy", "torch", "torch-compile", "torch-yardstick"):
+        assert framework_isa.frameworks_isa(engine, "avx512", capped) == "avx2"
+        assert framework_isa.frameworks_isa(engine, "avx512", {}) == "avx512"
+    for engine in ("jax", "mlx", "cython", "jax-yardstick"):   # no switch: the CPU's best under any cap
+        assert framework_isa.frameworks_isa(engine, "avx512", capped) == "avx512"
 
 
 @pytest.mark.skipif("avx2" not in cpu_flags(), reason="a cap can only lower the libraries' choice: needs an AVX2 CPU")

@@ -56,10 +56,12 @@ def test_engine_table_times_yardsticks_beside_engines_with_the_first_step_apart(
     out = tmp_path / "table.json"
     r = run_cli("--engines", "numpy", "--yardsticks", "torch-yardstick", "--configs", "tiny", "--batch-sizes", "1",
                 "--samples", "1", "-o", out, script="benchmarks/engine_table.py",
-                env={"MICROGPT_DATA": str(names_file)})
+                env={"MICROGPT_DATA": str(names_file), "MICROGPT_FRAMEWORKS_ISA": "sse"})
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())
     assert [(row["engine"], row["yardstick"]) for row in rows] == [("numpy", False), ("torch-yardstick", True)]
+    # as under benchmarks/framework_isa.py sse: each row says which ISA its libraries were held to
+    assert [row["frameworks_isa"] for row in rows] == ["sse", "sse"]
     assert all(row["first_step_ms"] > 0 and row["cpu_ms_per_step"] > 0 for row in rows)
     assert "| torch-yardstick | tiny (16,1,8) | 1 |" in r.stdout
     r = run_cli("--engines", "numpy", "--yardsticks", "numpy", script="benchmarks/engine_table.py")
