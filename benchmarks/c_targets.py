@@ -130,7 +130,7 @@ def ratio_check(target: str, cell: str, slow: dict | None, fast: dict | None, li
     if slow is None or fast is None:
         return Check(target, cell, "", f"<= {limit}x", None)
     ratio = step_ms(slow) / step_ms(fast)
-    return Check(target, cell, f"{ratio:.2f}x ({step_ms(slow):.4g} / {step_ms(fast):.4g} ms)", f"<= {limit}x {per}",
+    return Check(target, cell, f"{ratio:.2f}x ({step_ms(slow):.4g} / {step_ms(fast):.4g} ms)", f"<= {limit}x {per}".rstrip(),
                  ratio <= limit)
 
 
