@@ -174,13 +174,14 @@ def measure_engines(names: list[str], configs: list[ModelConfig], texts: list[st
 
 # --- engine timings: read from benchmark results --------------------------------------------------------
 
-def load_results(path: str) -> list[dict]:
-    data = cli.read_json(path, "--results")
+def load_results(path: str, flag: str = "--results") -> list[dict]:
+    """Benchmark records from ``path``, checked; a UserError names ``flag`` (the option that gave it) and the record."""
+    data = cli.read_json(path, flag)
     records = data.get("results") if isinstance(data, dict) else data
     if not isinstance(records, list) or not records:
-        raise UserError(f"--results {path} must hold a non-empty list of records (or {{\"results\": [...]}})")
+        raise UserError(f"{flag} {path} must hold a non-empty list of records (or {{\"results\": [...]}})")
     for i, r in enumerate(records):
-        where = f"--results {path}, record {i}"
+        where = f"{flag} {path}, record {i}"
         if not isinstance(r, dict):
             raise UserError(f"{where}: not an object")
         missing = [k for k in ("engine", "config", "batch_size", "dtype", "threads", "ms_per_step", "tokens_per_step")

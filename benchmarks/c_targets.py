@@ -208,7 +208,7 @@ def run(argv: list[str] | None = None) -> int:
     import roofline
     from benchmarks.gate.environment import environment, machine_line
     from microgpt import machine
-    runs = [roofline.load_results(path) for path in args.results]
+    runs = [roofline.load_results(path, "results file") for path in args.results]
     print(f"machine: {machine_line(environment())}")
     from benchmarks.engine_table import best_isa
     checks, unraced = check_all(runs, lambda: machine.ceilings(quality="quick", path=machine.cache_path()),

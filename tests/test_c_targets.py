@@ -148,5 +148,5 @@ def test_a_truncated_results_file_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "f64.json"
     bad.write_text('[{"engine": "c", "config"')
     r = run_cli(str(bad), script="benchmarks/c_targets.py")
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and r.stderr.startswith(f"error: results file {bad}") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
