@@ -3,6 +3,8 @@
     python benchmarks/engine_table.py --engines c,cython,numpy,torch,torch-compile,jax --isa all --dtype float64 -o f64.json
     python benchmarks/engine_table.py --engines c,cython,numpy,torch,torch-compile,jax --isa all --dtype float32 -o f32.json
     python benchmarks/engine_table.py --engines c,numpy,torch --isa all --configs large,xl --batch-sizes 32 --dtype float32 -o large.json
+    # on a CPU with AVX-512, the forced narrower rows race libraries held to their ISA:
+    python benchmarks/framework_isa.py avx2 -- python benchmarks/engine_table.py --engines c,numpy,torch,torch-compile --isa avx2 --dtype float64 -o capped_avx2.json
     python benchmarks/c_targets.py f64.json f32.json large.json [capped_avx2.json threads2.json ...]
 
 One line per target and cell: what was measured, what the target asks, and whether it holds. The targets:
@@ -201,7 +203,7 @@ def report(checks: list[Check], unraced: int = 0) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    p = cli.OneLineErrorParser(description=__doc__.split("\n\n")[0],
+    p = cli.OneLineErrorParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="engine_table.py -o files (each one run)")
     args = p.parse_args(argv)
