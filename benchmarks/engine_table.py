@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.framework_isa import frameworks_isa  # noqa: E402
+from benchmarks.gate.environment import fastops_isa  # noqa: E402
 from benchmarks.yardsticks import BESIDE, YARDSTICKS, load_yardstick  # noqa: E402
 from engines import ENGINES, load_engine  # noqa: E402
 from microgpt import UserError  # noqa: E402
@@ -88,15 +89,6 @@ def load_row(name: str):
         return load_yardstick(name)
     except ImportError as e:
         raise UserError(f"{name} cannot be loaded ({e})") from None
-
-
-def best_isa() -> str | None:
-    """The widest instruction set of this CPU (fastops' best), which libraries left to themselves run."""
-    try:
-        from train_fast import available_isas
-        return available_isas()[0]
-    except UserError:
-        return None
 
 
 def pivot_table(rows: list[dict]) -> str:
@@ -175,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             isas = list(dict.fromkeys(isa or best for isa in parse_isas(args.isa)))
             at = names.index("c")
             instances[at:at + 1] = [("c", isa) for isa in isas]
-        native = best_isa()
+        native = fastops_isa()   # the CPU's best, which libraries left to themselves run too
         docs = load_documents([str(default_dataset())])
         train, _ = split_documents(docs, 0.1, 42)
         tok = build_tokenizer("char", train, docs)

@@ -136,8 +136,7 @@ def test_the_cli_exits_1_on_a_miss_and_prints_the_table(tmp_path, monkeypatch, c
     # the peak target needs this machine's ceilings: hand it the synthetic ones (no measurement in a test)
     from microgpt import machine
     monkeypatch.setattr(machine, "ceilings", lambda **kwargs: CEILINGS)
-    from benchmarks import engine_table
-    monkeypatch.setattr(engine_table, "best_isa", lambda: "avx2")
+    monkeypatch.setattr(c_targets, "fastops_isa", lambda: "avx2")
     assert c_targets.main([str(p) for p in paths]) == 1
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "| fastest | c[avx2] tiny b1 f64 |" in out
