@@ -544,6 +544,10 @@ static void FN(check_all)(const Inst *in)
     FN(case_attention)(in, 16, 4, 8, docs8, 1);
     FN(case_attention)(in, 64, 4, 16, docs16, 1);
     FN(case_attention)(in, 128, 4, 32, docs32, 1);
+    /* medium at batch 32: the token counts of the first 32 names of names.txt (each name and its end) */
+    static const int docs_names[] = {5, 7, 4, 9, 7, 10, 4, 7, 7, 7, 8, 6, 10, 5, 5, 6,
+                                     6, 7, 5, 9, 9, 8, 5, 6, 6, 9, 6, 6, 5, 5, 5, 8};
+    FN(case_attention)(in, 128, 4, 32, docs_names, 32);
 
     static const int ce_a[] = {5}, ce_b[] = {16, 9, 12}, ce_c[] = {32, 32, 32, 4};
     FN(case_cross_entropy)(in, 27, ce_a, 1);

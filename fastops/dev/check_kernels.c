@@ -217,6 +217,12 @@ static DevBatch make_batch(const int *lens, int n_docs, int vocab)
 static void describe_docs(char *out, size_t size, const int *lens, int n_docs)
 {
     size_t used = 0;
+    if (n_docs > 4) {   /* a batch: its size and token count */
+        int tokens = 0;
+        for (int i = 0; i < n_docs; i++) tokens += lens[i];
+        snprintf(out, size, "%dx~%d", n_docs, (tokens + n_docs / 2) / n_docs);
+        return;
+    }
     for (int i = 0; i < n_docs && used < size; i++)
         used += (size_t)snprintf(out + used, size - used, "%s%d", i ? "," : "", lens[i]);
 }
