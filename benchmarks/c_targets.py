@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import roofline  # noqa: E402  (the FLOP model; the machine's ceilings, measured on first use, then cached)
 from benchmarks.gate.environment import environment, fastops_isa, machine_line  # noqa: E402
 from microgpt import cli, machine  # noqa: E402
+from microgpt.cli import config_label  # noqa: E402
 from microgpt.config import STANDARD_CONFIGS  # noqa: E402
 from microgpt.timing import engine_label  # noqa: E402
 
@@ -64,7 +65,7 @@ def config_name(record: dict) -> str:
     c = record["config"]
     shape = (c.get("n_embd"), c.get("n_layer"), c.get("n_head"), c.get("block_size"))
     return next((name for name, s in STANDARD_CONFIGS.items() if s == shape), record.get("config_name") or
-                "({},{},{},{})".format(*shape))
+                config_label(c))
 
 
 def step_ms(record: dict) -> float:

@@ -35,13 +35,14 @@ import hashlib, json, sys
 from array import array
 import fastops
 import microgpt._ceilings as ceilings
+from microgpt.machine import ISAS
 
 job = json.load(sys.stdin)
 isa = None if sys.argv[1] == "auto" else sys.argv[1]
 cfg, params, docs = job["cfg"], job["params"], job["docs"]
 shape = (cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["block_size"])
 out = {"isas": fastops.available_isas(), "int8_isas": fastops.InferenceGPT.available_isas(True),
-       "probes": [name for name in ("avx512", "avx2", "sse", "neon", "scalar") if ceilings.isa_supported(name)],
+       "probes": sorted(name for name in ISAS if ceilings.isa_supported(name)),
        "memory_isa": ceilings.memory_isa(), "runs": []}
 for dtype, threads, batch, clip in (("d", 1, 1, 0.0), ("d", 1, 16, 0.0), ("d", 2, 16, 1.0), ("f", 1, 16, 0.0)):
     bufs = [array(dtype, params)] + [array(dtype, bytes(array(dtype).itemsize * len(params))) for _ in range(3)]
@@ -76,16 +77,17 @@ def run_worker(job: str, isa: str, cpu: str | None = None) -> dict:
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("cpu, isas, probes, same_as", [
-    ("EPYC-Milan-v1", ["avx2", "sse", "generic"], ["avx2", "sse", "scalar"], "avx2"),
-    ("Nehalem", ["generic"], [], "generic"),
+@pytest.mark.parametrize("cpu, isas, probes, memory_isa, same_as", [
+    ("EPYC-Milan-v1", ["avx2", "sse", "generic"], ["avx2", "scalar", "sse"], "avx2", "avx2"),
+    ("Nehalem", ["generic"], [], "scalar", "generic"),   # every FMA probe refused; memory in plain C
 ])
-def test_an_emulated_cpu_picks_its_own_kernels_and_computes_the_forced_ones_numbers(job, cpu, isas, probes, same_as):
+def test_an_emulated_cpu_picks_its_own_kernels_and_computes_the_forced_ones_numbers(job, cpu, isas, probes,
+                                                                                     memory_isa, same_as):
     emulated = run_worker(job, "auto", cpu)
     assert emulated["isas"] == isas
     assert emulated["int8_isas"] == isas          # no VNNI: the int8 kernels of the same instruction sets
     assert emulated["probes"] == probes
-    assert emulated["memory_isa"] == (probes[0] if probes else "scalar")
+    assert emulated["memory_isa"] == memory_isa
     assert {run["isa"] for run in emulated["runs"]} == {same_as}, emulated["runs"]
 
     if same_as not in fastops.available_isas():
